@@ -97,7 +97,7 @@ def default_config(M: int, N: int, K: int, device: torch.device) -> Config:
     """
     if M <= 64:
         block_m, block_n, block_k = 16, 64, 128
-        tiles = -(-M // block_m) * -(-N // block_n)
+        tiles = max(1, -(-M // block_m) * -(-N // block_n))
         k_blocks = -(-K // block_k)
         split = _floor_pow2(max(1, (4 * _sm_count(device)) // tiles))
         split = min(split, max(1, k_blocks // 4))

@@ -8,6 +8,8 @@ workspace, and a small second kernel reduces both, scales and adds the bias.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -163,8 +165,12 @@ def _check_inputs(x, weight, bias, norm_weight, residual) -> None:
         raise ValueError(f"x: on {x.device}; the Triton kernel needs a CUDA tensor (or TRITON_INTERPRET=1)")
 
 
+def _empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Every buffer the wrapper allocates comes from here, so tests can poison them with NaN."""
+    return torch.empty(shape, device=like.device, dtype=dtype)
+
+
 def _interpreting() -> bool:
-    import os
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -193,14 +199,17 @@ def fused_rms_norm_linear(
         raise TypeError(f"config: expected a kernels.Config or None, got {type(config).__name__}")
     config.validate(K=K, elem_bytes=x.element_size(), smem_limit=device_smem_limit(x.device))
 
-    out = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    # The per-column vectors are indexed with unit stride in the kernel; copies only when strided.
+    bias = bias.contiguous() if bias is not None else None
+    norm_weight = norm_weight.contiguous() if norm_weight is not None else None
+    out = _empty((M, N), x, x.dtype)
     r2 = residual.reshape(-1, K) if residual is not None else x2
-    h = torch.empty((M, K), device=x.device, dtype=x.dtype) if residual is not None else out
+    h = _empty((M, K), x, x.dtype) if residual is not None else out
     if M == 0:
         return (out.reshape(*lead, N), h.reshape(*lead, K)) if residual is not None else out.reshape(*lead, N)
     split = config.SPLIT_K
-    ws = torch.empty((split, M, N), device=x.device, dtype=torch.float32) if split > 1 else out
-    ss = torch.empty((split, M), device=x.device, dtype=torch.float32) if split > 1 else out
+    ws = _empty((split, M, N), x, torch.float32) if split > 1 else out
+    ss = _empty((split, M), x, torch.float32) if split > 1 else out
     grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
     _rms_norm_linear_kernel[grid](
         x2, r2, weight, norm_weight if norm_weight is not None else x2, bias if bias is not None else x2,

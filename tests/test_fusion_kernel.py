@@ -1,0 +1,184 @@
+"""The fused RMSNorm+Linear kernel against the float64 reference: Triton's interpreter on CPU, compiled on CUDA."""
+import itertools
+
+import pytest
+import torch
+
+import kernels.rms_norm_linear as rnl
+from kernels.rms_norm_linear import (Config, baseline_rms_norm_linear, fold_norm_weight, fused_rms_norm_linear,
+                                     reference_rms_norm_linear)
+from tests.conftest import DEVICE
+
+# bf16 tl.dot is wrong in Triton 3.6's interpreter, so bf16 is checked on the GPU only.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
+# ||out - ref|| / ||ref||: fp32 runs an IEEE dot; fp16/bf16 are bounded by a few output roundings.
+REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.float16: 2e-3, torch.bfloat16: 1.2e-2}
+
+
+@pytest.fixture(autouse=True)
+def _poison_buffers(monkeypatch):
+    """Every buffer the wrapper allocates starts as NaN, so an unwritten element cannot pass."""
+    monkeypatch.setattr(rnl, "_empty", lambda shape, like, dtype: torch.full(shape, float("nan"), device=like.device,
+                                                                             dtype=dtype))
+
+
+def make_inputs(M, K, N, dtype, *, bias=False, residual=False, norm_weight=False, lead=()):
+    g = torch.Generator(device="cpu").manual_seed(torch.seed() % 2**31)
+
+    def rnd(*shape, scale=1.0, offset=0.0):
+        return (torch.randn(*shape, generator=g) * scale + offset).to(dtype).to(DEVICE)
+    shape = (*lead, M, K) if lead else (M, K)
+    return dict(
+        x=rnd(*shape),
+        weight=rnd(N, K, scale=K ** -0.5),
+        bias=rnd(N) if bias else None,
+        norm_weight=rnd(K, scale=0.2, offset=1.0) if norm_weight else None,
+        residual=rnd(*shape) if residual else None,
+    )
+
+
+def rel_err(out, ref):
+    assert not torch.isnan(out).any(), "output has unwritten (NaN) elements"
+    return ((out.double().cpu() - ref).norm() / ref.norm()).item()
+
+
+def check(inputs, dtype, config=None):
+    got = fused_rms_norm_linear(**inputs, config=config)
+    ref = reference_rms_norm_linear(**inputs)
+    if inputs["residual"] is not None:
+        (out, h), (ref_out, ref_h) = got, ref
+        # h = x + residual rounded once to the input dtype: exactly what the unfused add gives.
+        torch.testing.assert_close(h, inputs["x"] + inputs["residual"], rtol=0, atol=0)
+    else:
+        out, ref_out = got, ref
+    assert out.shape == ref_out.shape and out.dtype == dtype
+    err = rel_err(out, ref_out)
+    assert err < REL_TOL[dtype], f"relative error {err:.2e} >= {REL_TOL[dtype]:.0e} for {dtype}, {config}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,K,N", [(1, 64, 32), (3, 1000, 33), (17, 256, 96), (257, 1000, 33)])
+def test_numerical_correctness(M, K, N, dtype):
+    check(make_inputs(M, K, N, dtype, bias=True, residual=True, norm_weight=True), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias,residual,norm_weight", list(itertools.product([False, True], repeat=3)))
+def test_optional_operands(bias, residual, norm_weight, dtype):
+    check(make_inputs(5, 192, 48, dtype, bias=bias, residual=residual, norm_weight=norm_weight), dtype)
+
+
+CONFIGS = [
+    Config(16, 16, 16, num_warps=1, num_stages=1, GROUP_M=1),
+    Config(16, 32, 64, num_warps=2, num_stages=2, GROUP_M=4),
+    Config(32, 64, 32, num_warps=4, num_stages=3, GROUP_M=2),
+    Config(64, 16, 128, num_warps=4, num_stages=2, GROUP_M=8),
+    Config(16, 32, 32, SPLIT_K=2),
+    Config(16, 64, 64, SPLIT_K=3),  # 1000 / 64 -> 16 K blocks, uneven split
+    Config(32, 16, 128, SPLIT_K=8),  # 8 K blocks: one per split
+    Config(16, 16, 256, SPLIT_K=4),  # 4 K blocks, the last one partial
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_configs(config, dtype):
+    check(make_inputs(37, 1000, 33, dtype, bias=True, residual=True, norm_weight=True), dtype, config)
+
+
+@pytest.mark.parametrize("M", [1, 16, 64, 300])
+def test_default_config_is_valid_and_correct(M):
+    cfg = rnl.default_config(M, 4096, 1024, DEVICE)
+    cfg.validate(K=1024, elem_bytes=2, smem_limit=rnl.device_smem_limit(DEVICE))
+    check(make_inputs(M, 96, 40, torch.float16, residual=True), torch.float16)
+
+
+def test_non_contiguous_and_batched_inputs():
+    dtype = torch.float16
+    base = make_inputs(2 * 7, 2 * 160, 24, dtype, norm_weight=True, bias=True, lead=(3,))
+    x = base["x"][:, ::2, ::2]  # strided in both the row and the K dimension
+    residual = torch.randn(3, 160, 7, dtype=dtype, device=DEVICE).transpose(1, 2)
+    weight = torch.randn(160, 24, dtype=dtype, device=DEVICE).mul(0.1).T  # (N, K) view with stride (1, N)
+    inputs = dict(x=x, weight=weight, bias=base["bias"], norm_weight=base["norm_weight"][::2], residual=residual)
+    assert not x.is_contiguous() and not weight.is_contiguous() and not residual.is_contiguous()
+    out, h = fused_rms_norm_linear(**inputs)
+    ref, _ = reference_rms_norm_linear(**inputs)
+    assert out.shape == (3, 7, 24) and h.shape == (3, 7, 160)
+    assert rel_err(out, ref) < REL_TOL[dtype]
+
+
+def test_folded_gain_matches_separate_gain():
+    dtype = torch.float32
+    inputs = make_inputs(9, 128, 40, dtype, norm_weight=True)
+    folded = dict(inputs, weight=fold_norm_weight(inputs["weight"], inputs["norm_weight"]), norm_weight=None)
+    torch.testing.assert_close(fused_rms_norm_linear(**folded), fused_rms_norm_linear(**inputs),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_baseline_agrees_with_reference():
+    dtype = torch.float32
+    inputs = make_inputs(6, 128, 40, dtype, bias=True, residual=True, norm_weight=True)
+    out, h = baseline_rms_norm_linear(**inputs)
+    ref, ref_h = reference_rms_norm_linear(**inputs)
+    assert rel_err(out, ref) < 1e-5 and rel_err(h, ref_h) < 1e-6
+
+
+def test_empty_batch():
+    inputs = make_inputs(1, 64, 16, torch.float32, residual=True)
+    inputs["x"], inputs["residual"] = inputs["x"][:0], inputs["residual"][:0]
+    out, h = fused_rms_norm_linear(**inputs)
+    assert out.shape == (0, 16) and h.shape == (0, 64)
+
+
+def _bad(**overrides):
+    inputs = make_inputs(4, 64, 32, torch.float32)
+    inputs.update(overrides)
+    return inputs
+
+
+@pytest.mark.parametrize("case,error,match", [
+    (lambda: _bad(x=[[1.0]]), TypeError, "x: expected a torch.Tensor"),
+    (lambda: _bad(x=torch.ones(4, 64, dtype=torch.int32, device=DEVICE)), TypeError, "x: dtype"),
+    (lambda: _bad(weight=torch.randn(32, 63, device=DEVICE)), ValueError, r"weight: expected shape \(N, K=64\)"),
+    (lambda: _bad(weight=torch.randn(32, 64, dtype=torch.float16, device=DEVICE)), TypeError, "weight: dtype"),
+    (lambda: _bad(weight=torch.randn(32, 64, device="meta")), ValueError, "weight: on meta"),
+    (lambda: _bad(bias=torch.randn(31, device=DEVICE)), ValueError, r"bias: expected shape \(32,\)"),
+    (lambda: _bad(bias=torch.ones(32, dtype=torch.int64, device=DEVICE)), TypeError, "bias: expected a floating"),
+    (lambda: _bad(norm_weight=torch.randn(32, device=DEVICE)), ValueError, r"norm_weight: expected shape \(64,\)"),
+    (lambda: _bad(residual=torch.randn(4, 32, device=DEVICE)), ValueError, "residual: expected the shape of x"),
+    (lambda: _bad(residual=torch.randn(4, 64, dtype=torch.float16, device=DEVICE)), TypeError, "residual: dtype"),
+])
+def test_bad_inputs(case, error, match):
+    with pytest.raises(error, match=match):
+        fused_rms_norm_linear(**case())
+
+
+@pytest.mark.parametrize("config,match", [
+    (Config(BLOCK_M=24), "BLOCK_M=24: expected a positive power of two"),
+    (Config(BLOCK_K=8), r"BLOCK_K=8: expected a value in \[16, 512\]"),
+    (Config(num_warps=3), "num_warps=3"),
+    (Config(num_stages=0), "num_stages=0"),
+    (Config(GROUP_M=0), "GROUP_M=0"),
+    (Config(SPLIT_K=0), "SPLIT_K=0"),
+    (Config(BLOCK_K=32, SPLIT_K=3), "SPLIT_K=3: larger than the 2 K blocks"),
+])
+def test_impossible_configs_are_refused_before_launch(config, match):
+    with pytest.raises(ValueError, match=match):
+        fused_rms_norm_linear(**_bad(), config=config)
+
+
+def test_config_shared_memory_check_and_round_trip():
+    big = Config(256, 256, 256, num_stages=4)
+    with pytest.raises(ValueError, match="shared memory"):
+        big.validate(K=4096, elem_bytes=2, smem_limit=232448)
+    Config(64, 128, 64, num_stages=3).validate(K=4096, elem_bytes=2, smem_limit=232448)
+    assert Config.from_dict(big.to_dict()) == big
+    with pytest.raises(ValueError, match="unknown field"):
+        Config.from_dict({"BLOCK_Q": 16})
+
+
+def test_wrong_config_type_and_eps():
+    with pytest.raises(TypeError, match="config: expected a kernels.Config"):
+        fused_rms_norm_linear(**_bad(), config={"BLOCK_M": 16})
+    with pytest.raises(ValueError, match="eps: expected a positive"):
+        fused_rms_norm_linear(**_bad(), eps=0.0)
