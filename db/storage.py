@@ -1,0 +1,178 @@
+"""One database for Optuna's tables and ours: engine set-up, the schema-version check, and our writes.
+
+The URL is any SQLAlchemy URL: `sqlite:///tuning.db` (embedded, one writer per study) or
+`postgresql://user@host/db` (shared between machines, several writers per study).
+A database whose nvc_ tables carry another schema version is refused before anything is written.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import optuna
+from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import (SCHEMA_VERSION, Base, ExportedTable, Gpu, Kernel, Measurement, Run, SchemaVersion, Shape,
+                       utcnow)
+
+DEFAULT_URL = "sqlite:///tuning.db"
+# SQLite serializes writers with a file lock; writers of other studies wait instead of failing.
+_SQLITE_BUSY_TIMEOUT_S = 120
+
+
+class StorageError(RuntimeError):
+    """The database cannot be used: unreachable, not a database, or another schema version."""
+
+
+def redact(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def engine_kwargs(url: str) -> dict:
+    if make_url(url).get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S}}
+    return {"pool_pre_ping": True}
+
+
+def _enable_wal(engine: Engine) -> None:
+    # WAL lets readers (the dashboard, `show`) proceed while a tuner writes; it persists in the file.
+    @event.listens_for(engine, "connect")
+    def _pragma(dbapi_conn, _record):
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+
+def _check_schema(engine: Engine, url: str) -> bool:
+    """True when our tables must be created; raises StorageError on any other schema version."""
+    tables = set(inspect(engine).get_table_names())
+    ours = {t for t in tables if t.startswith("nvc_")}
+    if not ours:
+        return True
+    if SchemaVersion.__tablename__ not in ours:
+        raise StorageError(f"{redact(url)}: has nvc_ tables but no schema version; refusing to touch it")
+    with Session(engine) as s:
+        found = s.scalars(select(SchemaVersion.version)).all()
+    if found != [SCHEMA_VERSION]:
+        raise StorageError(f"{redact(url)}: tuning schema version {found[0] if found else 'missing'}, this code "
+                           f"reads version {SCHEMA_VERSION}; use another --storage or a matching nano-vllm-coconut")
+    return False
+
+
+def open_engine(url: str) -> Engine:
+    """Connect, check the schema version and create our tables on first use."""
+    try:
+        engine = create_engine(url, **engine_kwargs(url))
+    except (ArgumentError, ValueError) as e:
+        raise StorageError(f"--storage {url!r}: not a valid database URL ({e})") from None
+    except ModuleNotFoundError as e:
+        raise StorageError(f"--storage {redact(url)}: database driver missing ({e})") from None
+    try:
+        fresh = _check_schema(engine, url)
+        if fresh:
+            if engine.dialect.name == "sqlite":
+                _enable_wal(engine)
+                engine.dispose()
+            Base.metadata.create_all(engine)
+            with Session(engine) as s, s.begin():
+                if s.get(SchemaVersion, SCHEMA_VERSION) is None:
+                    s.add(SchemaVersion(version=SCHEMA_VERSION))
+    except (OperationalError, DatabaseError) as e:
+        reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+        raise StorageError(f"--storage {redact(url)}: cannot use the database ({reason})") from None
+    return engine
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    except (OperationalError, DatabaseError, RuntimeError) as e:
+        raise StorageError(f"--storage {redact(url)}: Optuna cannot use it ({str(e).splitlines()[0]})") from None
+
+
+def _get_or_create(s: Session, model, defaults: dict | None = None, **key):
+    row = s.scalars(select(model).filter_by(**key)).first()
+    if row is None:
+        row = model(**key, **(defaults or {}))
+        s.add(row)
+        s.flush()
+    return row
+
+
+@dataclass(frozen=True)
+class RunKey:
+    study_name: str
+    kernel: str
+    M: int
+    K: int
+    N: int
+    dtype: str
+    sampler: str
+    trials_budget: int
+    timeout_s: float | None
+
+
+class Recorder:
+    """Writes runs and measurements; each call is its own short transaction (Ctrl-C loses nothing finished)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def start_run(self, gpu: dict, key: RunKey) -> int:
+        try:
+            return self._start_run(gpu, key)
+        except IntegrityError:
+            # Another worker inserted the same GPU, kernel or shape row first; now it exists.
+            return self._start_run(gpu, key)
+
+    def _start_run(self, gpu: dict, key: RunKey) -> int:
+        with self.sessions.begin() as s:
+            gpu_row = _get_or_create(
+                s, Gpu, defaults=dict(short_name=gpu["short_name"], sm_count=gpu["sm_count"],
+                                      memory_bytes=gpu["memory_bytes"]),
+                name=gpu["name"], driver=gpu["driver"], torch_version=gpu["torch"], triton_version=gpu["triton"])
+            kernel = _get_or_create(s, Kernel, name=key.kernel)
+            shape = _get_or_create(s, Shape, M=key.M, K=key.K, N=key.N, dtype=key.dtype)
+            run = Run(study_name=key.study_name, gpu_id=gpu_row.id, kernel_id=kernel.id, shape_id=shape.id,
+                      sampler=key.sampler, trials_budget=key.trials_budget, timeout_s=key.timeout_s,
+                      host=socket.gethostname())
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def set_baseline(self, run_id: int, median_us: float, spread_us: float) -> None:
+        with self.sessions.begin() as s:
+            run = s.get(Run, run_id)
+            run.baseline_us, run.baseline_spread_us = median_us, spread_us
+
+    def add_measurement(self, run_id: int, **fields) -> int:
+        with self.sessions.begin() as s:
+            m = Measurement(run_id=run_id, **fields)
+            s.add(m)
+            s.flush()
+            return m.id
+
+    def finish_run(self, run_id: int, status: str, best_measurement_id: int | None = None) -> None:
+        with self.sessions.begin() as s:
+            run = s.get(Run, run_id)
+            run.status, run.finished_at = status, utcnow()
+            if best_measurement_id is not None:
+                run.best_measurement_id = best_measurement_id
+
+    def finished_best(self, study_name: str) -> Measurement | None:
+        """The winner of the latest finished run of a study, if any."""
+        with self.sessions() as s:
+            run = s.scalars(select(Run).where(Run.study_name == study_name, Run.status == "finished",
+                                              Run.best_measurement_id.is_not(None))
+                            .order_by(Run.id.desc())).first()
+            return s.get(Measurement, run.best_measurement_id) if run else None
+
+    def add_exported_table(self, gpu_short_name: str, path: str, content: dict) -> None:
+        with self.sessions.begin() as s:
+            s.add(ExportedTable(gpu_short_name=gpu_short_name, path=path,
+                                format_version=content["format_version"], content=content))
