@@ -1,0 +1,67 @@
+"""The runtime's GPU ops: Triton kernels for CUDA tensors, the plain PyTorch references otherwise.
+
+KV cache layout, per layer: k_cache and v_cache are [num_blocks, block_size, num_kv_heads, head_dim];
+token slot = block_id * block_size + offset. Query head h reads KV head h // (Hq // Hkv).
+"""
+from __future__ import annotations
+
+import torch
+
+from nanovllm.ops import reference
+from nanovllm.ops.activation import silu_and_mul_triton
+from nanovllm.ops.attention_decode import paged_decode_attention_triton
+from nanovllm.ops.attention_prefill import paged_prefill_attention_triton
+from nanovllm.ops.kv_cache import store_kvcache_triton
+from nanovllm.ops.norm import rms_norm_triton
+from nanovllm.ops.rotary import apply_rotary_triton
+from nanovllm.ops.sampling import sample
+
+__all__ = ["store_kvcache", "paged_prefill_attention", "paged_decode_attention", "rms_norm", "apply_rotary",
+           "silu_and_mul", "sample"]
+
+
+def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  slot_mapping: torch.Tensor) -> None:
+    """Write k, v [T, Hkv, D] into the caches at slot_mapping [T] (slot -1: skip the token)."""
+    fn = store_kvcache_triton if k.is_cuda else reference.store_kvcache_reference
+    fn(k, v, k_cache, v_cache, slot_mapping)
+
+
+def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
+                            scale: float, sliding_window: int | None = None) -> torch.Tensor:
+    """Causal attention of the new tokens q [T, Hq, D] of B sequences over their paged KV cache.
+
+    seq_lens[b] counts the whole context including the new tokens, whose K/V are already in the cache;
+    query i of sequence b sits at position seq_lens[b] - q_len_b + i.
+    """
+    fn = paged_prefill_attention_triton if q.is_cuda else reference.paged_prefill_attention_reference
+    return fn(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, sliding_window)
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                           sliding_window: int | None = None) -> torch.Tensor:
+    """Attention of one new token per sequence, q [B, Hq, D] at position seq_lens[b] - 1. CUDA-graph safe."""
+    fn = paged_decode_attention_triton if q.is_cuda else reference.paged_decode_attention_reference
+    return fn(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """HF RMSNorm of x [T, H]; with a residual, normalizes h = x + residual and returns (y, h)."""
+    fn = rms_norm_triton if x.is_cuda else reference.rms_norm_reference
+    return fn(x, weight, eps, residual)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+                 cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox-style (rotate_half) rotary embedding; returns new tensors, bit-exact with HF Llama."""
+    fn = apply_rotary_triton if q.is_cuda else reference.apply_rotary_reference
+    return fn(q, k, positions, cos_sin_cache)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """silu(x[:, :I]) * x[:, I:] for x [T, 2I], in the input dtype like HF's MLP."""
+    fn = silu_and_mul_triton if x.is_cuda else reference.silu_and_mul_reference
+    return fn(x)

@@ -1,0 +1,146 @@
+"""Causal attention of new tokens over a paged KV cache: plain, prefix-cached and chunked prefill.
+
+One program handles BLOCK_Q consecutive query tokens of one sequence for all GROUP query heads
+that share a KV head, packed as the BLOCK_M = BLOCK_Q * GROUP rows of one tile, so every K/V tile
+read through the block table serves the whole group. The programs of a batch are laid out without a
+host sync: sequence b owns the program ids from cu_seqlens_q[b] // BLOCK_Q + b on, which leaves room
+for its ceil(q_len / BLOCK_Q) tiles; a program finds its sequence by binary search and exits when
+it has no tile. Softmax is online, in fp32, in base 2 (scale folded with log2(e)).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from nanovllm.ops.validation import (FLOAT_DTYPES, INDEX_DTYPES, check_attention_heads, check_kv_cache,
+                                     check_shape, check_sliding_window, check_tensor)
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head_off, start, key_end, pos,
+                qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
+                BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, USE_WINDOW: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """Fold keys start..start+BLOCK_N (those < key_end and visible from pos) into the online softmax."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < key_end
+    block_ids = tl.load(table_ptr + offs_n // BLOCK_SIZE, mask=mask_n, other=0).to(tl.int64)
+    slots = block_ids * stride_kb + (offs_n % BLOCK_SIZE) * stride_ks + kv_head_off
+    kv_mask = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(k_cache_ptr + slots[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    visible = mask_n[None, :] & (offs_n[None, :] <= pos[:, None])
+    if USE_WINDOW:
+        visible &= offs_n[None, :] > pos[:, None] - window
+    qk = tl.where(visible, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+    p = tl.math.exp2(qk - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    v = tl.load(v_cache_ptr + slots[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_new, l_i * alpha + tl.sum(p, axis=1), acc
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, o_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr,
+    qk_scale, window, num_seqs,
+    stride_qt, stride_qh, stride_ot, stride_oh, stride_kb, stride_ks, stride_kh, stride_bt,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, USE_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    # The last sequence whose first program id is <= pid.
+    lo = tl.full((), 0, tl.int32)
+    hi = num_seqs - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid <= pid:
+            lo = mid
+        else:
+            hi = mid - 1
+    seq = lo
+    q_start = tl.load(cu_seqlens_q_ptr + seq)
+    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
+    q_block = pid - (q_start // BLOCK_Q + seq)
+    if q_block * BLOCK_Q >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context_len = seq_len - q_len
+
+    offs_m = tl.arange(0, BLOCK_M)
+    q_idx = q_block * BLOCK_Q + offs_m // GROUP
+    head = kv_head * GROUP + offs_m % GROUP
+    mask_m = (offs_m < BLOCK_Q * GROUP) & (q_idx < q_len)
+    pos = context_len + q_idx
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    tok = (q_start + q_idx).to(tl.int64)
+    q = tl.load(q_ptr + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+
+    # A finite floor keeps exp2(m_i - m_new) defined for rows that see no key in a tile.
+    m_i = tl.full((BLOCK_M,), -1.0e30, tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    key_end = context_len + tl.minimum(q_len, (q_block + 1) * BLOCK_Q)
+    key_start = 0
+    if USE_WINDOW:
+        key_start = tl.maximum(context_len + q_block * BLOCK_Q - window + 1, 0) // BLOCK_N * BLOCK_N
+    table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    for start in range(key_start, key_end, BLOCK_N):
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head * stride_kh,
+                                    start, key_end, pos, qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
+                                    BLOCK_N, BLOCK_SIZE, USE_WINDOW, DOT_PRECISION)
+    # Rows past the sequence's end saw no key; they are not stored, the guard only avoids 0 / 0.
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(o_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+def check_block_tables(block_tables: torch.Tensor, seq_lens: torch.Tensor, batch: int, device: torch.device) -> None:
+    check_tensor("block_tables", block_tables, 2, (torch.int32,), device)
+    if block_tables.shape[0] != batch:
+        raise ValueError(f"block_tables must have {batch} rows (one per sequence), got {tuple(block_tables.shape)}")
+    check_tensor("seq_lens", seq_lens, 1, INDEX_DTYPES, device)
+    check_shape("seq_lens", seq_lens, (batch,))
+
+
+def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                   block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
+                                   scale: float, sliding_window: int | None = None) -> torch.Tensor:
+    device = q.device
+    check_tensor("q", q, 3, FLOAT_DTYPES, device)
+    check_kv_cache(k_cache, v_cache, device)
+    check_attention_heads(q, k_cache)
+    check_tensor("cu_seqlens_q", cu_seqlens_q, 1, (torch.int32,), device)
+    batch = cu_seqlens_q.shape[0] - 1
+    if batch < 0:
+        raise ValueError("cu_seqlens_q must hold B + 1 offsets, got an empty tensor")
+    check_block_tables(block_tables, seq_lens, batch, device)
+    check_sliding_window(sliding_window)
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
+    group = num_q_heads // num_kv_heads
+    o = torch.empty_like(q)
+    if num_tokens == 0 or batch == 0:
+        return o
+    # Larger tiles pay off once there are enough query rows to keep every SM busy.
+    block_m = max(128 if num_tokens * group >= 4096 else 64, triton.next_power_of_2(group))
+    block_q = block_m // group
+    _prefill_kernel[(num_tokens // block_q + batch, num_kv_heads)](
+        q, k_cache, v_cache, o, block_tables, cu_seqlens_q, seq_lens,
+        scale * LOG2E, sliding_window or 0, batch,
+        q.stride(0), q.stride(1), o.stride(0), o.stride(1), k_cache.stride(0), k_cache.stride(1),
+        k_cache.stride(2), block_tables.stride(0),
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(triton.next_power_of_2(head_dim), 16), BLOCK_Q=block_q,
+        BLOCK_M=block_m, BLOCK_N=64, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=8 if block_m >= 128 else 4, num_stages=2,
+    )
+    return o
