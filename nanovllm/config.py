@@ -1,0 +1,68 @@
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoConfig, PretrainedConfig
+
+from nanovllm.models import MODEL_REGISTRY
+
+
+@dataclass
+class Config:
+    """Engine settings, checked up front so that a bad value fails with a message naming it."""
+
+    model: str
+    dtype: torch.dtype | str | None = None
+    device: torch.device | str | None = None
+    max_model_len: int = 4096
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 16384
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
+    kvcache_block_size: int = 16
+    # None sizes the cache from free GPU memory (CUDA) or from max_num_seqs * max_model_len (CPU).
+    num_kvcache_blocks: int | None = None
+    hf_config: PretrainedConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        config_file = os.path.join(str(self.model), "config.json")
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"model_path {self.model!r} is not a folder with a config.json")
+        with open(config_file) as f:
+            architectures = json.load(f).get("architectures") or []
+        if not any(a in MODEL_REGISTRY for a in architectures):
+            raise ValueError(
+                f"unsupported architecture {architectures} in {config_file}; supported: {sorted(MODEL_REGISTRY)}"
+            )
+        self.hf_config = AutoConfig.from_pretrained(self.model)
+        self.device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type not in ("cuda", "cpu"):
+            raise ValueError(f"device must be 'cuda' or 'cpu', got {self.device}")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+        self.dtype = self._resolve_dtype()
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        size = self.kvcache_block_size
+        if not (size >= 1 and size & (size - 1) == 0):
+            raise ValueError(f"kvcache_block_size must be a power of two, got {size}")
+        if self.num_kvcache_blocks is not None and not self.num_kvcache_blocks >= 1:
+            raise ValueError(f"num_kvcache_blocks must be >= 1 or None, got {self.num_kvcache_blocks}")
+        self.max_model_len = min(self.max_model_len, self.hf_config.max_position_embeddings)
+
+    def _resolve_dtype(self) -> torch.dtype:
+        dtype = self.dtype
+        if dtype is None:
+            if self.device.type == "cpu":
+                return torch.float32
+            dtype = getattr(self.hf_config, "dtype", None) or getattr(self.hf_config, "torch_dtype", None)
+            dtype = dtype or torch.float32
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype.removeprefix("torch."), None)
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        return dtype

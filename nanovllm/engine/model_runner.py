@@ -1,0 +1,213 @@
+import os
+
+import numpy as np
+import torch
+
+from nanovllm.config import Config
+from nanovllm.engine.sequence import Sequence
+from nanovllm.layers.attention import Attention
+from nanovllm.layers.sampler import Sampler
+from nanovllm.models import MODEL_REGISTRY
+from nanovllm.utils.context import get_context, reset_context, set_context
+from nanovllm.utils.loader import load_model
+
+# The CPU KV cache takes at most this share of the available RAM.
+CPU_KV_CACHE_RAM_FRACTION = 0.25
+
+
+class ModelRunner:
+    """Owns the model and its paged KV cache; turns scheduled sequences into one forward pass and sampled tokens.
+
+    KV cache size: `num_kvcache_blocks` when given; on CUDA, what fits in `gpu_memory_utilization` of the GPU's
+    memory after the weights and the activations of a warm-up prefill of `max_num_batched_tokens` tokens; on CPU,
+    room for `max_num_seqs` sequences of `max_model_len` tokens, capped at a quarter of the available RAM.
+    """
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.device, self.dtype = config.device, config.dtype
+        self.block_size = config.kvcache_block_size
+        self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
+        hf_config = config.hf_config
+        arch = next(a for a in hf_config.architectures if a in MODEL_REGISTRY)
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with self.device:
+                self.model = MODEL_REGISTRY[arch](hf_config, config.max_model_len)
+        finally:
+            torch.set_default_dtype(default_dtype)
+        load_model(self.model, config.model)
+        self.sampler = Sampler()
+        self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.num_kvcache_blocks = self._num_kvcache_blocks()
+        if self.num_kvcache_blocks < self.max_blocks_per_seq:
+            raise ValueError(
+                f"the KV cache holds {self.num_kvcache_blocks} blocks of {self.block_size} tokens, but one sequence of "
+                f"max_model_len={config.max_model_len} tokens needs {self.max_blocks_per_seq}; lower max_model_len or "
+                "give the cache more room (gpu_memory_utilization, num_kvcache_blocks)")
+        self._bind_kv_cache(self.num_kvcache_blocks)
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self._capture_cudagraphs()
+
+    def _block_bytes(self) -> int:
+        attn = self.attention_layers[0]
+        return 2 * len(self.attention_layers) * self.block_size * attn.num_kv_heads * attn.head_dim * self.dtype.itemsize
+
+    def _bind_kv_cache(self, num_blocks: int) -> None:
+        attn = self.attention_layers[0]
+        self.kv_cache = None  # frees the previous cache before allocating the new one
+        self.kv_cache = torch.zeros(2, len(self.attention_layers), num_blocks, self.block_size, attn.num_kv_heads,
+                                    attn.head_dim, dtype=self.dtype, device=self.device)
+        for i, layer in enumerate(self.attention_layers):
+            layer.k_cache, layer.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+
+    def _num_kvcache_blocks(self) -> int:
+        config = self.config
+        if config.num_kvcache_blocks is not None:
+            return config.num_kvcache_blocks
+        if self.device.type == "cpu":
+            wanted = config.max_num_seqs * self.max_blocks_per_seq
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            return min(wanted, int(available * CPU_KV_CACHE_RAM_FRACTION) // self._block_bytes())
+        seq_len = min(config.max_model_len, config.max_num_batched_tokens)
+        num_seqs = max(1, min(config.max_num_batched_tokens // seq_len, config.max_num_seqs))
+        self._bind_kv_cache(num_seqs * self.max_blocks_per_seq)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        self._warmup(num_seqs, seq_len)
+        activations = torch.cuda.max_memory_allocated() - before
+        self.kv_cache = None
+        for layer in self.attention_layers:
+            layer.k_cache = layer.v_cache = torch.tensor([])
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
+        budget = total * config.gpu_memory_utilization - (total - free) - activations
+        return max(0, int(budget) // self._block_bytes())
+
+    def _warmup(self, num_seqs: int, seq_len: int) -> None:
+        seqs = [Sequence([0] * seq_len) for _ in range(num_seqs)]
+        for i, seq in enumerate(seqs):
+            seq.block_table = list(range(i * self.max_blocks_per_seq, i * self.max_blocks_per_seq + seq.num_blocks))
+            seq.num_scheduled_tokens = seq_len
+        self.run(seqs, is_prefill=True)
+
+    def _tensor(self, data, dtype: torch.dtype) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(data), dtype=dtype)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
+        width = max(len(seq.block_table) for seq in seqs)
+        tables = np.full((len(seqs), width), -1, dtype=np.int32)
+        for i, seq in enumerate(seqs):
+            tables[i, :len(seq.block_table)] = seq.block_table
+        return self._tensor(tables, torch.int32)
+
+    def _prepare_prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids, positions, slots, cu_seqlens_q, seq_lens, logits_indices = [], [], [], [0], [], []
+        for seq in seqs:
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + seq.num_scheduled_tokens
+            pos = np.arange(start, end)
+            input_ids.extend(seq[start:end])
+            positions.append(pos)
+            slots.append(np.asarray(seq.block_table)[pos // self.block_size] * self.block_size + pos % self.block_size)
+            cu_seqlens_q.append(cu_seqlens_q[-1] + end - start)
+            seq_lens.append(end)
+            if end == len(seq):
+                logits_indices.append(cu_seqlens_q[-1] - 1)
+        set_context(is_prefill=True, cu_seqlens_q=self._tensor(cu_seqlens_q, torch.int32),
+                    seq_lens=self._tensor(seq_lens, torch.int32), slot_mapping=self._tensor(np.concatenate(slots), torch.int64),
+                    block_tables=self._block_tables(seqs), logits_indices=self._tensor(logits_indices, torch.int64))
+        return self._tensor(input_ids, torch.int64), self._tensor(np.concatenate(positions), torch.int64)
+
+    def _prepare_decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = [len(seq) - 1 for seq in seqs]
+        slots = [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
+                 for seq, p in zip(seqs, positions)]
+        set_context(is_prefill=False, seq_lens=self._tensor([len(seq) for seq in seqs], torch.int32),
+                    slot_mapping=self._tensor(slots, torch.int64), block_tables=self._block_tables(seqs))
+        return self._tensor([seq.last_token for seq in seqs], torch.int64), self._tensor(positions, torch.int64)
+
+    def _prepare_sample(self, seqs: list[Sequence]):
+        for seq in seqs:
+            if seq.sampling_params.seed is not None and seq.generator is None:
+                seq.generator = torch.Generator(self.device).manual_seed(seq.sampling_params.seed)
+        generators = [seq.generator for seq in seqs]
+        params = [seq.sampling_params for seq in seqs]
+        return (self._tensor([p.temperature for p in params], torch.float32),
+                self._tensor([p.top_k for p in params], torch.int64),
+                self._tensor([p.top_p for p in params], torch.float32),
+                generators if any(g is not None for g in generators) else None)
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int | None]:
+        """One forward pass; returns each sequence's new token, or None for a chunk that does not end its prompt."""
+        if is_prefill:
+            input_ids, positions = self._prepare_prefill(seqs)
+            done = [seq.num_computed_tokens + seq.num_scheduled_tokens == len(seq) for seq in seqs]
+        else:
+            input_ids, positions = self._prepare_decode(seqs)
+            done = [True] * len(seqs)
+        logits = self._run_model(input_ids, positions, is_prefill)
+        sampled = [seq for seq, d in zip(seqs, done) if d]
+        token_ids = iter(self.sampler(logits, *self._prepare_sample(sampled)).tolist() if sampled else [])
+        reset_context()
+        return [next(token_ids) if d else None for d in done]
+
+    def compute_prefill_logits(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Logits of the last token of each scheduled prompt, without sampling (for checks against other engines)."""
+        with torch.inference_mode():
+            input_ids, positions = self._prepare_prefill(seqs)
+            logits = self._run_model(input_ids, positions, is_prefill=True)
+        reset_context()
+        return logits
+
+    def _run_model(self, input_ids: torch.Tensor, positions: torch.Tensor, is_prefill: bool) -> torch.Tensor:
+        batch = input_ids.size(0)
+        if is_prefill or not self.graphs or batch > self.graph_batch_sizes[-1]:
+            return self.model.compute_logits(self.model(input_ids, positions))
+        graph_batch = next(b for b in self.graph_batch_sizes if b >= batch)
+        ctx, v = get_context(), self.graph_vars
+        v["input_ids"][:batch] = input_ids
+        v["positions"][:batch] = positions
+        v["slot_mapping"].fill_(-1)
+        v["slot_mapping"][:batch] = ctx.slot_mapping
+        # Padding rows read one token of block 0: finite values, and their outputs are dropped.
+        v["seq_lens"].fill_(1)
+        v["seq_lens"][:batch] = ctx.seq_lens
+        v["block_tables"].fill_(0)
+        v["block_tables"][:batch, :ctx.block_tables.size(1)] = ctx.block_tables
+        self.graphs[graph_batch].replay()
+        return self.model.compute_logits(v["outputs"][:batch])
+
+    @torch.inference_mode()
+    def _capture_cudagraphs(self) -> None:
+        sizes = [1, 2, 4, 8] + list(range(16, 513, 16))
+        self.graph_batch_sizes = sizes[:next(i for i, b in enumerate(sizes) if b >= min(self.config.max_num_seqs, 512)) + 1]
+        largest = self.graph_batch_sizes[-1]
+        hidden_size = self.config.hf_config.hidden_size
+        self.graph_vars = v = {
+            "input_ids": torch.zeros(largest, dtype=torch.int64, device=self.device),
+            "positions": torch.zeros(largest, dtype=torch.int64, device=self.device),
+            "slot_mapping": torch.full((largest,), -1, dtype=torch.int64, device=self.device),
+            "seq_lens": torch.ones(largest, dtype=torch.int32, device=self.device),
+            "block_tables": torch.zeros(largest, self.max_blocks_per_seq, dtype=torch.int32, device=self.device),
+            "outputs": torch.zeros(largest, hidden_size, dtype=self.dtype, device=self.device),
+        }
+        pool = None
+        for batch in reversed(self.graph_batch_sizes):
+            set_context(is_prefill=False, slot_mapping=v["slot_mapping"][:batch], seq_lens=v["seq_lens"][:batch],
+                        block_tables=v["block_tables"][:batch])
+            v["outputs"][:batch] = self.model(v["input_ids"][:batch], v["positions"][:batch])  # compiles kernels
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool):
+                v["outputs"][:batch] = self.model(v["input_ids"][:batch], v["positions"][:batch])
+            pool = graph.pool()
+            self.graphs[batch] = graph
+            torch.cuda.synchronize()
+            reset_context()

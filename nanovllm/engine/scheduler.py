@@ -1,0 +1,104 @@
+from collections import deque
+
+from nanovllm.config import Config
+from nanovllm.engine.block_manager import BlockManager
+from nanovllm.engine.sequence import Sequence, SequenceStatus
+
+
+class Scheduler:
+    """Continuous batching: each step is either a prefill batch or a decode batch.
+
+    Prefill comes first while requests wait. It fills up to `max_num_batched_tokens` new tokens; the sequence
+    that does not fit is cut (chunked prefill) and stays at the head of the queue for the next step. When the KV
+    cache cannot grow a running sequence, the newest running sequence is preempted: its blocks are freed and it is
+    recomputed later from its tokens.
+    """
+
+    def __init__(self, config: Config, eos_token_ids: set[int]):
+        self.max_num_seqs = config.max_num_seqs
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.max_model_len = config.max_model_len
+        self.eos_token_ids = eos_token_ids
+        self.block_manager = BlockManager(config.num_kvcache_blocks, config.kvcache_block_size)
+        self.waiting: deque[Sequence] = deque()
+        self.running: deque[Sequence] = deque()
+        self.num_preemptions = 0
+
+    def is_finished(self) -> bool:
+        return not self.waiting and not self.running
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def schedule(self) -> tuple[list[Sequence], bool]:
+        scheduled = self._schedule_prefill()
+        if scheduled:
+            return scheduled, True
+        scheduled = self._schedule_decode()
+        assert scheduled, "no sequence fits in the KV cache"
+        return scheduled, False
+
+    def _schedule_prefill(self) -> list[Sequence]:
+        scheduled = []
+        budget = self.max_num_batched_tokens
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not seq.block_table:
+                if not self.block_manager.can_allocate(seq):
+                    break
+                self.block_manager.allocate(seq)
+            seq.num_scheduled_tokens = min(len(seq) - seq.num_computed_tokens, budget)
+            budget -= seq.num_scheduled_tokens
+            scheduled.append(seq)
+            if seq.num_computed_tokens + seq.num_scheduled_tokens < len(seq):
+                break
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+        return scheduled
+
+    def _schedule_decode(self) -> list[Sequence]:
+        scheduled = []
+        while self.running and len(scheduled) < self.max_num_seqs:
+            seq = self.running.popleft()
+            while not self.block_manager.can_append(seq):
+                if self.running:
+                    self._preempt(self.running.pop())
+                else:
+                    self._preempt(seq)
+                    break
+            else:
+                self.block_manager.may_append(seq)
+                seq.num_scheduled_tokens = 1
+                scheduled.append(seq)
+        self.running.extendleft(reversed(scheduled))
+        return scheduled
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.num_preemptions += 1
+        seq.status = SequenceStatus.WAITING
+        self.block_manager.deallocate(seq)
+        self.waiting.appendleft(seq)
+
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int | None]) -> None:
+        """Record a step's results; `token_ids` is None for a prompt chunk that does not end its prompt."""
+        for seq, token_id in zip(seqs, token_ids):
+            seq.num_computed_tokens += seq.num_scheduled_tokens
+            seq.num_scheduled_tokens = 0
+            if token_id is None:
+                continue
+            self.block_manager.register_full_block(seq)
+            seq.append_token(token_id)
+            if self._should_stop(seq, token_id):
+                seq.status = SequenceStatus.FINISHED
+                self.block_manager.deallocate(seq)
+                self.running.remove(seq)
+
+    def _should_stop(self, seq: Sequence, token_id: int) -> bool:
+        params = seq.sampling_params
+        return (
+            (not params.ignore_eos and token_id in self.eos_token_ids)
+            or (params.stop_token_ids is not None and token_id in params.stop_token_ids)
+            or seq.num_completion_tokens >= params.max_tokens
+            or len(seq) >= self.max_model_len
+        )

@@ -1,0 +1,10 @@
+import torch
+from torch import nn
+
+from nanovllm import ops
+
+
+class Sampler(nn.Module):
+    def forward(self, logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor, top_ps: torch.Tensor,
+                generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
+        return ops.sample(logits, temperatures, top_ks, top_ps, generators)

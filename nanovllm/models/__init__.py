@@ -1,0 +1,5 @@
+from nanovllm.models.llama import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+
+# config.json's `architectures` entry -> model class.
+MODEL_REGISTRY = {cls.__name__: cls for cls in (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+                                                Qwen3ForCausalLM)}

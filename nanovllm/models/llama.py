@@ -1,0 +1,156 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3): one implementation, per-architecture flags."""
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from nanovllm.layers.activation import SiluAndMul
+from nanovllm.layers.attention import Attention
+from nanovllm.layers.embed_head import LMHead, VocabEmbedding
+from nanovllm.layers.layernorm import RMSNorm
+from nanovllm.layers.linear import Linear, MergedLinear, QKVLinear
+from nanovllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters
+
+
+def sliding_window(config: PretrainedConfig, layer_idx: int) -> int | None:
+    """Qwen2/Qwen3 mark sliding layers in `layer_types`; Mistral applies `sliding_window` to every layer."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and layer_types[layer_idx] != "sliding_attention":
+        return None
+    return getattr(config, "sliding_window", None)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: PretrainedConfig, layer_idx: int, max_position: int, qkv_bias: bool,
+                 o_bias: bool, qk_norm: bool):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, o_bias)
+        self.rotary_emb = RotaryEmbedding(self.head_dim, max_position, rope_parameters(config))
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads,
+                              sliding_window(config, layer_idx))
+        self.q_norm = self.k_norm = None
+        if qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
+        o = self.attn(q, k, v)
+        return self.o_proj(o.view(-1, self.q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: PretrainedConfig, bias: bool):
+        super().__init__()
+        if config.hidden_act != "silu":
+            raise NotImplementedError(f"hidden_act {config.hidden_act!r} is not supported; supported: 'silu'")
+        self.gate_up_proj = MergedLinear(config.hidden_size, [config.intermediate_size] * 2, bias)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(gate_up))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Each RMSNorm sits next to the projection it feeds (`attention_input`, `mlp_input`), ready to be fused."""
+
+    def __init__(self, config: PretrainedConfig, layer_idx: int, max_position: int, flags: dict):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_idx, max_position, flags["qkv_bias"], flags["o_bias"],
+                                        flags["qk_norm"])
+        self.mlp = LlamaMLP(config, flags["mlp_bias"])
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def attention_input(self, hidden_states: torch.Tensor, residual: torch.Tensor | None):
+        if residual is None:
+            hidden_states, residual = self.input_layernorm(hidden_states), hidden_states
+        else:
+            hidden_states, residual = self.input_layernorm(hidden_states, residual)
+        return self.self_attn.qkv_proj(hidden_states), residual
+
+    def mlp_input(self, hidden_states: torch.Tensor, residual: torch.Tensor):
+        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        return self.mlp.gate_up_proj(hidden_states), residual
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None):
+        qkv, residual = self.attention_input(hidden_states, residual)
+        hidden_states = self.self_attn(positions, qkv)
+        gate_up, residual = self.mlp_input(hidden_states, residual)
+        return self.mlp(gate_up), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: PretrainedConfig, max_position: int, flags: dict):
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, i, max_position, flags) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden_states, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            hidden_states, residual = layer(positions, hidden_states, residual)
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
+
+
+class LlamaForCausalLM(nn.Module):
+    # Checkpoint names that load into a slice of a stacked parameter: name -> (our name, shard id).
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, config: PretrainedConfig, max_position: int):
+        super().__init__()
+        self.model = LlamaModel(config, max_position, self.flags(config))
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @staticmethod
+    def flags(config: PretrainedConfig) -> dict:
+        bias = getattr(config, "attention_bias", False)
+        return {"qkv_bias": bias, "o_bias": bias, "qk_norm": False, "mlp_bias": getattr(config, "mlp_bias", False)}
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden_states)
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    @staticmethod
+    def flags(config: PretrainedConfig) -> dict:
+        return {"qkv_bias": False, "o_bias": False, "qk_norm": False, "mlp_bias": False}
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    @staticmethod
+    def flags(config: PretrainedConfig) -> dict:
+        return {"qkv_bias": True, "o_bias": False, "qk_norm": False, "mlp_bias": False}
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    @staticmethod
+    def flags(config: PretrainedConfig) -> dict:
+        bias = getattr(config, "attention_bias", False)
+        return {"qkv_bias": bias, "o_bias": bias, "qk_norm": True, "mlp_bias": False}

@@ -1,0 +1,40 @@
+import glob
+import os
+
+from safetensors import safe_open
+from torch import nn
+
+
+def load_model(model: nn.Module, path: str) -> None:
+    """Copy a safetensors checkpoint (one file or shards) into `model`, fusing q/k/v and gate/up on the way."""
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in model_path {path!r}")
+    # Tied embeddings: lm_head.weight is listed too, as the same tensor as embed_tokens.weight.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    packed = getattr(model, "packed_modules_mapping", {})
+    loaded = set()
+    for file in files:
+        with safe_open(file, "pt", "cpu") as f:
+            for name in f.keys():
+                if "rotary_emb.inv_freq" in name:
+                    continue
+                target, shard_id = name, None
+                for ckpt_name, (our_name, shard) in packed.items():
+                    if f".{ckpt_name}." in name:
+                        target, shard_id = name.replace(ckpt_name, our_name), shard
+                        break
+                if target not in params:
+                    raise KeyError(f"checkpoint tensor {name!r} in {file} has no place in {type(model).__name__}")
+                param = params[target]
+                tensor = f.get_tensor(name)
+                if shard_id is None:
+                    if tuple(tensor.shape) != tuple(param.shape):
+                        raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)}, model {tuple(param.shape)}")
+                    param.data.copy_(tensor)
+                else:
+                    param.weight_loader(param, tensor, shard_id)
+                loaded.add(id(param))
+    missing = [n for n, p in params.items() if id(p) not in loaded]
+    if missing:
+        raise ValueError(f"checkpoint {path!r} lacks weights for {missing[:5]}")
