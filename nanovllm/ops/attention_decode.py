@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from nanovllm.ops.attention_prefill import LOG2E, attend_tile, check_block_tables
-from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_kv_cache, check_sliding_window,
-                                     check_tensor)
+from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_kv_cache, check_shape,
+                                     check_sliding_window, check_tensor)
 
 BLOCK_N = 64
 # A split shorter than this spends more on its partial write and merge than it saves.
@@ -27,11 +27,11 @@ MAX_SPLITS = 64
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, part_o_ptr, part_lse_ptr,
-    qk_scale, window,
+    qk_scale, window, num_splits,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_pb, stride_ph, stride_ps,
     stride_lb, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, USE_WINDOW: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, USE_WINDOW: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
@@ -41,7 +41,7 @@ def _decode_split_kernel(
     first_key = 0
     if USE_WINDOW:
         first_key = tl.maximum(seq_len - window, 0)
-    keys_per_split = tl.cdiv(tl.cdiv(seq_len - first_key, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    keys_per_split = tl.cdiv(tl.cdiv(seq_len - first_key, num_splits), BLOCK_N) * BLOCK_N
     start = first_key + split * keys_per_split
     end = tl.minimum(start + keys_per_split, seq_len)
 
@@ -74,13 +74,12 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_merge_kernel(part_o_ptr, part_lse_ptr, o_ptr, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-                         stride_ob, stride_oh,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                         BLOCK_S: tl.constexpr):
+                         stride_ob, stride_oh, num_splits,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
-    mask_s = offs_s < NUM_SPLITS
+    mask_s = offs_s < num_splits
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     lse = tl.load(part_lse_ptr + seq * stride_lb + head * stride_lh + offs_s, mask=mask_s, other=float("-inf"))
@@ -107,8 +106,10 @@ def default_num_splits(batch: int, num_kv_heads: int, max_keys: int, device: tor
 
 def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                   block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                                  sliding_window: int | None = None, num_splits: int | None = None) -> torch.Tensor:
-    """num_splits: how many parts the KV length is cut into (default: from the shapes and the SM count)."""
+                                  sliding_window: int | None = None, num_splits: int | None = None,
+                                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """num_splits: how many parts the KV length is cut into (default: from the shapes and the SM count);
+    out: where to write the result (default: a new tensor like q)."""
     device = q.device
     check_tensor("q", q, 3, FLOAT_DTYPES, device)
     check_kv_cache(k_cache, v_cache, device)
@@ -122,24 +123,28 @@ def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cach
         num_splits = default_num_splits(batch, num_kv_heads, block_tables.shape[1] * block_size, device)
     elif num_splits < 1:
         raise ValueError(f"num_splits must be a positive int, got {num_splits}")
-    o = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
+    else:
+        check_tensor("out", out, 3, (q.dtype,), device)
+        check_shape("out", out, tuple(q.shape))
     if batch == 0:
-        return o
+        return out
     part_o = torch.empty((batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=device)
     part_lse = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=device)
     block_d = max(triton.next_power_of_2(head_dim), 16)
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, part_o, part_lse,
-        scale * LOG2E, sliding_window or 0,
+        scale * LOG2E, sliding_window or 0, num_splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(triton.next_power_of_2(group), 16),
-        BLOCK_N=BLOCK_N, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, USE_WINDOW=sliding_window is not None,
+        BLOCK_N=BLOCK_N, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4, num_stages=2,
     )
     _decode_merge_kernel[(batch, num_q_heads)](
-        part_o, part_lse, o, part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0),
-        part_lse.stride(1), o.stride(0), o.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits),
+        part_o, part_lse, out, part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0),
+        part_lse.stride(1), out.stride(0), out.stride(1), num_splits,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
     )
-    return o
+    return out

@@ -113,7 +113,9 @@ def check_block_tables(block_tables: torch.Tensor, seq_lens: torch.Tensor, batch
 
 def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                    block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
-                                   scale: float, sliding_window: int | None = None) -> torch.Tensor:
+                                   scale: float, sliding_window: int | None = None,
+                                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """out: where to write the result (default: a new tensor like q)."""
     device = q.device
     check_tensor("q", q, 3, FLOAT_DTYPES, device)
     check_kv_cache(k_cache, v_cache, device)
@@ -127,20 +129,24 @@ def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cac
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
     group = num_q_heads // num_kv_heads
-    o = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
+    else:
+        check_tensor("out", out, 3, (q.dtype,), device)
+        check_shape("out", out, tuple(q.shape))
     if num_tokens == 0 or batch == 0:
-        return o
+        return out
     # Larger tiles pay off once there are enough query rows to keep every SM busy.
     block_m = max(128 if num_tokens * group >= 4096 else 64, triton.next_power_of_2(group))
     block_q = block_m // group
     _prefill_kernel[(num_tokens // block_q + batch, num_kv_heads)](
-        q, k_cache, v_cache, o, block_tables, cu_seqlens_q, seq_lens,
+        q, k_cache, v_cache, out, block_tables, cu_seqlens_q, seq_lens,
         scale * LOG2E, sliding_window or 0, batch,
-        q.stride(0), q.stride(1), o.stride(0), o.stride(1), k_cache.stride(0), k_cache.stride(1),
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
         k_cache.stride(2), block_tables.stride(0),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(triton.next_power_of_2(head_dim), 16), BLOCK_Q=block_q,
         BLOCK_M=block_m, BLOCK_N=64, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=8 if block_m >= 128 else 4, num_stages=2,
     )
-    return o
+    return out
