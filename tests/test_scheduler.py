@@ -1,0 +1,86 @@
+from types import SimpleNamespace
+
+from nanovllm.engine.scheduler import Scheduler
+from nanovllm.engine.sequence import Sequence, SequenceStatus
+from nanovllm.sampling_params import SamplingParams
+
+BLOCK = 4
+
+
+def scheduler(num_blocks=64, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64):
+    Sequence.block_size = BLOCK
+    config = SimpleNamespace(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                             max_model_len=max_model_len, num_kvcache_blocks=num_blocks, kvcache_block_size=BLOCK)
+    return Scheduler(config, eos_token_ids={0})
+
+
+def run_step(s, token=7):
+    seqs, is_prefill = s.schedule()
+    tokens = [token if seq.num_computed_tokens + seq.num_scheduled_tokens == len(seq) else None for seq in seqs]
+    s.postprocess(seqs, tokens)
+    return seqs, is_prefill
+
+
+def test_prefill_first_then_decode_until_max_tokens():
+    s = scheduler()
+    a = Sequence([1, 2, 3], SamplingParams(max_tokens=3))
+    b = Sequence([4, 5], SamplingParams(max_tokens=2))
+    s.add(a)
+    s.add(b)
+    seqs, is_prefill = run_step(s)
+    assert is_prefill and seqs == [a, b]
+    seqs, is_prefill = run_step(s)
+    assert not is_prefill and seqs == [a, b]
+    assert b.is_finished and b.completion_token_ids == [7, 7]
+    run_step(s)
+    assert a.is_finished and s.is_finished()
+    assert s.block_manager.num_free_blocks == 64
+
+
+def test_eos_and_stop_tokens_finish_unless_ignored():
+    s = scheduler()
+    a = Sequence([1, 2], SamplingParams(max_tokens=5))
+    b = Sequence([1, 2], SamplingParams(max_tokens=5, ignore_eos=True))
+    c = Sequence([1, 2], SamplingParams(max_tokens=5, stop_token_ids=[9]))
+    for seq in (a, b, c):
+        s.add(seq)
+    seqs, _ = s.schedule()
+    s.postprocess(seqs, [0, 0, 9])
+    assert a.is_finished and not b.is_finished and c.is_finished
+
+
+def test_chunked_prefill_respects_the_token_budget():
+    s = scheduler(max_num_batched_tokens=5)
+    a = Sequence(list(range(1, 13)), SamplingParams(max_tokens=1))
+    s.add(a)
+    chunks = []
+    while not s.is_finished():
+        seqs, is_prefill = s.schedule()
+        assert is_prefill
+        chunks.append(seqs[0].num_scheduled_tokens)
+        s.postprocess(seqs, [7 if a.num_computed_tokens + a.num_scheduled_tokens == len(a) else None])
+    assert chunks == [5, 5, 2] and a.completion_token_ids == [7]
+
+
+def test_full_cache_preempts_the_newest_sequence_and_recomputes_it():
+    s = scheduler(num_blocks=3)
+    a = Sequence([1, 2, 3, 4], SamplingParams(max_tokens=4))
+    b = Sequence([5, 6, 7, 8], SamplingParams(max_tokens=4))
+    s.add(a)
+    s.add(b)
+    run_step(s)  # both prefilled, one block each; the first decode step needs two new blocks but one is free
+    seqs, is_prefill = run_step(s)
+    assert not is_prefill and seqs == [a] and s.num_preemptions == 1
+    assert b.status == SequenceStatus.WAITING and b.block_table == [] and s.waiting[0] is b
+    while not s.is_finished():
+        run_step(s)
+    assert a.completion_token_ids == [7] * 4 and b.completion_token_ids == [7] * 4
+
+
+def test_stops_at_max_model_len():
+    s = scheduler(max_model_len=6)
+    a = Sequence([1, 2, 3, 4], SamplingParams(max_tokens=50))
+    s.add(a)
+    while not s.is_finished():
+        run_step(s)
+    assert len(a) == 6
