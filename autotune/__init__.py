@@ -1,0 +1,1 @@
+"""Finding the fastest correct config per GPU and problem: timing, Optuna studies, workers, lookup tables."""

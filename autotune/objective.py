@@ -1,0 +1,92 @@
+"""The objective of one study: is a config right, and how fast is it next to the baseline?
+
+Inputs are built once per problem (random, never zeros), as enough independent sets that
+cycling through them streams more than the L2 cache holds. A candidate is first checked against
+the baseline's output on the same inputs; only a correct one is timed. Every failure (compile
+error, out of resources, wrong result) comes back as a Result with its reason, never as an exception.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from autotune.timer import Timer, Timing, Workload
+from kernels.config import Config, device_smem_limit
+from search_spaces.base import Problem, SearchSpace
+
+# (atol, rtol) against the baseline, per dtype: a few units in the last place of unit-scale outputs.
+TOLERANCES = {"bfloat16": (3e-2, 3e-2), "float16": (1e-2, 1e-2), "float32": (1e-4, 1e-4)}
+_L2_PASSES = 3
+_MAX_BUFFERS = 64
+
+
+@dataclass(frozen=True)
+class Result:
+    config: Config
+    correct: bool
+    error: str | None = None
+    timing: Timing | None = None
+    tflops: float | None = None
+    gbps: float | None = None
+    speedup: float | None = None
+
+
+def short_error(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:500]
+
+
+class Evaluator:
+    def __init__(self, space: SearchSpace, problem: Problem, device: torch.device, timer: Timer,
+                 l2_bytes: int, seed: int = 0):
+        self.space, self.problem, self.device, self.timer = space, problem, device, timer
+        self.smem_limit = device_smem_limit(device)
+        self.n_buffers = max(1, min(_MAX_BUFFERS, math.ceil(_L2_PASSES * l2_bytes / space.footprint_bytes(problem))))
+        self.inputs = space.make_inputs(problem, device, self.n_buffers, seed=seed)
+        self.expected = space.launcher(None)(self.inputs[0])
+        self.baseline: Timing | None = None
+
+    def workload(self, config: Config | None) -> Workload:
+        run = self.space.launcher(config)
+        return Workload(self.problem, config, lambda i: run(self.inputs[i]), self.n_buffers)
+
+    def time_baseline(self, repeats: int) -> Timing:
+        self.baseline = self.timer.measure(self.workload(None), repeats)
+        return self.baseline
+
+    def check(self, config: Config) -> str | None:
+        """Why the config cannot be used (infeasible, fails to compile or run, wrong result), or None."""
+        reason = self.space.violation(config, self.problem, self.smem_limit)
+        if reason is not None:
+            return reason
+        try:
+            out = self.space.launcher(config)(self.inputs[0])
+        except Exception as e:  # noqa: BLE001 - compile errors and out-of-resources are results here
+            return short_error(e)
+        atol, rtol = TOLERANCES[self.problem.dtype]
+        diff = (out.float() - self.expected.float()).abs()
+        bound = atol + rtol * self.expected.float().abs()
+        if not bool(torch.isfinite(out).all()) or bool((diff > bound).any()):
+            worst = float(diff.nan_to_num(float("inf")).max())
+            return f"wrong result: max abs error {worst:.3g} vs the baseline (atol={atol}, rtol={rtol})"
+        return None
+
+    def evaluate(self, config: Config, repeats: int) -> Result:
+        error = self.check(config)
+        if error is not None:
+            return Result(config, correct=False, error=error)
+        try:
+            timing = self.timer.measure(self.workload(config), repeats)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory for rotating buffers of a huge split-K
+            return Result(config, correct=False, error=short_error(e))
+        return self.result(config, timing)
+
+    def result(self, config: Config, timing: Timing, baseline: Timing | None = None) -> Result:
+        baseline = baseline or self.baseline
+        seconds = timing.median_us * 1e-6
+        return Result(config, correct=True, timing=timing,
+                      tflops=self.space.flops(self.problem) / seconds / 1e12,
+                      gbps=self.space.footprint_bytes(self.problem) / seconds / 1e9,
+                      speedup=baseline.median_us / timing.median_us if baseline else None)

@@ -1,0 +1,224 @@
+"""One Optuna study per (GPU, kernel, dtype, M, K, N): sample, compile ahead, check, time, re-time the top few.
+
+Design choices (see docs for the numbers):
+- A study is one M bucket of one (K, N). Pruning the axes by M keeps each study's space small,
+  and the winners of the previous bucket warm-start the next (passed in as `warm_start`).
+- `trials` is the study's budget of finished trials (complete or failed), so a rerun resumes an
+  interrupted study where it stopped and a finished study is not tuned again. Infeasible and
+  duplicate samples are pruned before anything compiles and do not count.
+- Trials are asked ahead (TPE's constant liar keeps pending trials apart) and handed to the
+  compile pool; the GPU times them in order as their binaries become ready.
+- The best `retime_top` configs are then timed again head to head, interleaved with the baseline
+  over several rounds, and the winner of that is the study's result.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from autotune.compile_pool import CompilePool
+from autotune.device import GpuInfo
+from autotune.objective import Evaluator, Result
+from autotune.timer import Timer, Timing
+from db.storage import Recorder, RunKey
+from kernels.config import Config, device_smem_limit
+from search_spaces.base import Problem, SearchSpace
+
+SAMPLERS = ("tpe", "random", "grid")
+_COUNTED = (TrialState.COMPLETE, TrialState.FAIL)
+
+
+def study_name(kernel: str, gpu: str, problem: Problem) -> str:
+    return f"{kernel}|{gpu}|{problem.dtype}|M={problem.M}|K={problem.K}|N={problem.N}"
+
+
+def make_sampler(name: str, axes: dict[str, list[int]], seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=6)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(axes, seed=seed)
+    raise ValueError(f"--sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    sampler: str = "tpe"
+    trials: int = 24
+    timeout_s: float | None = None
+    repeats: int = 20
+    retime_top: int = 3
+    retime_rounds: int = 4
+    prefetch: int = 8
+    seed: int | None = 0
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"--sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+        if self.trials < 1:
+            raise ValueError(f"--trials {self.trials}: expected >= 1")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"--timeout {self.timeout_s}: expected a positive number of seconds")
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    study_name: str
+    problem: Problem
+    best: Result | None        # None when no candidate was correct
+    baseline_us: float | None
+    leaders: tuple[Config, ...] = ()  # the re-timed top configs, fastest first: warm starts for the next M
+    skipped: bool = False      # already finished in an earlier run
+
+
+def top_configs(study: optuna.Study, k: int) -> list[Config]:
+    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    out: list[Config] = []
+    for t in done:
+        c = Config.from_dict(t.params)
+        if c not in out:
+            out.append(c)
+        if len(out) == k:
+            break
+    return out
+
+
+class Tuner:
+    def __init__(self, space: SearchSpace, storage: optuna.storages.BaseStorage, recorder: Recorder,
+                 gpu: GpuInfo, device: torch.device, timer: Timer, pool: CompilePool, settings: TuneSettings,
+                 progress: Callable[[str, Result], None] | None = None):
+        self.space, self.storage, self.recorder = space, storage, recorder
+        self.gpu, self.device, self.timer, self.pool = gpu, device, timer, pool
+        self.settings, self.progress = settings, progress
+
+    def tune(self, problem: Problem, warm_start: list[Config] = ()) -> StudyOutcome:
+        s = self.settings
+        name = study_name(self.space.name, self.gpu.short_name, problem)
+        axes = self.space.axes(problem)
+        study = optuna.create_study(study_name=name, storage=self.storage, direction="minimize",
+                                    sampler=make_sampler(s.sampler, axes, s.seed), load_if_exists=True)
+        budget = min(s.trials, len(self.space.feasible(problem, device_smem_limit(self.device))))
+        finished = self.recorder.finished_best(name)
+        if finished is not None and len(study.get_trials(deepcopy=False, states=_COUNTED)) >= budget:
+            best = _stored_result(finished)
+            return StudyOutcome(name, problem, best, None, (best.config,), skipped=True)
+
+        run_id = self.recorder.start_run(self.gpu.to_record(), RunKey(
+            name, self.space.name, problem.M, problem.K, problem.N, problem.dtype, s.sampler, s.trials, s.timeout_s))
+        try:
+            evaluator = Evaluator(self.space, problem, self.device, self.timer, self.gpu.l2_bytes)
+            base = evaluator.time_baseline(s.repeats)
+            self.recorder.set_baseline(run_id, base.median_us, base.spread_us)
+            if not study.trials:
+                self._enqueue(study, problem, axes, [*warm_start, *self.space.heuristics(problem, self.device)])
+            self._search(study, evaluator, axes, budget, run_id)
+            ranked = self._retime(study, evaluator, run_id)
+        except BaseException as e:
+            self.recorder.finish_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+            raise
+        self.recorder.finish_run(run_id, "finished", ranked[0][1] if ranked else None)
+        return StudyOutcome(name, problem, ranked[0][0] if ranked else None, evaluator.baseline.median_us,
+                            tuple(r.config for r, _ in ranked))
+
+    def _enqueue(self, study: optuna.Study, problem: Problem, axes: dict[str, list[int]],
+                 configs: list[Config]) -> None:
+        smem = device_smem_limit(self.device)
+        for c in dict.fromkeys(configs):
+            params = c.to_dict()
+            inside = all(params[k] in values for k, values in axes.items())
+            if inside and self.space.violation(c, problem, smem) is None:
+                study.enqueue_trial(params, skip_if_exists=True)
+
+    def _search(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
+                run_id: int) -> None:
+        s = self.settings
+        deadline = time.monotonic() + s.timeout_s if s.timeout_s else math.inf
+        # Bounds the asks when the sampler keeps proposing infeasible or already-tried configs.
+        max_asks = 20 * budget + math.prod(len(v) for v in axes.values()) if s.sampler == "grid" else 20 * budget
+        asks = 0
+        pending: deque = deque()
+        try:
+            while True:
+                while len(pending) < s.prefetch and asks < max_asks and time.monotonic() < deadline:
+                    trials = study.get_trials(deepcopy=False)
+                    counted = sum(t.state in _COUNTED for t in trials)
+                    running = sum(t.state == TrialState.RUNNING for t in trials)
+                    # Other workers' running trials count too: together they fill the budget once.
+                    if counted + running >= budget:
+                        break
+                    asks += 1
+                    trial = study.ask()
+                    config = self.space.to_config({k: trial.suggest_categorical(k, v) for k, v in axes.items()})
+                    reason = self.space.violation(config, evaluator.problem, evaluator.smem_limit)
+                    if reason is None:
+                        reason = _duplicate(config, trials, trial.number)
+                    if reason is not None:
+                        trial.set_user_attr("pruned", reason)
+                        study.tell(trial, state=TrialState.PRUNED)
+                        continue
+                    pending.append((trial, config, self.pool.submit(self.space.name, evaluator.problem, config)))
+                if not pending:
+                    return
+                trial, config, compiled = pending[0]
+                error = compiled.result()
+                result = Result(config, False, error) if error else evaluator.evaluate(config, s.repeats)
+                self._record(run_id, "search", trial.number, result)
+                if result.correct:
+                    trial.set_user_attr("speedup", result.speedup)
+                    study.tell(trial, result.timing.median_us)
+                else:
+                    trial.set_user_attr("error", result.error)
+                    study.tell(trial, state=TrialState.FAIL)
+                pending.popleft()
+                if self.progress:
+                    self.progress(study.study_name, result)
+        except BaseException:
+            # Leave no trial RUNNING forever: what was not timed is failed, and says why.
+            for trial, _, _ in pending:
+                trial.set_user_attr("error", "interrupted before timing")
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+
+    def _retime(self, study: optuna.Study, evaluator: Evaluator, run_id: int) -> list[tuple[Result, int]]:
+        """Time the top configs and the baseline head to head, interleaved; fastest median first."""
+        s = self.settings
+        top = top_configs(study, s.retime_top)
+        if not top:
+            return []
+        samples: dict[Config | None, list[float]] = {c: [] for c in [None, *top]}
+        for _ in range(s.retime_rounds):
+            for c in samples:
+                samples[c] += evaluator.timer.measure(evaluator.workload(c), s.repeats).samples_us
+        baseline = evaluator.baseline = Timing.from_samples(samples.pop(None))
+        self.recorder.set_baseline(run_id, baseline.median_us, baseline.spread_us)
+        results = [evaluator.result(c, Timing.from_samples(v), baseline) for c, v in samples.items()]
+        ranked = [(r, self._record(run_id, "retime", None, r)) for r in results]
+        return sorted(ranked, key=lambda pair: pair[0].timing.median_us)
+
+    def _record(self, run_id: int, phase: str, trial_number: int | None, r: Result) -> int:
+        t = r.timing
+        return self.recorder.add_measurement(
+            run_id, phase=phase, trial_number=trial_number, config=r.config.to_dict(), correct=r.correct,
+            error=r.error, median_us=t.median_us if t else None, spread_us=t.spread_us if t else None,
+            repeats=len(t.samples_us) if t else None, tflops=r.tflops, gbps=r.gbps, speedup=r.speedup)
+
+
+def _duplicate(config: Config, trials: list[optuna.trial.FrozenTrial], number: int) -> str | None:
+    params = config.to_dict()
+    for t in trials:
+        if t.number != number and t.state != TrialState.PRUNED and t.params == params:
+            return f"duplicate of trial {t.number}"
+    return None
+
+
+def _stored_result(m) -> Result:
+    timing = Timing(m.median_us, m.spread_us, ())
+    return Result(Config.from_dict(m.config), m.correct, m.error, timing, m.tflops, m.gbps, m.speedup)

@@ -1,0 +1,22 @@
+"""Declarative search spaces, one per tunable kernel, and the shape sets they are tuned on."""
+from __future__ import annotations
+
+from search_spaces.base import DTYPES, Problem, SearchSpace
+from search_spaces.rms_norm_linear import RmsNormLinearSpace
+
+_SPACES: dict[str, SearchSpace] = {}
+
+
+def register(space: SearchSpace) -> None:
+    _SPACES[space.name] = space
+
+
+def get_space(name: str) -> SearchSpace:
+    if name not in _SPACES:
+        raise ValueError(f"kernel {name!r}: no search space registered; known: {sorted(_SPACES)}")
+    return _SPACES[name]
+
+
+register(RmsNormLinearSpace())
+
+__all__ = ["DTYPES", "Problem", "SearchSpace", "get_space", "register"]

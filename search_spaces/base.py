@@ -1,0 +1,82 @@
+"""What a tunable kernel tells the tuner: its axes, its constraints, its warm starts and how to run it.
+
+A new kernel adds a SearchSpace subclass and registers it (search_spaces.register); the search
+code only ever talks to this interface.
+"""
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from kernels.config import Config
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One tuned problem: x (M, K) times weight (N, K).T in `dtype` (a key of DTYPES)."""
+    M: int
+    K: int
+    N: int
+    dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        for name in ("M", "K", "N"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"Problem.{name}={v!r}: expected a positive int")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Problem.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def elem_bytes(self) -> int:
+        return DTYPES[self.dtype].itemsize
+
+
+class SearchSpace(ABC):
+    name: str
+
+    @abstractmethod
+    def axes(self, problem: Problem) -> dict[str, list[int]]:
+        """The values of each parameter for this problem; their product is the grid."""
+
+    @abstractmethod
+    def violation(self, config: Config, problem: Problem, smem_limit: int | None) -> str | None:
+        """Why this config cannot run (checked before anything compiles), or None."""
+
+    @abstractmethod
+    def heuristics(self, problem: Problem, device: torch.device) -> list[Config]:
+        """Hand-picked configs to try first (warm start); may fall outside the axes."""
+
+    @abstractmethod
+    def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
+        """`copies` independent random input sets (rotating buffers defeat L2 reuse between launches)."""
+
+    @abstractmethod
+    def launcher(self, config: Config | None) -> Callable[[Any], torch.Tensor]:
+        """A callable running the kernel with `config` on one input set; None means the baseline."""
+
+    @abstractmethod
+    def footprint_bytes(self, problem: Problem) -> int:
+        """Bytes one launch must move at least (inputs read + output written)."""
+
+    def flops(self, problem: Problem) -> int:
+        return 2 * problem.M * problem.N * problem.K
+
+    def to_config(self, params: dict[str, int]) -> Config:
+        return Config.from_dict(params)
+
+    def feasible(self, problem: Problem, smem_limit: int | None) -> list[Config]:
+        """Every config of the grid that passes the constraints."""
+        axes = self.axes(problem)
+        configs = (self.to_config(dict(zip(axes, values))) for values in itertools.product(*axes.values()))
+        return [c for c in configs if self.violation(c, problem, smem_limit) is None]

@@ -1,0 +1,110 @@
+"""The search space of the fused RMSNorm+Linear kernel (kernels/rms_norm_linear.py).
+
+The axes are pruned by the problem before anything is sampled, because most of the full product
+is pointless for a given M: row tiles taller than the padded M only add wasted work, 16-row tiles
+at prefill sizes re-read the weight M/16 times, split-K only pays when there are too few output
+tiles to fill the GPU, and GROUP_M only matters with several row blocks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from kernels.config import Config, default_config
+from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear
+from search_spaces.base import Problem, SearchSpace
+
+_BLOCK_M = (16, 32, 64, 128, 256)
+_BLOCK_N = (32, 64, 128, 256)
+_BLOCK_K = (32, 64, 128, 256)
+_WARPS = (2, 4, 8)
+_STAGES = (2, 3, 4, 5)
+_SPLIT_K = (1, 2, 4, 8, 16)
+# Accumulator elements per thread: fewer than this leaves warps idle, more spills registers.
+_MIN_ACC_PER_THREAD, _MAX_ACC_PER_THREAD = 4, 256
+_DECODE_MAX_M = 64
+_SPLIT_K_MAX_M = 256
+_PREFILL_MIN_M = 1024
+
+
+def _pow2_ceil(v: int) -> int:
+    return 1 << (v - 1).bit_length()
+
+
+class RmsNormLinearSpace(SearchSpace):
+    name = "rms_norm_linear"
+
+    def axes(self, problem: Problem) -> dict[str, list[int]]:
+        M, K, N = problem.M, problem.K, problem.N
+        min_bm = 64 if M >= _PREFILL_MIN_M else 16
+        block_m = [v for v in _BLOCK_M if min_bm <= v <= max(16, _pow2_ceil(M))]
+        block_k = [v for v in _BLOCK_K if v <= max(32, _pow2_ceil(K))]
+        # Decode is weight-streaming: short K steps starve the loads; prefill wants smem for deeper pipelines.
+        block_k = [v for v in block_k if v >= 64] if M <= _DECODE_MAX_M and K >= 64 else block_k
+        block_k = [v for v in block_k if v <= 128] if M > _DECODE_MAX_M else block_k
+        return {
+            "BLOCK_M": block_m,
+            "BLOCK_N": [v for v in _BLOCK_N if v <= max(32, _pow2_ceil(N))],
+            "BLOCK_K": block_k,
+            "num_warps": list(_WARPS),
+            "num_stages": list(_STAGES),
+            "GROUP_M": [1, 8] if M > block_m[0] else [1],
+            "SPLIT_K": list(_SPLIT_K) if M <= _SPLIT_K_MAX_M else [1],
+        }
+
+    def violation(self, config: Config, problem: Problem, smem_limit: int | None) -> str | None:
+        try:
+            config.validate(K=problem.K, elem_bytes=problem.elem_bytes, smem_limit=smem_limit)
+        except ValueError as e:
+            return str(e)
+        per_thread = config.BLOCK_M * config.BLOCK_N // (32 * config.num_warps)
+        if not _MIN_ACC_PER_THREAD <= per_thread <= _MAX_ACC_PER_THREAD:
+            return (f"num_warps={config.num_warps}: {per_thread} accumulator elements per thread for a "
+                    f"{config.BLOCK_M}x{config.BLOCK_N} tile; expected {_MIN_ACC_PER_THREAD}..{_MAX_ACC_PER_THREAD}")
+        return None
+
+    def heuristics(self, problem: Problem, device: torch.device) -> list[Config]:
+        M, K, N = problem.M, problem.K, problem.N
+        default = default_config(M, N, K, device)
+        if M <= _DECODE_MAX_M:
+            bm = min(max(16, _pow2_ceil(M)), 64)
+            s = default.SPLIT_K
+            picks = [Config(bm, 64, 128, 4, 4, 1, s), Config(bm, 128, 128, 4, 4, 1, s),
+                     Config(bm, 64, 256, 4, 3, 1, s), Config(bm, 32, 256, 2, 4, 1, max(1, s // 2)),
+                     Config(bm, 128, 64, 4, 5, 1, s * 2), Config(bm, 64, 128, 4, 4, 1, 1)]
+        elif M < _PREFILL_MIN_M:
+            picks = [Config(64, 128, 64, 4, 4, 8, 1), Config(32, 128, 128, 4, 3, 8, 1),
+                     Config(64, 64, 128, 4, 4, 8, 1), Config(128, 128, 64, 8, 3, 8, 1)]
+        else:
+            picks = [Config(128, 128, 64, 8, 3, 8, 1), Config(128, 256, 64, 8, 3, 8, 1),
+                     Config(256, 128, 64, 8, 3, 8, 1), Config(128, 128, 32, 4, 4, 8, 1),
+                     Config(64, 128, 64, 4, 4, 8, 1)]
+        return [default] + picks
+
+    def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        dtype = problem.torch_dtype
+        out = []
+        for _ in range(copies):
+            # Random, never zeros: a kernel that skips work must not pass by accident. Unit-scale outputs.
+            x = torch.randn(problem.M, problem.K, generator=gen).to(device=device, dtype=dtype)
+            w = (torch.randn(problem.N, problem.K, generator=gen) / math.sqrt(problem.K)).to(device=device,
+                                                                                             dtype=dtype)
+            out.append((x, w))
+        return out
+
+    def launcher(self, config: Config | None) -> Callable[[Any], torch.Tensor]:
+        if config is None:
+            return lambda inputs: baseline_rms_norm_linear(inputs[0], inputs[1])
+        return lambda inputs: fused_rms_norm_linear(inputs[0], inputs[1], config=config)
+
+    def footprint_bytes(self, problem: Problem) -> int:
+        return (problem.M * problem.K + problem.N * problem.K + problem.M * problem.N) * problem.elem_bytes
+
+    def compile_problem(self, problem: Problem) -> Problem:
+        """A small problem that compiles to the same binaries: Triton specializes ints on ==1 and %16 only."""
+        def small(v: int) -> int:
+            return v if v <= 16 else 16 + v % 16
+        return Problem(small(problem.M), problem.K, small(problem.N), problem.dtype)

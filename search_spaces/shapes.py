@@ -1,0 +1,103 @@
+"""Shape sets to tune: model presets, Hugging Face config.json files, explicit NxK lists, and M buckets.
+
+Every RMSNorm+Linear site of a decoder is one (K, N) with K = hidden_size: the attention
+norm feeding the fused QKV projection, the MLP norm feeding the fused gate/up projection,
+and the final norm feeding lm_head. M (tokens in the batch) is tuned per bucket.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# Decode batch sizes up to prefill's batch x sequence length.
+DEFAULT_M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+# The config.json fields that decide the shapes, as published for each model.
+PRESETS: dict[str, dict] = {
+    "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+                     num_key_value_heads=32, vocab_size=32000),
+    "llama-13b": dict(hidden_size=5120, intermediate_size=13824, num_attention_heads=40,
+                      num_key_value_heads=40, vocab_size=32000),
+    "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=32000),
+    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, vocab_size=151936),
+    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256),
+}
+
+_NXK = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One RMSNorm+Linear site: weight (N, K)."""
+    name: str
+    K: int
+    N: int
+
+
+def sites_from_config(cfg: dict, source: str = "config") -> list[Site]:
+    """The (K, N) of the QKV, gate/up and lm_head sites of a Hugging Face decoder config."""
+    cfg = cfg.get("text_config", cfg)
+    need = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+    missing = [k for k in need if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise ValueError(f"{source}: missing integer field(s) {missing}; expected a decoder config.json")
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or hidden // heads
+    return [Site("qkv", hidden, (heads + 2 * kv_heads) * head_dim),
+            Site("gate_up", hidden, 2 * cfg["intermediate_size"]),
+            Site("lm_head", hidden, cfg["vocab_size"])]
+
+
+def parse_shapes(spec: str) -> list[Site]:
+    """`llama-7b`, a config.json path, `NxK`, or a comma-separated mix; duplicates (K, N) kept once."""
+    if not spec or not spec.strip():
+        raise ValueError("--shapes: empty; expected a preset, a config.json path or NxK (e.g. 12288x4096)")
+    sites: list[Site] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if item in PRESETS:
+            sites += sites_from_config(PRESETS[item], item)
+        elif (m := _NXK.match(item)) is not None:
+            N, K = int(m.group(1)), int(m.group(2))
+            if N < 1 or K < 1:
+                raise ValueError(f"--shapes: {item!r} has a zero dimension; expected NxK with N, K >= 1")
+            sites.append(Site(f"{N}x{K}", K, N))
+        elif item.endswith(".json") or Path(item).is_file():
+            sites += _sites_from_file(Path(item))
+        else:
+            raise ValueError(f"--shapes: {item!r} is not a preset ({', '.join(PRESETS)}), "
+                             "an existing config.json path, or NxK (e.g. 12288x4096)")
+    unique: dict[tuple[int, int], Site] = {}
+    for s in sites:
+        unique.setdefault((s.K, s.N), s)
+    return list(unique.values())
+
+
+def _sites_from_file(path: Path) -> list[Site]:
+    try:
+        cfg = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"--shapes: cannot read {path} ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--shapes: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--shapes: {path} holds a JSON {type(cfg).__name__}; expected a config object")
+    return sites_from_config(cfg, str(path))
+
+
+def parse_m_buckets(spec: str | None) -> list[int]:
+    """`1,16,256` -> [1, 16, 256]; None -> the default buckets."""
+    if spec is None:
+        return list(DEFAULT_M_BUCKETS)
+    try:
+        values = sorted({int(v) for v in spec.split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--m: {spec!r} is not a comma-separated list of integers (e.g. 1,16,256)") from None
+    if not values or values[0] < 1:
+        raise ValueError(f"--m: {spec!r}; expected positive integers (e.g. 1,16,256)")
+    return values
