@@ -1,0 +1,152 @@
+"""Engine paths that must not change the tokens (prefix cache, preemption, chunked prefill) and bad input."""
+import json
+
+import pytest
+import torch
+
+from nanovllm import LLM, SamplingParams
+from tests.test_models_hf import make_checkpoint
+
+GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen3")
+    make_checkpoint(path, "qwen3")
+    return str(path)
+
+
+def llm(path, **kwargs):
+    return LLM(path, device="cpu", max_model_len=128, max_num_seqs=8, **kwargs)
+
+
+def prompts(lens=(21, 9, 35), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, 512, (n,), generator=g).tolist() for n in lens]
+
+
+@pytest.fixture(scope="module")
+def plain(path):
+    """Each prompt alone through a fresh engine: the reference for the other paths."""
+    return [llm(path).generate([p], GREEDY, use_tqdm=False)[0]["token_ids"] for p in prompts()]
+
+
+def test_batched_equals_one_at_a_time(path, plain):
+    outputs = llm(path).generate(prompts(), GREEDY, use_tqdm=False)
+    assert [o["token_ids"] for o in outputs] == plain
+
+
+def test_prefix_cache_hit_gives_the_same_tokens(path):
+    prefix = prompts((40,), seed=3)[0]
+    first, second = prefix + [5, 6, 7], prefix + [8, 9]
+    expected = llm(path).generate([second], GREEDY, use_tqdm=False)[0]["token_ids"]
+    engine = llm(path)
+    engine.generate([first], GREEDY, use_tqdm=False)
+    hits = engine.scheduler.block_manager.num_cache_hit_tokens
+    assert engine.generate([second], GREEDY, use_tqdm=False)[0]["token_ids"] == expected
+    assert engine.scheduler.block_manager.num_cache_hit_tokens - hits == 32
+
+
+def test_identical_prompts_in_one_step_share_blocks(path):
+    prompt = prompts((40,), seed=4)[0]
+    expected = llm(path).generate([prompt], GREEDY, use_tqdm=False)[0]["token_ids"]
+    engine = llm(path)
+    for p in (prompt, prompt, prompt):
+        engine.add_request(p, GREEDY)
+    engine.step()  # one prefill step for all three
+    bm = engine.scheduler.block_manager
+    tables = [seq.block_table for seq in engine.scheduler.running]
+    assert tables[0][:2] == tables[1][:2] == tables[2][:2]
+    assert len(bm.used_block_ids) == 2 + 3  # two shared prefix blocks, one own block each
+    assert bm.num_cache_hit_tokens == 64
+    while not engine.is_finished():
+        engine.step()
+    assert engine.generate([prompt, prompt], GREEDY, use_tqdm=False)[0]["token_ids"] == expected
+
+
+def test_whole_prompt_cached_gives_the_same_tokens(path):
+    prompt = prompts((32,), seed=5)[0]  # exactly two blocks
+    engine = llm(path)
+    first = engine.generate([prompt], GREEDY, use_tqdm=False)[0]["token_ids"]
+    assert engine.generate([prompt], GREEDY, use_tqdm=False)[0]["token_ids"] == first
+
+
+def test_preemption_under_a_tiny_kv_cache_gives_the_same_tokens(path, plain):
+    engine = LLM(path, device="cpu", max_model_len=64, max_num_seqs=8, num_kvcache_blocks=6)
+    outputs = engine.generate(prompts(), GREEDY, use_tqdm=False)
+    assert engine.scheduler.num_preemptions > 0
+    assert [o["token_ids"] for o in outputs] == plain
+
+
+def test_chunked_prefill_gives_the_same_tokens(path, plain):
+    engine = llm(path, max_num_batched_tokens=8)
+    for p in prompts():
+        engine.add_request(p, GREEDY)
+    prefill_sizes = []
+    while not engine.is_finished():
+        _, num_tokens = engine.step()
+        if num_tokens > 0:
+            prefill_sizes.append(num_tokens)
+    assert max(prefill_sizes) == 8 and sum(prefill_sizes) == sum(map(len, prompts()))
+    outputs = engine.generate(prompts(), GREEDY, use_tqdm=False)
+    assert [o["token_ids"] for o in outputs] == plain
+
+
+def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(path, plain):
+    engine = llm(path)
+    params = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=24, ignore_eos=True, seed=7)
+    a = engine.generate(prompts(), params, use_tqdm=False)
+    b = engine.generate(prompts(), params, use_tqdm=False)
+    assert a == b
+    top1 = SamplingParams(temperature=1.0, top_k=1, max_tokens=24, ignore_eos=True)
+    assert [o["token_ids"] for o in engine.generate(prompts(), top1, use_tqdm=False)] == plain
+
+
+def test_string_prompts_and_per_prompt_params(path):
+    engine = llm(path)
+    outputs = engine.generate(["Hello world", "The quick brown fox"],
+                              [SamplingParams(temperature=0, max_tokens=3), SamplingParams(temperature=0, max_tokens=5)],
+                              use_tqdm=False)
+    assert [len(o["token_ids"]) for o in outputs] <= [3, 5]
+    assert all(isinstance(o["text"], str) for o in outputs)
+
+
+def test_bad_model_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_path"):
+        LLM(str(tmp_path / "missing"), device="cpu")
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="Qwen3ForCausalLM") as info:
+        LLM(str(tmp_path), device="cpu")
+    assert "GPT2LMHeadModel" in str(info.value) and "LlamaForCausalLM" in str(info.value)
+
+
+def test_kv_cache_too_small_for_one_sequence(path):
+    with pytest.raises(ValueError, match="max_model_len=128"):
+        LLM(path, device="cpu", max_model_len=128, num_kvcache_blocks=4)
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=0),
+                                    dict(max_tokens=0)])
+def test_invalid_sampling_values(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_num_seqs=0), dict(gpu_memory_utilization=1.5), dict(dtype="int8"),
+                                    dict(kvcache_block_size=12)])
+def test_invalid_engine_arguments(path, kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        LLM(path, device="cpu", **kwargs)
+
+
+def test_rejected_requests_leave_the_engine_serving(path, plain):
+    engine = llm(path)
+    good = prompts()
+    for bad, error in [([], "empty prompt"), (list(range(1, 130)), "max_model_len=128"), ([1, 99999], "token ids")]:
+        with pytest.raises(ValueError, match=error):
+            engine.generate(good[:1] + [bad], GREEDY, use_tqdm=False)
+    with pytest.raises(TypeError, match="sampling_params"):
+        engine.generate(good, [GREEDY, GREEDY, {"temperature": 0}], use_tqdm=False)
+    assert engine.is_finished()
+    assert [o["token_ids"] for o in engine.generate(good, GREEDY, use_tqdm=False)] == plain
