@@ -7,6 +7,7 @@ A database whose nvc_ tables carry another schema version is refused before anyt
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from dataclasses import dataclass
 
 import optuna
@@ -63,9 +64,13 @@ def _check_schema(engine: Engine, url: str) -> bool:
     return False
 
 
-def open_engine(url: str) -> Engine:
-    """Connect, check the schema version and create our tables on first use."""
+def open_engine(url: str, create: bool = True) -> Engine:
+    """Connect, check the schema version and create our tables on first use (unless create=False)."""
     try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database and not create:
+            if parsed.database != ":memory:" and not Path(parsed.database).is_file():
+                raise StorageError(f"--storage {url}: no database file at {parsed.database} (run `cli.py tune` first)")
         engine = create_engine(url, **engine_kwargs(url))
     except (ArgumentError, ValueError) as e:
         raise StorageError(f"--storage {url!r}: not a valid database URL ({e})") from None
@@ -73,6 +78,8 @@ def open_engine(url: str) -> Engine:
         raise StorageError(f"--storage {redact(url)}: database driver missing ({e})") from None
     try:
         fresh = _check_schema(engine, url)
+        if fresh and not create:
+            raise StorageError(f"--storage {redact(url)}: holds no tuning results (run `cli.py tune` first)")
         if fresh:
             if engine.dialect.name == "sqlite":
                 _enable_wal(engine)

@@ -7,6 +7,7 @@ tiles to fill the GPU, and GROUP_M only matters with several row blocks.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -44,6 +45,8 @@ class RmsNormLinearSpace(SearchSpace):
         # Decode is weight-streaming: short K steps starve the loads; prefill wants smem for deeper pipelines.
         block_k = [v for v in block_k if v >= 64] if M <= _DECODE_MAX_M and K >= 64 else block_k
         block_k = [v for v in block_k if v <= 128] if M > _DECODE_MAX_M else block_k
+        # Split-K beyond the K blocks of the shortest BLOCK_K is impossible for every config.
+        split_k = [v for v in _SPLIT_K if v <= -(-K // block_k[0])] if M <= _SPLIT_K_MAX_M else [1]
         return {
             "BLOCK_M": block_m,
             "BLOCK_N": [v for v in _BLOCK_N if v <= max(32, _pow2_ceil(N))],
@@ -51,7 +54,9 @@ class RmsNormLinearSpace(SearchSpace):
             "num_warps": list(_WARPS),
             "num_stages": list(_STAGES),
             "GROUP_M": [1, 8] if M > block_m[0] else [1],
-            "SPLIT_K": list(_SPLIT_K) if M <= _SPLIT_K_MAX_M else [1],
+            "SPLIT_K": split_k,
+            # Sum of squares inside the K loop (one launch) or from a row-statistics prologue kernel.
+            "SUMSQ_IN_LOOP": [0, 1],
         }
 
     def violation(self, config: Config, problem: Problem, smem_limit: int | None) -> str | None:
@@ -81,7 +86,8 @@ class RmsNormLinearSpace(SearchSpace):
             picks = [Config(128, 128, 64, 8, 3, 8, 1), Config(128, 256, 64, 8, 3, 8, 1),
                      Config(256, 128, 64, 8, 3, 8, 1), Config(128, 128, 32, 4, 4, 8, 1),
                      Config(64, 128, 64, 4, 4, 8, 1)]
-        return [default] + picks
+        # The other source of the sum of squares, for the two most likely tiles.
+        return [default, *picks, *(dataclasses.replace(c, SUMSQ_IN_LOOP=1 - c.SUMSQ_IN_LOOP) for c in picks[:2])]
 
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
         gen = torch.Generator(device="cpu").manual_seed(seed)

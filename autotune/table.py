@@ -1,0 +1,144 @@
+"""The lookup table: tuned configs of one GPU, exported from the database and read by the runtime.
+
+Format (JSON, format_version 1):
+
+    {
+      "format": "nano-vllm-coconut/lookup-table",
+      "format_version": 1,
+      "gpu": "h100",                       # normalized device name
+      "gpu_name": "NVIDIA H100 80GB HBM3", # torch.cuda.get_device_name()
+      "torch": "2.11.0", "triton": "3.6.0",
+      "created": "2026-11-27T00:10:00+00:00",
+      "kernels": {
+        "rms_norm_linear": [
+          {"K": 4096, "N": 12288, "dtype": "bfloat16",
+           "buckets": [
+             {"M": 1, "config": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4,
+                                 "num_stages": 4, "GROUP_M": 1, "SPLIT_K": 4},
+              "latency_us": 25.1, "spread_us": 0.2, "baseline_us": 42.7, "speedup": 1.70},
+             ...]}]}
+    }
+
+Bucket rule: a problem with M rows uses the smallest tuned bucket >= M, else the largest bucket.
+A table is only valid for the software it names: configs tuned under one Triton can lose under another.
+"""
+from __future__ import annotations
+
+import json
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kernels.config import Config
+from search_spaces.base import DTYPES
+
+FORMAT = "nano-vllm-coconut/lookup-table"
+FORMAT_VERSION = 1
+_BUCKET_FIELDS = ("M", "config", "latency_us", "spread_us", "baseline_us", "speedup")
+
+
+def build_table(best: pd.DataFrame) -> dict:
+    """The table of one GPU from `db.queries.best_results` rows; only the newest software of that GPU is kept."""
+    if best.empty:
+        raise ValueError("no finished tuning results to export (run `cli.py tune` first)")
+    if best["gpu"].nunique() != 1:
+        raise ValueError(f"results of several GPUs ({', '.join(sorted(best['gpu'].unique()))}); pass --gpu")
+    # A Triton or driver upgrade is a new GPU row; mixing configs tuned under both would mislead.
+    newest = best.loc[best["finished_at"].idxmax()]
+    best = best[best["gpu_id"] == newest["gpu_id"]]
+    kernels: dict[str, list] = {}
+    for (kernel, dtype, K, N), rows in best.groupby(["kernel", "dtype", "K", "N"], sort=True):
+        buckets = [{"M": int(r.M), "config": dict(r.config), "latency_us": float(r.median_us),
+                    "spread_us": float(r.spread_us), "baseline_us": float(r.baseline_us), "speedup": float(r.speedup)}
+                   for r in rows.sort_values("M").itertuples()]
+        kernels.setdefault(kernel, []).append({"K": int(K), "N": int(N), "dtype": dtype, "buckets": buckets})
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "gpu": newest["gpu"], "gpu_name": newest["gpu_name"],
+            "torch": newest["torch"], "triton": newest["triton"],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kernels": kernels}
+
+
+@dataclass
+class LookupTable:
+    gpu: str
+    gpu_name: str
+    torch: str
+    triton: str
+    created: str
+    # (kernel, K, N, dtype) -> ascending M buckets and their configs
+    entries: dict[tuple[str, int, int, str], list[tuple[int, Config]]] = field(default_factory=dict)
+
+    def lookup(self, K: int, N: int, M: int, dtype: torch.dtype | str,
+               kernel: str = "rms_norm_linear") -> Config | None:
+        """The config of the smallest tuned bucket >= M (else the largest); None when (K, N, dtype) is untuned."""
+        name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+        buckets = self.entries.get((kernel, K, N, name))
+        if not buckets:
+            return None
+        i = bisect_left([m for m, _ in buckets], M)
+        return buckets[min(i, len(buckets) - 1)][1]
+
+
+def parse_table(data: object, source: str = "table") -> LookupTable:
+    """Validate a decoded table; ValueError naming the first problem."""
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise ValueError(f"{source}: {what}")
+
+    need(isinstance(data, dict), "expected a JSON object at the top level")
+    need(data.get("format") == FORMAT, f"'format' is {data.get('format')!r}, expected {FORMAT!r}")
+    need(data.get("format_version") == FORMAT_VERSION,
+         f"format_version {data.get('format_version')!r}; this code reads version {FORMAT_VERSION}")
+    for key in ("gpu", "gpu_name", "torch", "triton", "created"):
+        need(isinstance(data.get(key), str), f"missing or non-string field {key!r}")
+    need(isinstance(data.get("kernels"), dict), "missing object 'kernels'")
+    table = LookupTable(data["gpu"], data["gpu_name"], data["torch"], data["triton"], data["created"])
+    for kernel, entries in data["kernels"].items():
+        need(isinstance(entries, list), f"kernels.{kernel}: expected a list")
+        for i, e in enumerate(entries):
+            where = f"kernels.{kernel}[{i}]"
+            need(isinstance(e, dict) and all(isinstance(e.get(k), int) for k in ("K", "N")),
+                 f"{where}: expected an object with integer K and N")
+            need(e.get("dtype") in DTYPES, f"{where}: dtype {e.get('dtype')!r}, expected one of {sorted(DTYPES)}")
+            need(isinstance(e.get("buckets"), list) and e["buckets"], f"{where}: expected a non-empty 'buckets' list")
+            buckets = []
+            for b in e["buckets"]:
+                need(isinstance(b, dict) and all(k in b for k in _BUCKET_FIELDS),
+                     f"{where}: each bucket needs fields {list(_BUCKET_FIELDS)}")
+                need(isinstance(b["M"], int) and b["M"] >= 1, f"{where}: bucket M {b['M']!r}, expected an int >= 1")
+                try:
+                    config = Config.from_dict(b["config"])
+                    config.validate(K=e["K"])
+                except (ValueError, TypeError, AttributeError) as err:
+                    raise ValueError(f"{source}: {where} M={b['M']}: bad config ({err})") from None
+                buckets.append((b["M"], config))
+            buckets.sort(key=lambda mb: mb[0])
+            need(len({m for m, _ in buckets}) == len(buckets), f"{where}: repeated M bucket")
+            key = (kernel, e["K"], e["N"], e["dtype"])
+            need(key not in table.entries, f"{where}: (K={e['K']}, N={e['N']}, {e['dtype']}) appears twice")
+            table.entries[key] = buckets
+    return table
+
+
+def load_table(path: str | Path) -> LookupTable:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"lookup table {path}: cannot read ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"lookup table {path}: not valid JSON ({e})") from None
+    return parse_table(data, f"lookup table {path}")
+
+
+def write_table(table: dict, path: str | Path) -> None:
+    """Check the table parses, then replace `path` atomically, so a reader never sees half a file."""
+    parse_table(table)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(table, indent=1) + "\n")
+    tmp.replace(path)

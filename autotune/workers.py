@@ -1,0 +1,151 @@
+"""Tuning many studies: the loop one worker runs on one GPU, and one worker process per GPU.
+
+The studies are sorted by (dtype, K, N, M) and cut into contiguous slices, one per worker, so each
+study has exactly one writer (what SQLite needs) and consecutive M buckets of a shape mostly stay
+on one worker, where the leaders of one bucket warm-start the next.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+import torch
+from tqdm import tqdm
+
+from autotune.compile_pool import CompilePool
+from autotune.device import detect_gpu, fake_gpu_count
+from autotune.objective import Result
+from autotune.timer import CudaEventTimer, Timer
+from autotune.tuner import StudyOutcome, Tuner, TuneSettings
+from db.storage import Recorder, open_engine, optuna_storage
+from search_spaces import Problem, get_space
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker tunes; picklable, so it can cross into a spawned process."""
+    storage_url: str
+    kernel: str
+    problems: tuple[Problem, ...]
+    settings: TuneSettings
+    device_index: int = 0
+    compile_processes: int = 0
+
+
+def partition(problems: list[Problem], workers: int) -> list[list[Problem]]:
+    ordered = sorted(problems, key=lambda p: (p.dtype, p.K, p.N, p.M))
+    size, extra = divmod(len(ordered), workers)
+    out, start = [], 0
+    for w in range(workers):
+        end = start + size + (w < extra)
+        out.append(ordered[start:end])
+        start = end
+    return out
+
+
+def _timer() -> Timer:
+    if fake_gpu_count():
+        from autotune.testing import FakeTimer
+        return FakeTimer()
+    return CudaEventTimer()
+
+
+def run_job(job: Job, progress: Callable[[str, Result], None] | None = None,
+            timer: Timer | None = None) -> list[StudyOutcome]:
+    """Tune the job's studies in order on one device; the leaders of each study warm-start the next M bucket."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = torch.device("cpu") if fake_gpu_count() else torch.device("cuda", job.device_index)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    gpu = detect_gpu(job.device_index)
+    space = get_space(job.kernel)
+    tuner_args = (space, optuna_storage(job.storage_url), Recorder(open_engine(job.storage_url)), gpu, device,
+                  timer or _timer())
+    outcomes: list[StudyOutcome] = []
+    with CompilePool(job.compile_processes, device) as pool:
+        tuner = Tuner(*tuner_args, pool=pool, settings=job.settings, progress=progress)
+        previous: StudyOutcome | None = None
+        for problem in job.problems:
+            same_shape = previous and (previous.problem.K, previous.problem.N, previous.problem.dtype) == (
+                problem.K, problem.N, problem.dtype)
+            outcome = tuner.tune(problem, list(previous.leaders) if same_shape else [])
+            outcomes.append(outcome)
+            previous = outcome
+    return outcomes
+
+
+class ProgressBar:
+    """A tqdm bar over a worker's trials, showing the current study and its best so far."""
+
+    def __init__(self, job: Job, position: int = 0):
+        total = len(job.problems) * job.settings.trials
+        self.bar = tqdm(total=total, position=position, desc=f"gpu{job.device_index}", unit="trial",
+                        dynamic_ncols=True)
+        self.best: dict[str, Result] = {}
+
+    def __call__(self, study: str, result: Result) -> None:
+        best = self.best.get(study)
+        if result.correct and (best is None or result.timing.median_us < best.timing.median_us):
+            self.best[study] = best = result
+        shape = study.split("|", 3)[-1]
+        shown = f"{best.timing.median_us:.1f}us {best.speedup:.2f}x" if best and best.speedup else "-"
+        self.bar.set_postfix_str(f"{shape} best {shown}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _worker_main(job: Job, position: int) -> None:
+    bar = ProgressBar(job, position)
+    try:
+        run_job(job, bar)
+    finally:
+        bar.close()
+
+
+def _child_main(job: Job, position: int) -> None:
+    try:
+        _worker_main(job, position)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def run_workers(jobs: list[Job]) -> None:
+    """One spawned process per job (per GPU); raises RuntimeError naming the workers that failed."""
+    if len(jobs) == 1:
+        _worker_main(jobs[0], 0)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_child_main, args=(job, i), name=f"tune-gpu{job.device_index}")
+             for i, job in enumerate(jobs)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        # The workers got the same Ctrl-C; let them store what they finished before leaving.
+        for p in procs:
+            p.join()
+        raise
+    failed = [f"{p.name} (exit {p.exitcode})" for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"tuning worker(s) failed: {', '.join(failed)}")
+
+
+def default_compile_processes(workers: int) -> int:
+    """Compile processes per worker: the CPU cores shared among the GPUs (none on the CPU test path)."""
+    if fake_gpu_count():
+        return 0
+    return max(1, min(16, (os.cpu_count() or 2) // workers - 1))
+
+
+def make_jobs(storage_url: str, kernel: str, problems: list[Problem], settings: TuneSettings, workers: int,
+              compile_processes: int | None = None) -> list[Job]:
+    procs = default_compile_processes(workers) if compile_processes is None else compile_processes
+    return [Job(storage_url, kernel, tuple(part), settings, device_index=i, compile_processes=procs)
+            for i, part in enumerate(partition(problems, workers)) if part]
