@@ -1,11 +1,12 @@
 """Engine paths that must not change the tokens (prefix cache, preemption, chunked prefill) and bad input."""
+import gc
 import json
 
 import pytest
 import torch
 
 from nanovllm import LLM, SamplingParams
-from tests.test_models_hf import make_checkpoint
+from tests.test_models_hf import DEVICE, engine as make_engine, make_checkpoint
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 
@@ -18,7 +19,7 @@ def path(tmp_path_factory):
 
 
 def llm(path, **kwargs):
-    return LLM(path, device="cpu", max_model_len=128, max_num_seqs=8, **kwargs)
+    return make_engine(path, **kwargs)
 
 
 def prompts(lens=(21, 9, 35), seed=0):
@@ -73,7 +74,7 @@ def test_whole_prompt_cached_gives_the_same_tokens(path):
 
 
 def test_preemption_under_a_tiny_kv_cache_gives_the_same_tokens(path, plain):
-    engine = LLM(path, device="cpu", max_model_len=64, max_num_seqs=8, num_kvcache_blocks=6)
+    engine = llm(path, max_model_len=64, num_kvcache_blocks=6)
     outputs = engine.generate(prompts(), GREEDY, use_tqdm=False)
     assert engine.scheduler.num_preemptions > 0
     assert [o["token_ids"] for o in outputs] == plain
@@ -114,16 +115,29 @@ def test_string_prompts_and_per_prompt_params(path):
 
 def test_bad_model_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_path"):
-        LLM(str(tmp_path / "missing"), device="cpu")
+        LLM(str(tmp_path / "missing"), device=DEVICE)
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
     with pytest.raises(ValueError, match="Qwen3ForCausalLM") as info:
-        LLM(str(tmp_path), device="cpu")
+        LLM(str(tmp_path), device=DEVICE)
     assert "GPT2LMHeadModel" in str(info.value) and "LlamaForCausalLM" in str(info.value)
+
+
+def test_default_kv_cache_size(path):
+    gc.collect()
+    torch.cuda.empty_cache()
+    engine = llm(path, num_kvcache_blocks=None, max_model_len=100, max_num_seqs=3)
+    if DEVICE.type == "cpu":
+        assert engine.model_runner.num_kvcache_blocks == 3 * 7  # max_num_seqs sequences of max_model_len tokens
+    else:
+        assert engine.model_runner.num_kvcache_blocks >= 7
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def test_kv_cache_too_small_for_one_sequence(path):
     with pytest.raises(ValueError, match="max_model_len=128"):
-        LLM(path, device="cpu", max_model_len=128, num_kvcache_blocks=4)
+        llm(path, num_kvcache_blocks=4)
 
 
 @pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=0),
@@ -137,7 +151,7 @@ def test_invalid_sampling_values(kwargs):
                                     dict(kvcache_block_size=12)])
 def test_invalid_engine_arguments(path, kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
-        LLM(path, device="cpu", **kwargs)
+        llm(path, **kwargs)
 
 
 def test_rejected_requests_leave_the_engine_serving(path, plain):

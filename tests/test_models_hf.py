@@ -20,6 +20,7 @@ CONFIGS = {
     "qwen3": lambda: Qwen3Config(**COMMON, head_dim=16, tie_word_embeddings=True),
 }
 PROMPT_LENS = [5, 17, 40]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 MAX_TOKENS = 32
 
 
@@ -36,7 +37,14 @@ def make_checkpoint(path, arch: str):
                 p.normal_(0, 0.1)
     model.save_pretrained(path)
     build_tokenizer().save_pretrained(path)
-    return model
+    return model.to(DEVICE)
+
+
+def engine(path, **kwargs) -> LLM:
+    """An engine on the test device in float32; the cache size is fixed so that no test sizes it from GPU memory."""
+    kwargs = {"device": DEVICE, "dtype": torch.float32, "max_model_len": 128, "max_num_seqs": 8,
+              "num_kvcache_blocks": 64, **kwargs}
+    return LLM(path, **kwargs)
 
 
 def prompts():
@@ -51,7 +59,8 @@ def checkpoint(request, tmp_path_factory):
 
 
 def hf_greedy(model, prompt: list[int]) -> list[int]:
-    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+    out = model.generate(torch.tensor([prompt], device=DEVICE),
+                         attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=DEVICE),
                          do_sample=False, max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS, eos_token_id=None,
                          pad_token_id=0)
     return out[0, len(prompt):].tolist()
@@ -59,7 +68,7 @@ def hf_greedy(model, prompt: list[int]) -> list[int]:
 
 def test_greedy_matches_transformers(checkpoint):
     path, model = checkpoint
-    llm = LLM(path, device="cpu", max_model_len=128, max_num_seqs=8)
+    llm = engine(path)
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outputs = llm.generate(prompts(), params, use_tqdm=False)
     for prompt, out in zip(prompts(), outputs):
@@ -69,7 +78,7 @@ def test_greedy_matches_transformers(checkpoint):
 
 def test_prefill_logits_close(checkpoint):
     path, model = checkpoint
-    llm = LLM(path, device="cpu", max_model_len=128, max_num_seqs=8)
+    llm = engine(path)
     seqs = [Sequence(p) for p in prompts()]
     for seq in seqs:
         llm.scheduler.block_manager.allocate(seq)
@@ -77,5 +86,5 @@ def test_prefill_logits_close(checkpoint):
     ours = llm.model_runner.compute_prefill_logits(seqs)
     for seq, row in zip(seqs, ours):
         with torch.no_grad():
-            theirs = model(torch.tensor([seq.token_ids])).logits[0, -1]
+            theirs = model(torch.tensor([seq.token_ids], device=DEVICE)).logits[0, -1]
         torch.testing.assert_close(row, theirs, rtol=1e-4, atol=1e-4)

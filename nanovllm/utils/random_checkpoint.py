@@ -56,7 +56,9 @@ def save_random_checkpoint(path: str, config: PretrainedConfig, dtype: torch.dty
         shapes = {name: t.shape for name, t in AutoModelForCausalLM.from_config(config).state_dict().items()}
     if config.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
-    generator = torch.Generator().manual_seed(seed)
+    # Drawn on the GPU when there is one: a 7B checkpoint takes seconds there instead of minutes.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    generator = torch.Generator(device).manual_seed(seed)
     weight_map, shard, shard_bytes, shard_id = {}, {}, 0, 0
     os.makedirs(path, exist_ok=True)
 
@@ -72,7 +74,7 @@ def save_random_checkpoint(path: str, config: PretrainedConfig, dtype: torch.dty
         if name.endswith("norm.weight"):
             tensor = torch.ones(shape, dtype=dtype)
         else:
-            tensor = (torch.randn(shape, generator=generator) * 0.02).to(dtype)
+            tensor = (torch.randn(shape, generator=generator, device=device) * 0.02).to(dtype).cpu()
         shard[name] = tensor
         shard_bytes += tensor.numel() * tensor.element_size()
         if shard_bytes >= 2 << 30:
