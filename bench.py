@@ -86,7 +86,12 @@ def run_decode_latency(path: str, enforce_eager: bool, prompt_len: int = 128, ou
         llm.step()
         num_steps += 1
     step_s = (time.perf_counter() - start) / num_steps
-    weight_bytes = sum(p.numel() * p.element_size() for p in llm.model_runner.model.parameters())
+    model = llm.model_runner.model
+    # A decode step reads every weight once, except the input embedding (one row) when it is not the LM head too.
+    embed = model.model.embed_tokens.weight
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p is not embed)
+    if embed is model.lm_head.weight:
+        weight_bytes += embed.numel() * embed.element_size()
     floor_s = weight_bytes / memory_bandwidth()
     print(f"batch-1 decode: {step_s * 1e3:.2f} ms/token ({1 / step_s:.1f} tok/s); weights {weight_bytes / 1e9:.2f} GB, "
           f"weight-read floor {floor_s * 1e3:.2f} ms/token: {100 * floor_s / step_s:.1f}% of the floor")

@@ -106,11 +106,13 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(path, plain):
 
 def test_string_prompts_and_per_prompt_params(path):
     engine = llm(path)
-    outputs = engine.generate(["Hello world", "The quick brown fox"],
-                              [SamplingParams(temperature=0, max_tokens=3), SamplingParams(temperature=0, max_tokens=5)],
-                              use_tqdm=False)
-    assert [len(o["token_ids"]) for o in outputs] <= [3, 5]
-    assert all(isinstance(o["text"], str) for o in outputs)
+    texts = ["Hello world", "The quick brown fox"]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (3, 5)]
+    outputs = engine.generate(texts, params, use_tqdm=False)
+    assert [len(o["token_ids"]) for o in outputs] == [3, 5]
+    assert [o["text"] for o in outputs] == [engine.tokenizer.decode(o["token_ids"]) for o in outputs]
+    ids = [engine.tokenizer.encode(t) for t in texts]
+    assert engine.generate(ids, params, use_tqdm=False) == outputs
 
 
 def test_bad_model_paths(tmp_path):
@@ -164,3 +166,13 @@ def test_rejected_requests_leave_the_engine_serving(path, plain):
         engine.generate(good, [GREEDY, GREEDY, {"temperature": 0}], use_tqdm=False)
     assert engine.is_finished()
     assert [o["token_ids"] for o in engine.generate(good, GREEDY, use_tqdm=False)] == plain
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_decode_matches_eager(path, plain):
+    graphed = llm(path)
+    assert graphed.model_runner.graphs
+    eager = llm(path, enforce_eager=True)
+    assert not eager.model_runner.graphs
+    assert [o["token_ids"] for o in eager.generate(prompts(), GREEDY, use_tqdm=False)] == plain

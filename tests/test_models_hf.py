@@ -11,9 +11,9 @@ COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_
               num_key_value_heads=2, max_position_embeddings=256, eos_token_id=0, bos_token_id=0)
 CONFIGS = {
     # llama3 rope scaling with a small original context, so that the scaled frequencies differ from the plain ones.
-    "llama": lambda: LlamaConfig(**COMMON, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
-                                 rope_theta=500000.0),
+    "llama": lambda: LlamaConfig(**COMMON, rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}),
     # A window shorter than the prompts, so that it matters.
     "mistral": lambda: MistralConfig(**COMMON, sliding_window=24, head_dim=16),
     "qwen2": lambda: Qwen2Config(**COMMON),

@@ -58,7 +58,8 @@ class LLMEngine:
         if not token_ids:
             raise ValueError("a prompt must have at least one token, got an empty prompt")
         if len(token_ids) > self.config.max_model_len:
-            raise ValueError(f"a prompt has {len(token_ids)} tokens, more than max_model_len={self.config.max_model_len}")
+            raise ValueError(
+                f"a prompt has {len(token_ids)} tokens, more than max_model_len={self.config.max_model_len}")
         vocab_size = self.config.hf_config.vocab_size
         if not all(0 <= t < vocab_size for t in token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab_size}), got {min(token_ids)}..{max(token_ids)}")

@@ -53,7 +53,8 @@ class ModelRunner:
 
     def _block_bytes(self) -> int:
         attn = self.attention_layers[0]
-        return 2 * len(self.attention_layers) * self.block_size * attn.num_kv_heads * attn.head_dim * self.dtype.itemsize
+        per_token = 2 * len(self.attention_layers) * attn.num_kv_heads * attn.head_dim * self.dtype.itemsize
+        return self.block_size * per_token
 
     def _bind_kv_cache(self, num_blocks: int) -> None:
         attn = self.attention_layers[0]
@@ -121,7 +122,8 @@ class ModelRunner:
             if end == len(seq):
                 logits_indices.append(cu_seqlens_q[-1] - 1)
         set_context(is_prefill=True, cu_seqlens_q=self._tensor(cu_seqlens_q, torch.int32),
-                    seq_lens=self._tensor(seq_lens, torch.int32), slot_mapping=self._tensor(np.concatenate(slots), torch.int64),
+                    seq_lens=self._tensor(seq_lens, torch.int32),
+                    slot_mapping=self._tensor(np.concatenate(slots), torch.int64),
                     block_tables=self._block_tables(seqs), logits_indices=self._tensor(logits_indices, torch.int64))
         return self._tensor(input_ids, torch.int64), self._tensor(np.concatenate(positions), torch.int64)
 
@@ -188,8 +190,8 @@ class ModelRunner:
     @torch.inference_mode()
     def _capture_cudagraphs(self) -> None:
         sizes = [1, 2, 4, 8] + list(range(16, 513, 16))
-        self.graph_batch_sizes = sizes[:next(i for i, b in enumerate(sizes) if b >= min(self.config.max_num_seqs, 512)) + 1]
-        largest = self.graph_batch_sizes[-1]
+        largest = next(b for b in sizes if b >= min(self.config.max_num_seqs, 512))
+        self.graph_batch_sizes = [b for b in sizes if b <= largest]
         hidden_size = self.config.hf_config.hidden_size
         self.graph_vars = v = {
             "input_ids": torch.zeros(largest, dtype=torch.int64, device=self.device),

@@ -17,7 +17,8 @@ def rope_parameters(config: PretrainedConfig) -> dict:
     params = dict(params)
     params.setdefault("rope_type", params.get("type", "default"))
     if params["rope_type"] not in SUPPORTED_ROPE_TYPES:
-        raise NotImplementedError(f"rope type {params['rope_type']!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}")
+        raise NotImplementedError(
+            f"rope type {params['rope_type']!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}")
     return params
 
 
