@@ -14,6 +14,7 @@ Design choices (see docs for the numbers):
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Callable
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from autotune.compile_pool import CompilePool
@@ -39,13 +41,14 @@ def study_name(kernel: str, gpu: str, problem: Problem) -> str:
     return f"{kernel}|{gpu}|{problem.dtype}|M={problem.M}|K={problem.K}|N={problem.N}"
 
 
-def make_sampler(name: str, axes: dict[str, list[int]], seed: int | None) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=6)
-    if name == "random":
+    if name in ("random", "grid"):
+        # The grid is enqueued as fixed trials (only its feasible points); the sampler is never consulted.
+        # Optuna's GridSampler would also walk the infeasible points, and it calls Study.stop() when
+        # exhausted, which ask-and-tell does not allow.
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return optuna.samplers.GridSampler(axes, seed=seed)
     raise ValueError(f"--sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
 
 
@@ -104,8 +107,9 @@ class Tuner:
         name = study_name(self.space.name, self.gpu.short_name, problem)
         axes = self.space.axes(problem)
         study = optuna.create_study(study_name=name, storage=self.storage, direction="minimize",
-                                    sampler=make_sampler(s.sampler, axes, s.seed), load_if_exists=True)
-        budget = min(s.trials, len(self.space.feasible(problem, device_smem_limit(self.device))))
+                                    sampler=make_sampler(s.sampler, s.seed), load_if_exists=True)
+        feasible = self.space.feasible(problem, device_smem_limit(self.device))
+        budget = min(s.trials, len(feasible))
         finished = self.recorder.finished_best(name)
         if finished is not None and len(study.get_trials(deepcopy=False, states=_COUNTED)) >= budget:
             best = _stored_result(finished)
@@ -117,7 +121,9 @@ class Tuner:
             evaluator = Evaluator(self.space, problem, self.device, self.timer, self.gpu.l2_bytes)
             base = evaluator.time_baseline(s.repeats)
             self.recorder.set_baseline(run_id, base.median_us, base.spread_us)
-            if not study.trials:
+            if s.sampler == "grid":
+                self._enqueue_grid(study, axes, feasible)
+            elif not study.trials:
                 self._enqueue(study, problem, axes, [*warm_start, *self.space.heuristics(problem, self.device)])
             self._search(study, evaluator, axes, budget, run_id)
             ranked = self._retime(study, evaluator, run_id)
@@ -130,19 +136,34 @@ class Tuner:
 
     def _enqueue(self, study: optuna.Study, problem: Problem, axes: dict[str, list[int]],
                  configs: list[Config]) -> None:
+        """Warm-start with the given configs, each moved onto the nearest values of this study's axes."""
         smem = device_smem_limit(self.device)
-        for c in dict.fromkeys(configs):
+        projected = []
+        for c in configs:
             params = c.to_dict()
-            inside = all(params[k] in values for k, values in axes.items())
-            if inside and self.space.violation(c, problem, smem) is None:
-                study.enqueue_trial(params, skip_if_exists=True)
+            params = {k: min(values, key=lambda v: abs(v - params[k])) for k, values in axes.items()}
+            projected.append(self.space.to_config(params))
+        for c in dict.fromkeys(projected):
+            if self.space.violation(c, problem, smem) is None:
+                study.enqueue_trial({k: c.to_dict()[k] for k in axes}, skip_if_exists=True)
+
+    def _enqueue_grid(self, study: optuna.Study, axes: dict[str, list[int]], feasible: list[Config]) -> None:
+        """Every feasible point not yet in the study, in a seeded shuffle (a timeout then samples the grid fairly)."""
+        seen = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)}
+        seen |= {tuple(sorted(t.system_attrs.get("fixed_params", {}).items()))
+                 for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+        points = [{k: c.to_dict()[k] for k in axes} for c in feasible]
+        random.Random(self.settings.seed).shuffle(points)
+        for params in points:
+            if tuple(sorted(params.items())) not in seen:
+                study.enqueue_trial(params)
 
     def _search(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
                 run_id: int) -> None:
         s = self.settings
         deadline = time.monotonic() + s.timeout_s if s.timeout_s else math.inf
         # Bounds the asks when the sampler keeps proposing infeasible or already-tried configs.
-        max_asks = 20 * budget + math.prod(len(v) for v in axes.values()) if s.sampler == "grid" else 20 * budget
+        max_asks = 20 * budget
         asks = 0
         pending: deque = deque()
         try:
@@ -183,8 +204,11 @@ class Tuner:
         except BaseException:
             # Leave no trial RUNNING forever: what was not timed is failed, and says why.
             for trial, _, _ in pending:
-                trial.set_user_attr("error", "interrupted before timing")
-                study.tell(trial, state=TrialState.FAIL)
+                try:
+                    trial.set_user_attr("error", "interrupted before timing")
+                    study.tell(trial, state=TrialState.FAIL)
+                except UpdateFinishedTrialError:
+                    pass  # told just before the interruption
             raise
 
     def _retime(self, study: optuna.Study, evaluator: Evaluator, run_id: int) -> list[tuple[Result, int]]:

@@ -1,0 +1,122 @@
+"""The declarative search space and the shape sets: pruning, constraints, presets, parsing."""
+import json
+
+import pytest
+
+from kernels.config import Config
+from search_spaces import Problem, get_space
+from search_spaces.shapes import DEFAULT_M_BUCKETS, parse_m_buckets, parse_shapes, sites_from_config
+
+SPACE = get_space("rms_norm_linear")
+H100_SMEM = 232448
+
+
+@pytest.mark.parametrize("M", [1, 3, 16, 100, 4096])
+def test_axes_are_pruned_by_m(M):
+    axes = SPACE.axes(Problem(M, 4096, 12288))
+    padded = max(16, 1 << (M - 1).bit_length())
+    assert max(axes["BLOCK_M"]) == min(padded, 256)
+    if M >= 1024:
+        assert min(axes["BLOCK_M"]) >= 64 and axes["SPLIT_K"] == [1]
+    else:
+        assert min(axes["BLOCK_M"]) == 16 and max(axes["SPLIT_K"]) > 1
+    # GROUP_M only matters with several row blocks.
+    assert (axes["GROUP_M"] == [1]) == (M <= 16)
+
+
+def test_split_k_axis_is_bounded_by_k():
+    axes = SPACE.axes(Problem(1, 128, 64))
+    assert max(axes["SPLIT_K"]) == 128 // min(axes["BLOCK_K"])
+
+
+def test_constraints_drop_impossible_configs_with_reasons():
+    p = Problem(16, 4096, 12288)
+    big = Config(BLOCK_M=16, BLOCK_N=256, BLOCK_K=256, num_warps=4, num_stages=5)
+    assert "shared memory" in SPACE.violation(big, p, smem_limit=H100_SMEM)
+    assert SPACE.violation(big, p, smem_limit=None) is None
+    assert "SPLIT_K" in SPACE.violation(Config(BLOCK_K=128, SPLIT_K=4), Problem(1, 256, 64), None)
+    assert "num_warps" in SPACE.violation(Config(BLOCK_M=16, BLOCK_N=32, num_warps=8), p, None)
+
+
+def test_feasible_configs_all_validate():
+    p = Problem(8, 4096, 12288)
+    feasible = SPACE.feasible(p, H100_SMEM)
+    axes = SPACE.axes(p)
+    assert 0 < len(feasible) < len(list(_product(axes)))
+    for c in feasible:
+        c.validate(K=p.K, elem_bytes=2, smem_limit=H100_SMEM)
+
+
+def _product(axes):
+    import itertools
+    return itertools.product(*axes.values())
+
+
+@pytest.mark.parametrize("M", [1, 64, 512, 8192])
+def test_some_heuristics_are_inside_the_space(M):
+    import torch
+    p = Problem(M, 4096, 22016)
+    axes, feasible = SPACE.axes(p), set(SPACE.feasible(p, H100_SMEM))
+    inside = [c for c in SPACE.heuristics(p, torch.device("cpu"))
+              if c in feasible and all(c.to_dict()[k] in v for k, v in axes.items())]
+    assert len(inside) >= 3
+
+
+def test_compile_problem_keeps_triton_specializations():
+    for M, N in [(1, 12288), (4, 32000), (4096, 22016), (37, 100)]:
+        small = SPACE.compile_problem(Problem(M, 4096, N))
+        assert small.M <= 31 and small.N <= 31
+        assert (small.M == 1) == (M == 1) and small.M % 16 == M % 16
+        assert small.N % 16 == N % 16 and small.K == 4096
+
+
+def test_presets_have_the_published_shapes():
+    sites = {s.name: (s.N, s.K) for s in parse_shapes("llama-7b")}
+    assert sites == {"qkv": (12288, 4096), "gate_up": (22016, 4096), "lm_head": (32000, 4096)}
+    assert {s.name: s.N for s in parse_shapes("llama-3-8b")} == {"qkv": 6144, "gate_up": 28672, "lm_head": 128256}
+    assert {s.name: s.N for s in parse_shapes("qwen3-0.6b")}["qkv"] == 4096  # head_dim 128, not hidden/heads
+    for preset in ("llama-13b", "mistral-7b"):
+        assert len(parse_shapes(preset)) == 3
+
+
+def test_config_json_and_nxk_lists(tmp_path):
+    cfg = dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4,
+               vocab_size=32000)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert [(s.K, s.N) for s in parse_shapes(str(path))] == [(2048, 2048 + 2 * 4 * 64), (2048, 11264), (2048, 32000)]
+    mixed = parse_shapes("12288x4096, 96X64 ,llama-7b")
+    assert [(s.N, s.K) for s in mixed] == [(12288, 4096), (96, 64), (22016, 4096), (32000, 4096)]
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("llama-9b", "not a preset"), ("12288x", "not a preset"), ("0x64", "zero dimension"), ("", "empty"),
+    ("missing.json", "cannot read"),
+])
+def test_bad_shape_specs_name_the_problem(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_shapes(spec)
+
+
+def test_bad_config_json(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_shapes(str(path))
+    with pytest.raises(ValueError, match="intermediate_size"):
+        sites_from_config(dict(hidden_size=64, num_attention_heads=1, vocab_size=10))
+
+
+def test_m_buckets():
+    assert parse_m_buckets(None) == list(DEFAULT_M_BUCKETS) and DEFAULT_M_BUCKETS[-1] == 16384
+    assert parse_m_buckets("256, 1,16,16") == [1, 16, 256]
+    for bad in ("a,b", "0,1", ""):
+        with pytest.raises(ValueError, match="--m"):
+            parse_m_buckets(bad)
+
+
+def test_problem_rejects_bad_fields():
+    with pytest.raises(ValueError, match="Problem.M"):
+        Problem(0, 64, 64)
+    with pytest.raises(ValueError, match="Problem.dtype"):
+        Problem(1, 64, 64, "int8")
