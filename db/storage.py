@@ -6,6 +6,7 @@ A database whose nvc_ tables carry another schema version is refused before anyt
 """
 from __future__ import annotations
 
+import importlib.util
 import socket
 from pathlib import Path
 from dataclasses import dataclass
@@ -33,6 +34,18 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return url
+
+
+def resolve_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; fall back to psycopg2 when only that is installed."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
 
 
 def engine_kwargs(url: str) -> dict:
@@ -66,6 +79,7 @@ def _check_schema(engine: Engine, url: str) -> bool:
 
 def open_engine(url: str, create: bool = True) -> Engine:
     """Connect, check the schema version and create our tables on first use (unless create=False)."""
+    url = resolve_url(url)
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database and not create:
@@ -95,6 +109,7 @@ def open_engine(url: str, create: bool = True) -> Engine:
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    url = resolve_url(url)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     except (OperationalError, DatabaseError, RuntimeError) as e:

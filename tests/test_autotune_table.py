@@ -1,0 +1,101 @@
+"""The lookup table the runtime reads: round trip, bucket rule, dtype key, and clear errors when malformed."""
+import copy
+import json
+
+import pytest
+import torch
+
+from autotune.device import check_gpu_arg, normalize_gpu_name
+from autotune.table import FORMAT, FORMAT_VERSION, load_table, parse_table, write_table
+from kernels.config import Config
+
+C1 = Config(16, 64, 128, 4, 4, 1, 4).to_dict()
+C64 = Config(64, 128, 64, 4, 4, 8, 1).to_dict()
+C4K = Config(128, 128, 64, 8, 3, 8, 1).to_dict()
+
+
+def bucket(M, config):
+    return dict(M=M, config=config, latency_us=10.0, spread_us=0.1, baseline_us=13.0, speedup=1.3)
+
+
+TABLE = {
+    "format": FORMAT, "format_version": FORMAT_VERSION, "gpu": "h100", "gpu_name": "NVIDIA H100 80GB HBM3",
+    "torch": "2.11.0", "triton": "3.6.0", "created": "2026-11-27T00:00:00+00:00",
+    "kernels": {"rms_norm_linear": [
+        {"K": 4096, "N": 12288, "dtype": "bfloat16", "buckets": [bucket(64, C64), bucket(1, C1), bucket(4096, C4K)]},
+        {"K": 4096, "N": 12288, "dtype": "float16", "buckets": [bucket(1, C4K)]},
+    ]},
+}
+
+
+def test_round_trip_and_bucket_rule(tmp_path):
+    path = tmp_path / "h100.json"
+    write_table(TABLE, path)
+    table = load_table(path)
+    assert (table.gpu, table.torch, table.triton) == ("h100", "2.11.0", "3.6.0")
+    look = lambda M: table.lookup(4096, 12288, M, torch.bfloat16)  # noqa: E731
+    # The smallest tuned bucket >= M, else the largest.
+    assert look(1) == Config.from_dict(C1)
+    assert look(2) == look(64) == Config.from_dict(C64)
+    assert look(65) == look(4096) == look(100_000) == Config.from_dict(C4K)
+    assert table.lookup(4096, 12288, 1, "float16") == Config.from_dict(C4K)
+    assert table.lookup(4096, 12288, 1, torch.float32) is None
+    assert table.lookup(4096, 4096, 1, torch.bfloat16) is None
+
+
+def _broken(edit):
+    t = copy.deepcopy(TABLE)
+    edit(t)
+    return t
+
+
+@pytest.mark.parametrize("table, match", [
+    ([], "JSON object"),
+    (_broken(lambda t: t.update(format_version=2)), "format_version 2"),
+    (_broken(lambda t: t.update(format="other")), "'format'"),
+    (_broken(lambda t: t.pop("triton")), "'triton'"),
+    (_broken(lambda t: t["kernels"]["rms_norm_linear"][0].update(dtype="int8")), "dtype 'int8'"),
+    (_broken(lambda t: t["kernels"]["rms_norm_linear"][0].update(buckets=[])), "non-empty 'buckets'"),
+    (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0].pop("speedup")), "each bucket needs"),
+    (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0]["config"].update(BLOCK_M=24)),
+     r"M=64: bad config \(Config.BLOCK_M=24"),
+    (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0]["config"].update(COLOR=1)), "unknown field"),
+    (_broken(lambda t: t["kernels"]["rms_norm_linear"][1].update(dtype="bfloat16")), "appears twice"),
+])
+def test_malformed_tables_name_the_problem(table, match):
+    with pytest.raises(ValueError, match=match):
+        parse_table(table)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ValueError, match="cannot read"):
+        load_table(tmp_path / "absent.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_table(bad)
+
+
+def test_write_refuses_an_invalid_table_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "t.json"
+    write_table(TABLE, path)
+    with pytest.raises(ValueError):
+        write_table(_broken(lambda t: t.pop("gpu")), path)
+    assert json.loads(path.read_text()) == TABLE
+
+
+@pytest.mark.parametrize("name, short", [
+    ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H100 PCIe", "h100"), ("NVIDIA H200", "h200"),
+    ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA L4", "l4"), ("NVIDIA L40S", "l40s"),
+    ("NVIDIA GeForce RTX 4090", "rtx4090"), ("NVIDIA A10G", "a10g"), ("Tesla T4", "t4"),
+])
+def test_gpu_names_normalize(name, short):
+    assert normalize_gpu_name(name) == short
+    assert check_gpu_arg(short.upper()) == short
+
+
+def test_unknown_gpu_names():
+    with pytest.raises(ValueError, match="not a known device"):
+        normalize_gpu_name("Some Accelerator 9000")
+    with pytest.raises(ValueError, match="--gpu 'h900': unknown GPU name"):
+        check_gpu_arg("h900")
