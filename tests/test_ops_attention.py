@@ -40,7 +40,7 @@ def nan_like(q):
 @pytest.mark.parametrize("sliding_window", [None, 9])
 def test_prefill_matches_reference(device, dtype, head_dim, group, sliding_window):
     # Full prefill, prefill over a cached prefix (q_len < seq_len) and a one-token chunk, ragged.
-    seq_lens, q_lens = [37, 50, 21, 70], [37, 3, 1, 21]
+    seq_lens, q_lens = [37, 150, 21, 70], [37, 3, 1, 21]
     num_kv_heads = 2
     k_cache, v_cache, table, lens = make_paged_kv(seq_lens, num_kv_heads, head_dim, dtype, device)
     cu = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32, device=device)

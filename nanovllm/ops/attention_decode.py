@@ -14,9 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from nanovllm.ops.attention_prefill import LOG2E, attend_tile, check_block_tables
-from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_kv_cache, check_shape,
-                                     check_sliding_window, check_tensor)
+from nanovllm.ops.attention_tile import LOG2E, attend_tile
+from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
+                                     check_shape, check_sliding_window, check_tensor)
 
 BLOCK_N = 64
 # A split shorter than this spends more on its partial write and merge than it saves.
@@ -58,10 +58,18 @@ def _decode_split_kernel(
     l_i = tl.zeros((BLOCK_H,), tl.float32)
     acc = tl.zeros((BLOCK_H, BLOCK_D), tl.float32)
     table_ptr = block_tables_ptr + seq * stride_bt
-    for tile_start in range(start, end, BLOCK_N):
-        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head * stride_kh,
-                                    tile_start, end, pos, qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
-                                    BLOCK_N, BLOCK_SIZE, USE_WINDOW, DOT_PRECISION)
+    kv_head_off = kv_head * stride_kh
+    # Every key of the range is visible to the single query (the window only moves first_key), so
+    # only the last, partial tile needs a mask.
+    full_end = start + tl.maximum(end - start, 0) // BLOCK_N * BLOCK_N
+    for tile_start in range(start, full_end, BLOCK_N):
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head_off, tile_start,
+                                    end, pos, qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
+                                    BLOCK_N, BLOCK_SIZE, False, False, DOT_PRECISION)
+    if full_end < end:
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head_off, full_end,
+                                    end, pos, qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
+                                    BLOCK_N, BLOCK_SIZE, True, False, DOT_PRECISION)
     # An empty split (short sequence) contributes weight zero to the merge.
     has_keys = l_i > 0
     out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], 0.0)

@@ -13,36 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from nanovllm.ops.validation import (FLOAT_DTYPES, INDEX_DTYPES, check_attention_heads, check_kv_cache,
+from nanovllm.ops.attention_tile import LOG2E, attend_tile
+from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
-
-LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head_off, start, key_end, pos,
-                qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
-                BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, USE_WINDOW: tl.constexpr,
-                DOT_PRECISION: tl.constexpr):
-    """Fold keys start..start+BLOCK_N (those < key_end and visible from pos) into the online softmax."""
-    offs_n = start + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < key_end
-    block_ids = tl.load(table_ptr + offs_n // BLOCK_SIZE, mask=mask_n, other=0).to(tl.int64)
-    slots = block_ids * stride_kb + (offs_n % BLOCK_SIZE) * stride_ks + kv_head_off
-    kv_mask = mask_n[:, None] & mask_d[None, :]
-    k = tl.load(k_cache_ptr + slots[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-    visible = mask_n[None, :] & (offs_n[None, :] <= pos[:, None])
-    if USE_WINDOW:
-        visible &= offs_n[None, :] > pos[:, None] - window
-    qk = tl.where(visible, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-    p = tl.math.exp2(qk - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    v = tl.load(v_cache_ptr + slots[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-    return m_new, l_i * alpha + tl.sum(p, axis=1), acc
-
 
 @triton.jit
 def _prefill_kernel(
@@ -56,8 +29,9 @@ def _prefill_kernel(
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
     # The last sequence whose first program id is <= pid.
+    # Both bounds are tensors so the loop carries one type even when num_seqs is specialized to 1.
     lo = tl.full((), 0, tl.int32)
-    hi = num_seqs - 1
+    hi = lo + num_seqs - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid <= pid:
@@ -89,26 +63,27 @@ def _prefill_kernel(
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     key_end = context_len + tl.minimum(q_len, (q_block + 1) * BLOCK_Q)
-    key_start = 0
+    table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    kv_head_off = kv_head * stride_kh
     if USE_WINDOW:
         key_start = tl.maximum(context_len + q_block * BLOCK_Q - window + 1, 0) // BLOCK_N * BLOCK_N
-    table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    for start in range(key_start, key_end, BLOCK_N):
-        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head * stride_kh,
-                                    start, key_end, pos, qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
-                                    BLOCK_N, BLOCK_SIZE, USE_WINDOW, DOT_PRECISION)
+        full_end = key_start
+    else:
+        # Keys up to the tile's first query position are visible to every row: no mask needed there.
+        key_start = 0
+        full_end = (context_len + q_block * BLOCK_Q + 1) // BLOCK_N * BLOCK_N
+    for start in range(key_start, full_end, BLOCK_N):
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head_off, start,
+                                    key_end, pos, qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
+                                    BLOCK_N, BLOCK_SIZE, False, USE_WINDOW, DOT_PRECISION)
+    for start in range(full_end, key_end, BLOCK_N):
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head_off, start,
+                                    key_end, pos, qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
+                                    BLOCK_N, BLOCK_SIZE, True, USE_WINDOW, DOT_PRECISION)
     # Rows past the sequence's end saw no key; they are not stored, the guard only avoids 0 / 0.
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(o_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
              out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-
-
-def check_block_tables(block_tables: torch.Tensor, seq_lens: torch.Tensor, batch: int, device: torch.device) -> None:
-    check_tensor("block_tables", block_tables, 2, (torch.int32,), device)
-    if block_tables.shape[0] != batch:
-        raise ValueError(f"block_tables must have {batch} rows (one per sequence), got {tuple(block_tables.shape)}")
-    check_tensor("seq_lens", seq_lens, 1, INDEX_DTYPES, device)
-    check_shape("seq_lens", seq_lens, (batch,))
 
 
 def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -136,8 +111,13 @@ def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cac
         check_shape("out", out, tuple(q.shape))
     if num_tokens == 0 or batch == 0:
         return out
-    # Larger tiles pay off once there are enough query rows to keep every SM busy.
-    block_m = max(128 if num_tokens * group >= 4096 else 64, triton.next_power_of_2(group))
+    if q.dtype == torch.float32:
+        # fp32 dots run as FMA loops (input_precision="ieee"): small tiles keep them in registers.
+        block_m, block_n, num_warps = max(16, triton.next_power_of_2(group)), 32, 4
+    else:
+        # Larger tiles pay off once there are enough query rows to keep every SM busy.
+        block_m = max(128 if num_tokens * group >= 4096 else 64, triton.next_power_of_2(group))
+        block_n, num_warps = 64, 8 if block_m >= 128 else 4
     block_q = block_m // group
     _prefill_kernel[(num_tokens // block_q + batch, num_kv_heads)](
         q, k_cache, v_cache, out, block_tables, cu_seqlens_q, seq_lens,
@@ -145,8 +125,8 @@ def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cac
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
         k_cache.stride(2), block_tables.stride(0),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(triton.next_power_of_2(head_dim), 16), BLOCK_Q=block_q,
-        BLOCK_M=block_m, BLOCK_N=64, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=8 if block_m >= 128 else 4, num_stages=2,
+        num_warps=num_warps, num_stages=2,
     )
     return out

@@ -58,7 +58,9 @@ def apply_rotary_triton(q: torch.Tensor, k: torch.Tensor, positions: torch.Tenso
         raise ValueError(f"q head_dim must be even, got {head_dim}")
     check_tensor("positions", positions, 1, (torch.int64, torch.int32), device)
     check_shape("positions", positions, (num_tokens,))
-    check_tensor("cos_sin_cache", cos_sin_cache, 2, (torch.float32,), device)
+    # float32 is expected; a table cast along with the model (module.to(dtype)) gives the same result, since
+    # HF rounds cos/sin to the activation dtype anyway.
+    check_tensor("cos_sin_cache", cos_sin_cache, 2, FLOAT_DTYPES, device)
     if cos_sin_cache.shape[1] != head_dim:
         raise ValueError(f"cos_sin_cache must be [max_positions, {head_dim}], got {tuple(cos_sin_cache.shape)}")
     q_out, k_out = torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(

@@ -48,3 +48,11 @@ def check_attention_heads(q: torch.Tensor, k_cache: torch.Tensor) -> None:
 def check_sliding_window(sliding_window: int | None) -> None:
     if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window <= 0):
         raise ValueError(f"sliding_window must be None or a positive int, got {sliding_window!r}")
+
+
+def check_block_tables(block_tables: torch.Tensor, seq_lens: torch.Tensor, batch: int, device: torch.device) -> None:
+    check_tensor("block_tables", block_tables, 2, (torch.int32,), device)
+    if block_tables.shape[0] != batch:
+        raise ValueError(f"block_tables must have {batch} rows (one per sequence), got {tuple(block_tables.shape)}")
+    check_tensor("seq_lens", seq_lens, 1, INDEX_DTYPES, device)
+    check_shape("seq_lens", seq_lens, (batch,))
