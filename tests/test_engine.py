@@ -94,6 +94,16 @@ def test_chunked_prefill_gives_the_same_tokens(path, plain):
     assert [o["token_ids"] for o in outputs] == plain
 
 
+def test_shared_prefixes_with_preemption_and_chunked_prefill_give_the_same_tokens(path):
+    prefix = prompts((20,), seed=6)[0]
+    shared = [prefix + tail for tail in prompts((3, 11, 6), seed=7)]
+    expected = [llm(path).generate([p], GREEDY, use_tqdm=False)[0]["token_ids"] for p in shared]
+    engine = llm(path, max_model_len=64, num_kvcache_blocks=6, max_num_batched_tokens=24)
+    outputs = engine.generate(shared, GREEDY, use_tqdm=False)
+    assert engine.scheduler.num_preemptions > 0 and engine.scheduler.block_manager.num_cache_hit_tokens > 0
+    assert [o["token_ids"] for o in outputs] == expected
+
+
 def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(path, plain):
     engine = llm(path)
     params = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=24, ignore_eos=True, seed=7)
