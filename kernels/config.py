@@ -22,6 +22,9 @@ class Config:
     num_stages: int = 3
     GROUP_M: int = 8
     SPLIT_K: int = 1
+    # 1: the sum of squares is accumulated inside the GEMM's K loop (one launch);
+    # 0: a row-statistics prologue kernel computes it (and h) and the K loop is a plain GEMM.
+    SUMSQ_IN_LOOP: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -56,6 +59,8 @@ class Config:
             raise ValueError(f"Config.GROUP_M={self.GROUP_M}: expected >= 1")
         if self.SPLIT_K < 1:
             raise ValueError(f"Config.SPLIT_K={self.SPLIT_K}: expected >= 1")
+        if self.SUMSQ_IN_LOOP not in (0, 1):
+            raise ValueError(f"Config.SUMSQ_IN_LOOP={self.SUMSQ_IN_LOOP}: expected 0 or 1")
         if K is not None:
             k_blocks = -(-K // self.BLOCK_K)
             if self.SPLIT_K > k_blocks:
@@ -79,29 +84,31 @@ def device_smem_limit(device: torch.device) -> int | None:
     return getattr(props, "shared_memory_per_block_optin", None) or props.shared_memory_per_block
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 132
-
-
-def _floor_pow2(v: int) -> int:
-    return 1 << (max(v, 1).bit_length() - 1)
-
-
-def default_config(M: int, N: int, K: int, device: torch.device) -> Config:
+def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int = 2) -> Config:
     """A config that is never a bad choice, for when no tuned table covers the shape.
 
-    Decode shapes (small M) are weight-read bound: narrow N tiles and split-K until every SM has
-    several programs streaming the weight. Prefill shapes are compute bound: big square tiles.
+    Chosen from a sweep on an H200 (scripts/calibrate_default.py, docs/PERF_NOTES.md). Decode shapes
+    (M <= 64) are weight-read bound: one row block, long contiguous K tiles, deep pipelining, and the
+    row statistics from the prologue kernel so the K loop stays a plain, pipelined GEMM. Larger M is
+    compute bound: big tiles and 8 warps.
     """
-    if M <= 64:
-        block_m, block_n, block_k = 16, 64, 128
-        tiles = max(1, -(-M // block_m) * -(-N // block_n))
-        k_blocks = -(-K // block_k)
-        split = _floor_pow2(max(1, (4 * _sm_count(device)) // tiles))
-        split = min(split, max(1, k_blocks // 4))
-        return Config(block_m, block_n, block_k, num_warps=4, num_stages=4, GROUP_M=8, SPLIT_K=split)
-    if M <= 256:
-        return Config(64, 128, 64, num_warps=4, num_stages=4, GROUP_M=8)
-    return Config(128, 128, 64, num_warps=8, num_stages=3, GROUP_M=8)
+    if M <= 16:
+        cfg = Config(16, 64, 256, num_warps=4, num_stages=4) if N <= 8192 else Config(16, 128, 128, num_stages=3)
+    elif M <= 64:
+        cfg = Config(max(16, _next_pow2(M)), 128, 64, num_warps=4, num_stages=4)
+    elif M <= 256:
+        cfg = Config(128, 128 if N <= 8192 else 256, 64, num_warps=8, num_stages=4)
+    else:
+        cfg = Config(128, 256, 64, num_warps=8, num_stages=3)
+    limit = device_smem_limit(device)
+    # fp32 tiles take twice the shared memory: drop pipeline stages, then narrow N, until they fit.
+    while limit is not None and cfg.smem_bytes(elem_bytes) > limit:
+        if cfg.num_stages > 2:
+            cfg = dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+        else:
+            cfg = dataclasses.replace(cfg, BLOCK_N=cfg.BLOCK_N // 2)
+    return cfg
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(v - 1, 0).bit_length()

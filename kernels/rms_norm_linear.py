@@ -1,10 +1,13 @@
-"""Fused RMSNorm + Linear: out = rmsnorm(x [+ residual]) @ W.T + b in one pass over x and W.
+"""Fused RMSNorm + Linear: out = rmsnorm(x [+ residual]) @ W.T + b, the normalized rows never in memory.
 
-The 1/RMS of a row is a scalar, so it commutes with the matrix product: the sum of squares is
-accumulated in fp32 inside the K loop, from the same A tiles the product reads, and the scale is
-applied in the epilogue before the bias. The normalized activations never touch memory.
-With SPLIT_K > 1 each split writes its partial product and partial sum of squares to an fp32
-workspace, and a small second kernel reduces both, scales and adds the bias.
+The 1/RMS of a row is a scalar, so it commutes with the matrix product and is applied in the
+epilogue, before the bias. Where the fp32 sum of squares comes from is a tunable (Config.SUMSQ_IN_LOOP):
+- 1: accumulated inside the GEMM's K loop from the A tiles the product reads (one launch);
+- 0: a row-statistics prologue kernel reads each row once (adding the residual and writing h on
+  the way) and the K loop is a plain GEMM. Triton 3.6 cannot software-pipeline an A tile that also
+  feeds a reduction, so this is often the faster of the two (docs/PERF_NOTES.md has the figures).
+With SPLIT_K > 1 each split writes its partial product (and partial sum of squares) to an fp32
+workspace, and a small second kernel reduces them, scales and adds the bias.
 """
 from __future__ import annotations
 
@@ -14,14 +17,12 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.checks import check_inputs
 from kernels.config import Config, default_config, device_smem_limit
 from kernels.reference import baseline_rms_norm_linear, fold_norm_weight, reference_rms_norm_linear
 
 __all__ = ["Config", "fused_rms_norm_linear", "fold_norm_weight", "reference_rms_norm_linear",
            "baseline_rms_norm_linear"]
-
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
 
 @triton.jit
 def _rms_norm_linear_kernel(
@@ -30,10 +31,11 @@ def _rms_norm_linear_kernel(
     stride_xm, stride_xk, stride_rm, stride_rk, stride_wn, stride_wk,
     stride_om, stride_hm,
     HAS_RESIDUAL: tl.constexpr, HAS_NORM_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EVEN_K: tl.constexpr, IEEE: tl.constexpr,
+    EVEN_K: tl.constexpr, IEEE: tl.constexpr, SUMSQ_IN_LOOP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
+    """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -69,14 +71,15 @@ def _rms_norm_linear_kernel(
             mask_a = mask_m[:, None] & mask_k[None, :]
             mask_b = mask_k[:, None] & mask_n[None, :]
         a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask_a, other=0.0)
-        if HAS_RESIDUAL:
+        if HAS_RESIDUAL and SUMSQ_IN_LOOP:
             r = tl.load(r_ptr + offs_m[:, None] * stride_rm + offs_k[None, :] * stride_rk, mask=mask_a, other=0.0)
             # Round the sum to the input dtype, as the unfused `x + residual` does.
             a = (a.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
             if write_h:
                 tl.store(h_ptr + offs_m[:, None] * stride_hm + offs_k[None, :], a, mask=mask_a)
         a32 = a.to(tl.float32)
-        sumsq += tl.sum(a32 * a32, axis=1)
+        if SUMSQ_IN_LOOP:
+            sumsq += tl.sum(a32 * a32, axis=1)
         if HAS_NORM_WEIGHT:
             if EVEN_K:
                 g = tl.load(g_ptr + offs_k).to(tl.float32)
@@ -89,6 +92,8 @@ def _rms_norm_linear_kernel(
         else:
             acc = tl.dot(a, b, acc)
 
+    if not SUMSQ_IN_LOOP:
+        sumsq = tl.load(ss_ptr + offs_m, mask=mask_m, other=0.0)
     if SPLIT_K == 1:
         rstd = 1.0 / tl.sqrt(sumsq / K + eps)
         acc = acc * rstd[:, None]
@@ -99,14 +104,35 @@ def _rms_norm_linear_kernel(
     else:
         ws_ptrs = ws_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :]
         tl.store(ws_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
-        if pid_n == 0:
+        if SUMSQ_IN_LOOP and pid_n == 0:
             tl.store(ss_ptr + pid_k * M + offs_m, sumsq, mask=mask_m)
+
+
+@triton.jit
+def _row_stats_kernel(x_ptr, r_ptr, h_ptr, ss_ptr, M, K, stride_xm, stride_xk, stride_rm, stride_rk, stride_hm,
+                      HAS_RESIDUAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Per row: h = x + residual (written, rounded to the input dtype) and the fp32 sum of squares of h."""
+    offs_m = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_m = offs_m < M
+    sumsq = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask = mask_m[:, None] & (offs_k[None, :] < K)
+        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            r = tl.load(r_ptr + offs_m[:, None] * stride_rm + offs_k[None, :] * stride_rk, mask=mask, other=0.0)
+            a = (a.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+            tl.store(h_ptr + offs_m[:, None] * stride_hm + offs_k[None, :], a, mask=mask)
+        a32 = a.to(tl.float32)
+        sumsq += tl.sum(a32 * a32, axis=1)
+    tl.store(ss_ptr + offs_m, sumsq, mask=mask_m)
 
 
 @triton.jit
 def _split_k_reduce_kernel(
     ws_ptr, ss_ptr, b_ptr, out_ptr, M, N, K, eps, stride_om,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, SS_PARTS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -116,53 +142,12 @@ def _split_k_reduce_kernel(
     sumsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for s in tl.static_range(SPLIT_K):
         acc += tl.load(ws_ptr + (s * M + offs_m[:, None]) * N + offs_n[None, :], mask=mask, other=0.0)
+    for s in tl.static_range(SS_PARTS):
         sumsq += tl.load(ss_ptr + s * M + offs_m, mask=mask_m, other=0.0)
     acc = acc * (1.0 / tl.sqrt(sumsq / K + eps))[:, None]
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _check_vector(name: str, t: torch.Tensor | None, length: int, x: torch.Tensor) -> None:
-    if t is None:
-        return
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(t).__name__}")
-    if t.shape != (length,):
-        raise ValueError(f"{name}: expected shape ({length},), got {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"{name}: on {t.device}, but x is on {x.device}")
-
-
-def _check_inputs(x, weight, bias, norm_weight, residual) -> None:
-    for name, t in (("x", x), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"x: dtype {x.dtype} not supported; expected one of {_DTYPES}")
-    if x.dim() < 1 or x.shape[-1] == 0:
-        raise ValueError(f"x: expected shape (..., K) with K > 0, got {tuple(x.shape)}")
-    if weight.dim() != 2 or weight.shape[1] != x.shape[-1] or weight.shape[0] == 0:
-        raise ValueError(f"weight: expected shape (N, K={x.shape[-1]}), got {tuple(weight.shape)}")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"weight: dtype {weight.dtype} differs from x's {x.dtype}")
-    if weight.device != x.device:
-        raise ValueError(f"weight: on {weight.device}, but x is on {x.device}")
-    if residual is not None:
-        if not isinstance(residual, torch.Tensor):
-            raise TypeError(f"residual: expected a torch.Tensor or None, got {type(residual).__name__}")
-        if residual.shape != x.shape:
-            raise ValueError(f"residual: expected the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
-        if residual.dtype != x.dtype:
-            raise TypeError(f"residual: dtype {residual.dtype} differs from x's {x.dtype}")
-        if residual.device != x.device:
-            raise ValueError(f"residual: on {residual.device}, but x is on {x.device}")
-    _check_vector("bias", bias, weight.shape[0], x)
-    _check_vector("norm_weight", norm_weight, x.shape[-1], x)
-    if x.device.type != "cuda" and not _interpreting():
-        raise ValueError(f"x: on {x.device}; the Triton kernel needs a CUDA tensor (or TRITON_INTERPRET=1)")
 
 
 def _empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -185,7 +170,7 @@ def fused_rms_norm_linear(
     config: Config | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """rmsnorm(x [+ residual]) @ weight.T + bias; with `residual`, returns (out, x + residual)."""
-    _check_inputs(x, weight, bias, norm_weight, residual)
+    check_inputs(x, weight, bias, norm_weight, residual, interpreting=_interpreting())
     if not eps > 0:
         raise ValueError(f"eps: expected a positive float, got {eps!r}")
     K = x.shape[-1]
@@ -194,7 +179,7 @@ def fused_rms_norm_linear(
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
     if config is None:
-        config = default_config(M, N, K, x.device)
+        config = default_config(M, N, K, x.device, x.element_size())
     elif not isinstance(config, Config):
         raise TypeError(f"config: expected a kernels.Config or None, got {type(config).__name__}")
     config.validate(K=K, elem_bytes=x.element_size(), smem_limit=device_smem_limit(x.device))
@@ -207,17 +192,23 @@ def fused_rms_norm_linear(
     h = _empty((M, K), x, x.dtype) if residual is not None else out
     if M == 0:
         return (out.reshape(*lead, N), h.reshape(*lead, K)) if residual is not None else out.reshape(*lead, N)
-    split = config.SPLIT_K
+    split, in_loop = config.SPLIT_K, bool(config.SUMSQ_IN_LOOP)
     ws = _empty((split, M, N), x, torch.float32) if split > 1 else out
-    ss = _empty((split, M), x, torch.float32) if split > 1 else out
+    ss = _empty((split if in_loop else 1, M), x, torch.float32) if split > 1 or not in_loop else out
+    a = x2
+    if not in_loop:
+        _row_stats_kernel[(triton.cdiv(M, 4),)](
+            x2, r2, h, ss, M, K, x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), h.stride(0),
+            HAS_RESIDUAL=residual is not None, BLOCK_R=4, BLOCK_K=min(1024, triton.next_power_of_2(K)), num_warps=4)
+        a = h if residual is not None else x2
     grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
     _rms_norm_linear_kernel[grid](
-        x2, r2, weight, norm_weight if norm_weight is not None else x2, bias if bias is not None else x2,
+        a, r2, weight, norm_weight if norm_weight is not None else x2, bias if bias is not None else x2,
         out, h, ws, ss, M, N, K, float(eps),
-        x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), weight.stride(0), weight.stride(1),
+        a.stride(0), a.stride(1), r2.stride(0), r2.stride(1), weight.stride(0), weight.stride(1),
         out.stride(0), h.stride(0),
         HAS_RESIDUAL=residual is not None, HAS_NORM_WEIGHT=norm_weight is not None, HAS_BIAS=bias is not None,
-        EVEN_K=K % config.BLOCK_K == 0, IEEE=x.dtype == torch.float32,
+        EVEN_K=K % config.BLOCK_K == 0, IEEE=x.dtype == torch.float32, SUMSQ_IN_LOOP=in_loop,
         BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
         GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps, num_stages=config.num_stages,
     )
@@ -225,7 +216,8 @@ def fused_rms_norm_linear(
         rb_m, rb_n = 16, 128
         _split_k_reduce_kernel[(triton.cdiv(M, rb_m), triton.cdiv(N, rb_n))](
             ws, ss, bias if bias is not None else ws, out, M, N, K, float(eps), out.stride(0),
-            HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_M=rb_m, BLOCK_N=rb_n, num_warps=4,
+            HAS_BIAS=bias is not None, SPLIT_K=split, SS_PARTS=split if in_loop else 1,
+            BLOCK_M=rb_m, BLOCK_N=rb_n, num_warps=4,
         )
     out = out.reshape(*lead, N)
     return (out, h.reshape(*lead, K)) if residual is not None else out

@@ -20,8 +20,8 @@ from benchmarks.common import MODEL_SHAPES, CsvWriter, copies_to_overflow_l2, gp
 from kernels.config import Config, default_config  # noqa: E402
 from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear  # noqa: E402
 
-DECODE = [Config(16, bn, bk, num_warps=w, num_stages=s, GROUP_M=8, SPLIT_K=sk)
-          for bn, bk, w, s, sk in itertools.product([32, 64, 128], [128, 256], [4], [3, 5], [1, 2, 4, 8])]
+DECODE = [Config(16, bn, bk, num_warps=4, num_stages=s, GROUP_M=8, SPLIT_K=sk, SUMSQ_IN_LOOP=loop)
+          for bn, bk, s, sk, loop in itertools.product([64, 128], [128, 256], [3, 4], [1, 2, 4], [0, 1])]
 PREFILL = [Config(bm, bn, 64, num_warps=w, num_stages=s, GROUP_M=8)
            for bm, bn, w, s in itertools.product([64, 128], [128, 256], [4, 8], [3, 4])]
 
@@ -30,12 +30,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True)
     p.add_argument("--m", type=int, nargs="+", default=[1, 4, 16, 64, 256, 1024, 4096])
+    p.add_argument("--models", nargs="+", choices=sorted(MODEL_SHAPES), default=list(MODEL_SHAPES))
     args = p.parse_args()
     require_cuda("calibrate_default")
     dtype = torch.bfloat16
     writer = CsvWriter(args.output, ["model", "layer", "M", "K", "N", "config", "latency_us", "is_default", "gpu"])
-    for model, sites in MODEL_SHAPES.items():
-        for layer, (K, N) in sites.items():
+    for model in args.models:
+        for layer, (K, N) in MODEL_SHAPES[model].items():
             for M in args.m:
                 n = copies_to_overflow_l2(2 * N * K)
                 ins = [(torch.randn(M, K, device="cuda", dtype=dtype), torch.randn(N, K, device="cuda", dtype=dtype),

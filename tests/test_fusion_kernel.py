@@ -62,10 +62,13 @@ def test_numerical_correctness(M, K, N, dtype):
     check(make_inputs(M, K, N, dtype, bias=True, residual=True, norm_weight=True), dtype)
 
 
+@pytest.mark.parametrize("in_loop", [0, 1])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias,residual,norm_weight", list(itertools.product([False, True], repeat=3)))
-def test_optional_operands(bias, residual, norm_weight, dtype):
-    check(make_inputs(5, 192, 48, dtype, bias=bias, residual=residual, norm_weight=norm_weight), dtype)
+def test_optional_operands(bias, residual, norm_weight, dtype, in_loop):
+    inputs = make_inputs(5, 192, 48, dtype, bias=bias, residual=residual, norm_weight=norm_weight)
+    check(inputs, dtype, Config(16, 32, 64, SPLIT_K=2, SUMSQ_IN_LOOP=in_loop))
+    check(inputs, dtype, Config(16, 16, 32, SUMSQ_IN_LOOP=in_loop))
 
 
 CONFIGS = [
@@ -78,6 +81,8 @@ CONFIGS = [
     Config(32, 16, 128, SPLIT_K=8),  # 8 K blocks: one per split
     Config(16, 16, 256, SPLIT_K=4),  # 4 K blocks, the last one partial
 ]
+# Each config once with the sum of squares in the K loop and once from the row-statistics prologue.
+CONFIGS = [c for cfg in CONFIGS for c in (cfg, Config(**{**cfg.to_dict(), "SUMSQ_IN_LOOP": 1}))]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -86,11 +91,13 @@ def test_configs(config, dtype):
     check(make_inputs(37, 1000, 33, dtype, bias=True, residual=True, norm_weight=True), dtype, config)
 
 
-@pytest.mark.parametrize("M", [1, 16, 64, 300])
-def test_default_config_is_valid_and_correct(M):
-    cfg = rnl.default_config(M, 4096, 1024, DEVICE)
-    cfg.validate(K=1024, elem_bytes=2, smem_limit=rnl.device_smem_limit(DEVICE))
-    check(make_inputs(M, 96, 40, torch.float16, residual=True), torch.float16)
+@pytest.mark.parametrize("M", [1, 16, 33, 64, 200, 300])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_default_config_is_valid_and_correct(M, dtype):
+    for N in (4096, 12288):
+        cfg = rnl.default_config(M, N, 4096, DEVICE, torch.tensor([], dtype=dtype).element_size())
+        cfg.validate(K=4096, elem_bytes=2, smem_limit=rnl.device_smem_limit(DEVICE))
+    check(make_inputs(M, 96, 40, dtype, residual=True), dtype)
 
 
 def test_non_contiguous_and_batched_inputs():
@@ -160,6 +167,7 @@ def test_bad_inputs(case, error, match):
     (Config(num_stages=0), "num_stages=0"),
     (Config(GROUP_M=0), "GROUP_M=0"),
     (Config(SPLIT_K=0), "SPLIT_K=0"),
+    (Config(SUMSQ_IN_LOOP=2), "SUMSQ_IN_LOOP=2: expected 0 or 1"),
     (Config(BLOCK_K=32, SPLIT_K=3), "SPLIT_K=3: larger than the 2 K blocks"),
 ])
 def test_impossible_configs_are_refused_before_launch(config, match):

@@ -1,0 +1,49 @@
+"""Input validation for the fused RMSNorm+Linear wrapper: every error names the argument at fault."""
+from __future__ import annotations
+
+import torch
+
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _check_vector(name: str, t: torch.Tensor | None, length: int, x: torch.Tensor) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(t).__name__}")
+    if t.shape != (length,):
+        raise ValueError(f"{name}: expected shape ({length},), got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: on {t.device}, but x is on {x.device}")
+
+
+def check_inputs(x, weight, bias, norm_weight, residual, interpreting: bool) -> None:
+    """Raise TypeError/ValueError naming the first argument that the kernel cannot take."""
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"x: dtype {x.dtype} not supported; expected one of {_DTYPES}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x: expected shape (..., K) with K > 0, got {tuple(x.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1] or weight.shape[0] == 0:
+        raise ValueError(f"weight: expected shape (N, K={x.shape[-1]}), got {tuple(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight: dtype {weight.dtype} differs from x's {x.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"weight: on {weight.device}, but x is on {x.device}")
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor):
+            raise TypeError(f"residual: expected a torch.Tensor or None, got {type(residual).__name__}")
+        if residual.shape != x.shape:
+            raise ValueError(f"residual: expected the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"residual: dtype {residual.dtype} differs from x's {x.dtype}")
+        if residual.device != x.device:
+            raise ValueError(f"residual: on {residual.device}, but x is on {x.device}")
+    _check_vector("bias", bias, weight.shape[0], x)
+    _check_vector("norm_weight", norm_weight, x.shape[-1], x)
+    if x.device.type != "cuda" and not interpreting:
+        raise ValueError(f"x: on {x.device}; the Triton kernel needs a CUDA tensor (or TRITON_INTERPRET=1)")
