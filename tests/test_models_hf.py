@@ -1,6 +1,7 @@
 """Each supported architecture, as a tiny random checkpoint saved by transformers, against transformers itself."""
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 from nanovllm import LLM, SamplingParams
@@ -88,3 +89,15 @@ def test_prefill_logits_close(checkpoint):
         with torch.no_grad():
             theirs = model(torch.tensor([seq.token_ids], device=DEVICE)).logits[0, -1]
         torch.testing.assert_close(row, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_sharded_checkpoint_loads_through_its_index(tmp_path):
+    model = make_checkpoint(tmp_path / "single", "qwen2")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    build_tokenizer().save_pretrained(tmp_path / "sharded")
+    # Files outside the index (Mistral repos ship a consolidated.safetensors in another naming) are ignored.
+    save_file({"tok_embeddings.weight": torch.zeros(2, 2)}, str(tmp_path / "sharded" / "consolidated.safetensors"))
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 2
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    single = engine(str(tmp_path / "single")).generate(prompts(), params, use_tqdm=False)
+    assert engine(str(tmp_path / "sharded")).generate(prompts(), params, use_tqdm=False) == single

@@ -1,4 +1,5 @@
 import glob
+import json
 import os
 
 from safetensors import safe_open
@@ -7,15 +8,22 @@ from torch import nn
 
 def load_model(model: nn.Module, path: str) -> None:
     """Copy a safetensors checkpoint (one file or shards) into `model`, fusing q/k/v and gate/up on the way."""
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        # The index names the shards; other *.safetensors files (e.g. Mistral's consolidated.safetensors) differ.
+        with open(index) as f:
+            files = sorted({os.path.join(path, file) for file in json.load(f)["weight_map"].values()})
+    else:
+        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
         raise FileNotFoundError(f"no *.safetensors weights in model_path {path!r}")
     # Tied embeddings: lm_head.weight is listed too, as the same tensor as embed_tokens.weight.
     params = dict(model.named_parameters(remove_duplicate=False))
     packed = getattr(model, "packed_modules_mapping", {})
     loaded = set()
+    device = str(next(model.parameters()).device)
     for file in files:
-        with safe_open(file, "pt", "cpu") as f:
+        with safe_open(file, "pt", device) as f:
             for name in f.keys():
                 if "rotary_emb.inv_freq" in name:
                     continue
