@@ -27,8 +27,9 @@ def main() -> None:
         model = cached_random_checkpoint("tiny-qwen3", torch.float32)
         print(f"No --model given: using a tiny Qwen3-style checkpoint with RANDOM weights ({model}).\n"
               "Its output is gibberish by design; pass --model PATH for a real one.")
+    # A context just long enough keeps the KV cache small (on CPU it holds max_num_seqs full-length sequences).
     llm = LLM(model, device=args.device, max_num_seqs=args.batch_size,
-              max_model_len=max(4096, (args.seq_len or 0) + args.max_tokens))
+              max_model_len=(args.seq_len or 256) + args.max_tokens)
     if args.seq_len is None:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.batch_size)]
     else:
