@@ -1,5 +1,5 @@
 import hashlib
-from collections import deque
+from collections import OrderedDict
 
 import numpy as np
 
@@ -35,7 +35,8 @@ class BlockManager:
         self.block_size = block_size
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.hash_to_block_id: dict[bytes, int] = {}
-        self.free_block_ids: deque[int] = deque(range(num_blocks))
+        # Oldest freed first, so cached blocks are evicted least recently used first; O(1) removal on revival.
+        self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.used_block_ids: set[int] = set()
         self.num_cache_hit_tokens = 0
 
@@ -46,13 +47,13 @@ class BlockManager:
     def _take_block(self, block_id: int) -> Block:
         block = self.blocks[block_id]
         assert block.ref_count == 0
-        self.free_block_ids.remove(block_id)
+        del self.free_block_ids[block_id]
         self.used_block_ids.add(block_id)
         block.ref_count = 1
         return block
 
     def _new_block(self) -> Block:
-        block = self._take_block(self.free_block_ids[0])
+        block = self._take_block(next(iter(self.free_block_ids)))
         if block.hash is not None and self.hash_to_block_id.get(block.hash) == block.block_id:
             del self.hash_to_block_id[block.hash]
         block.hash = None
@@ -112,7 +113,7 @@ class BlockManager:
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.used_block_ids.remove(block_id)
-                self.free_block_ids.append(block_id)
+                self.free_block_ids[block_id] = None
         seq.block_table = []
         seq.num_computed_tokens = 0
         seq.num_cached_tokens = 0
