@@ -114,6 +114,13 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(path, plain):
     assert [o["token_ids"] for o in engine.generate(prompts(), top1, use_tqdm=False)] == plain
 
 
+def test_stop_token_ends_the_completion_and_is_kept(path, plain):
+    stop = plain[0][5]
+    params = SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[stop])
+    out = llm(path).generate(prompts()[:1], params, use_tqdm=False)[0]["token_ids"]
+    assert out == plain[0][:plain[0].index(stop) + 1]
+
+
 def test_string_prompts_and_per_prompt_params(path):
     engine = llm(path)
     texts = ["Hello world", "The quick brown fox"]
