@@ -60,7 +60,7 @@ def test_top_k_and_top_p_restrict_candidates(device):
     tokens = sample(logits, temperatures, top_ks, top_ps)
     assert torch.isin(tokens[: rows // 2], order[:5]).all()
     probs = torch.softmax(logits[0], -1)[order]
-    nucleus = order[: int(((probs.cumsum(0) - probs) <= 0.3).sum())]
+    nucleus = order[: int(((probs.cumsum(0) - probs) < 0.3).sum())]
     assert torch.isin(tokens[rows // 2:], nucleus).all()
 
 
@@ -78,3 +78,13 @@ def test_sample_rejects_bad_arguments():
         sample(logits.half(), torch.ones(2), torch.full((2,), -1), torch.ones(2))
     with pytest.raises(ValueError, match="generators must have one entry per row"):
         sample(logits, torch.ones(2), torch.full((2,), -1), torch.ones(2), [torch.Generator()])
+
+
+def test_apply_top_k_top_p_matches_hf_warpers():
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(2)) * 2
+    masked = apply_top_k_top_p(logits, torch.full((3,), 0.7), torch.full((3,), 10), torch.full((3,), 0.6))
+    hf = TemperatureLogitsWarper(0.7)(None, logits.clone())
+    hf = TopPLogitsWarper(0.6)(None, TopKLogitsWarper(10)(None, hf))
+    assert torch.equal(torch.isfinite(masked), torch.isfinite(hf))

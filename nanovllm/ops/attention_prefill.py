@@ -17,6 +17,7 @@ from nanovllm.ops.attention_tile import LOG2E, attend_tile
 from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
 
+
 @triton.jit
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, o_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr,
@@ -80,7 +81,7 @@ def _prefill_kernel(
         m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head_off, start,
                                     key_end, pos, qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
                                     BLOCK_N, BLOCK_SIZE, True, USE_WINDOW, DOT_PRECISION)
-    # Rows past the sequence's end saw no key; they are not stored, the guard only avoids 0 / 0.
+    # Padding rows (past q_len) may see no key under a window; they are not stored, the guard avoids 0 / 0.
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(o_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
              out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])

@@ -63,8 +63,10 @@ def apply_top_k_top_p(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: 
     k = torch.where(top_ks > 0, top_ks, vocab).clamp(max=vocab).to(logits.device)
     drop = ranks[None, :] >= k[:, None]
     probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
-    # A token is dropped when the tokens ranked above it already hold top_p of the mass; the first stays.
-    drop |= (probs.cumsum(dim=-1) - probs) > top_ps.to(logits.device)[:, None]
+    # HF's nucleus: the fewest top tokens whose mass reaches top_p. A token goes when the tokens ranked
+    # above it already hold top_p; the first always stays. Rows at 1.0 are left whole despite rounding.
+    top_ps = top_ps.to(logits.device)[:, None]
+    drop |= ((probs.cumsum(dim=-1) - probs) >= top_ps) & (top_ps < 1.0)
     return logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
 
 
