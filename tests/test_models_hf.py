@@ -18,7 +18,8 @@ CONFIGS = {
     # A window shorter than the prompts, so that it matters.
     "mistral": lambda: MistralConfig(**COMMON, sliding_window=24, head_dim=16),
     "qwen2": lambda: Qwen2Config(**COMMON),
-    "qwen3": lambda: Qwen3Config(**COMMON, head_dim=16, tie_word_embeddings=True),
+    # head_dim * heads != hidden_size, as in the real Qwen3 models.
+    "qwen3": lambda: Qwen3Config(**COMMON, head_dim=32, tie_word_embeddings=True),
 }
 PROMPT_LENS = [5, 17, 40]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
