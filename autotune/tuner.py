@@ -106,8 +106,14 @@ class Tuner:
         s = self.settings
         name = study_name(self.space.name, self.gpu.short_name, problem)
         axes = self.space.axes(problem)
-        study = optuna.create_study(study_name=name, storage=self.storage, direction="minimize",
-                                    sampler=make_sampler(s.sampler, s.seed), load_if_exists=True)
+        sampler = make_sampler(s.sampler, s.seed)
+        try:
+            study = optuna.create_study(study_name=name, storage=self.storage, direction="minimize", sampler=sampler)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            # Resumed, or shared with a concurrent worker (PostgreSQL): only the creator enqueues warm starts.
+            study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
+            created = False
         feasible = self.space.feasible(problem, device_smem_limit(self.device))
         budget = min(s.trials, len(feasible))
         finished = self.recorder.finished_best(name)
@@ -121,10 +127,12 @@ class Tuner:
             evaluator = Evaluator(self.space, problem, self.device, self.timer, self.gpu.l2_bytes)
             base = evaluator.time_baseline(s.repeats)
             self.recorder.set_baseline(run_id, base.median_us, base.spread_us)
-            if s.sampler == "grid":
-                self._enqueue_grid(study, axes, feasible)
-            elif not study.trials:
-                self._enqueue(study, problem, axes, [*warm_start, *self.space.heuristics(problem, self.device)])
+            idle = not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+            if s.sampler == "grid" and (created or idle):
+                self._enqueue_grid(study, axes, feasible, budget)
+            elif s.sampler != "grid" and created:
+                self._enqueue(study, problem, axes, [*warm_start, *self.space.heuristics(problem, self.device)],
+                              budget)
             self._search(study, evaluator, axes, budget, run_id)
             ranked = self._retime(study, evaluator, run_id)
         except BaseException as e:
@@ -135,7 +143,7 @@ class Tuner:
                             tuple(r.config for r, _ in ranked))
 
     def _enqueue(self, study: optuna.Study, problem: Problem, axes: dict[str, list[int]],
-                 configs: list[Config]) -> None:
+                 configs: list[Config], budget: int) -> None:
         """Warm-start with the given configs, each moved onto the nearest values of this study's axes."""
         smem = device_smem_limit(self.device)
         projected = []
@@ -143,20 +151,23 @@ class Tuner:
             params = c.to_dict()
             params = {k: min(values, key=lambda v: abs(v - params[k])) for k, values in axes.items()}
             projected.append(self.space.to_config(params))
-        for c in dict.fromkeys(projected):
-            if self.space.violation(c, problem, smem) is None:
-                study.enqueue_trial({k: c.to_dict()[k] for k in axes}, skip_if_exists=True)
+        usable = [c for c in dict.fromkeys(projected) if self.space.violation(c, problem, smem) is None]
+        for c in usable[:budget]:
+            study.enqueue_trial({k: c.to_dict()[k] for k in axes}, skip_if_exists=True)
 
-    def _enqueue_grid(self, study: optuna.Study, axes: dict[str, list[int]], feasible: list[Config]) -> None:
-        """Every feasible point not yet in the study, in a seeded shuffle (a timeout then samples the grid fairly)."""
-        seen = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)}
+    def _enqueue_grid(self, study: optuna.Study, axes: dict[str, list[int]], feasible: list[Config],
+                      budget: int) -> None:
+        """Feasible points not yet in the study, up to the budget, in a seeded shuffle (a smaller budget or
+        a timeout then samples the grid fairly; a rerun with a larger budget continues the same order)."""
+        trials = study.get_trials(deepcopy=False)
+        seen = {tuple(sorted(t.params.items())) for t in trials}
         seen |= {tuple(sorted(t.system_attrs.get("fixed_params", {}).items()))
-                 for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+                 for t in trials if t.state == TrialState.WAITING}
         points = [{k: c.to_dict()[k] for k in axes} for c in feasible]
         random.Random(self.settings.seed).shuffle(points)
-        for params in points:
-            if tuple(sorted(params.items())) not in seen:
-                study.enqueue_trial(params)
+        missing = [p for p in points if tuple(sorted(p.items())) not in seen]
+        for params in missing[:max(0, budget - len(seen))]:
+            study.enqueue_trial(params)
 
     def _search(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
                 run_id: int) -> None:
@@ -166,6 +177,7 @@ class Tuner:
         max_asks = 20 * budget
         asks = 0
         pending: deque = deque()
+        asking = None  # a trial between ask and pending
         try:
             while True:
                 while len(pending) < s.prefetch and asks < max_asks and time.monotonic() < deadline:
@@ -177,15 +189,18 @@ class Tuner:
                         break
                     asks += 1
                     trial = study.ask()
+                    asking = trial
                     config = self.space.to_config({k: trial.suggest_categorical(k, v) for k, v in axes.items()})
                     reason = self.space.violation(config, evaluator.problem, evaluator.smem_limit)
                     if reason is None:
-                        reason = _duplicate(config, trials, trial.number)
+                        reason = _duplicate(config, study.get_trials(deepcopy=False), trial.number)
                     if reason is not None:
                         trial.set_user_attr("pruned", reason)
                         study.tell(trial, state=TrialState.PRUNED)
+                        asking = None
                         continue
                     pending.append((trial, config, self.pool.submit(self.space.name, evaluator.problem, config)))
+                    asking = None
                 if not pending:
                     return
                 trial, config, compiled = pending[0]
@@ -202,11 +217,14 @@ class Tuner:
                 if self.progress:
                     self.progress(study.study_name, result)
         except BaseException:
-            # Leave no trial RUNNING forever: what was not timed is failed, and says why.
-            for trial, _, _ in pending:
+            # Leave no trial RUNNING forever. What was not timed is pruned: it does not count against the
+            # budget, and a rerun may sample the config again.
+            for trial in [asking, *(t for t, _, _ in pending)]:
+                if trial is None:
+                    continue
                 try:
-                    trial.set_user_attr("error", "interrupted before timing")
-                    study.tell(trial, state=TrialState.FAIL)
+                    trial.set_user_attr("pruned", "interrupted before timing")
+                    study.tell(trial, state=TrialState.PRUNED)
                 except UpdateFinishedTrialError:
                     pass  # told just before the interruption
             raise
@@ -236,9 +254,14 @@ class Tuner:
 
 
 def _duplicate(config: Config, trials: list[optuna.trial.FrozenTrial], number: int) -> str | None:
+    """The earlier trial with the same config, if any; a concurrent worker's trial counts as soon as it is
+    asked (enqueued trials carry their params from the start), and the later of two duplicates yields."""
     params = config.to_dict()
     for t in trials:
-        if t.number != number and t.state != TrialState.PRUNED and t.params == params:
+        if t.number >= number or t.state in (TrialState.PRUNED, TrialState.WAITING):
+            continue
+        given = t.params or t.system_attrs.get("fixed_params", {})
+        if given and all(params.get(k) == v for k, v in given.items()):
             return f"duplicate of trial {t.number}"
     return None
 

@@ -1,0 +1,225 @@
+"""cli.py end to end on the CPU: NVC_TEST_FAKE_GPUS pretends GPUs are visible and FakeTimer (a test double)
+times; correctness checks run the real kernel through Triton's interpreter on small shapes."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from optuna.trial import TrialState
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.orm import Session
+
+import cli
+from autotune.device import FAKE_GPUS_ENV
+from autotune.table import load_table
+from db.models import ExportedTable, Measurement, Run
+from db.storage import resolve_url
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--shapes", "96x64", "--m", "1,4", "--dtype", "float16", "--trials", "5"]
+
+
+def run_cli(*args: str, fake_gpus: int = 1) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TRITON_INTERPRET="1", **{FAKE_GPUS_ENV: str(fake_gpus)} if fake_gpus else {})
+    if not fake_gpus:
+        env.pop(FAKE_GPUS_ENV, None)
+    return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def counted_trials(url: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    storage = optuna.storages.RDBStorage(resolve_url(url))
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def check_no_trial_lost_or_duplicated(url: str, study: str, trials: list) -> None:
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    engine = create_engine(resolve_url(url))
+    with Session(engine) as s:
+        numbers = s.scalars(select(Measurement.trial_number).join(Run, Run.id == Measurement.run_id)
+                            .where(Run.study_name == study, Measurement.phase == "search")).all()
+    engine.dispose()
+    # Every finished trial has exactly one measurement, and every measurement a finished trial.
+    assert sorted(numbers) == sorted(t.number for t in done)
+    configs = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(configs)) == len(configs)
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    monkeypatch.setenv(FAKE_GPUS_ENV, "1")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_tune_without_cuda_is_one_clear_line(tmp_path):
+    db = tmp_path / "t.db"
+    r = run_cli("tune", "--gpu", "h100", "--shapes", "llama-7b", "--storage", f"sqlite:///{db}", fake_gpus=0)
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines() == [
+        "Error: no CUDA device visible: tuning needs an NVIDIA GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES)"]
+    assert not db.exists()
+
+
+def test_tune_show_export_through_the_cli(tmp_path, fake_gpus):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    runner = CliRunner()
+    r = runner.invoke(cli.main, ["tune", "--gpu", "h100", *SMALL, "--storage", url])
+    assert r.exit_code == 0, r.output
+    shown = runner.invoke(cli.main, ["show", "--storage", url])
+    assert shown.exit_code == 0 and len(shown.stdout.strip().splitlines()) == 3  # header + M=1, M=4
+    assert "float16" in shown.stdout and "speedup" in shown.stdout
+    out = tmp_path / "tables" / "h100.json"
+    r = runner.invoke(cli.main, ["export-table", "--gpu", "h100", "--out", str(out), "--storage", url])
+    assert r.exit_code == 0, r.output
+    table = load_table(out)
+    assert table.gpu == "h100" and table.triton and table.lookup(64, 96, 3, torch.float16) is not None
+    data = json.loads(out.read_text())
+    assert [b["M"] for b in data["kernels"]["rms_norm_linear"][0]["buckets"]] == [1, 4]
+    with Session(create_engine(url)) as s:
+        assert s.scalar(select(func.count()).select_from(ExportedTable)) == 1
+    r = runner.invoke(cli.main, ["show", "--table", str(out)])
+    assert r.exit_code == 0 and "16x" in r.stdout
+    # A rerun of a finished tune does nothing new.
+    r = runner.invoke(cli.main, ["tune", "--gpu", "h100", *SMALL, "--storage", url])
+    with Session(create_engine(url)) as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 2
+
+
+def test_list_shapes():
+    r = CliRunner().invoke(cli.main, ["list-shapes"])
+    assert r.exit_code == 0 and "llama-7b" in r.stdout and "qkv 12288x4096" in r.stdout
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tune", "--gpu", "h100", "--shapes", "llama-9b"], "--shapes: 'llama-9b' is not a preset"),
+    (["tune", "--gpu", "h100", "--shapes", "12288x"], "--shapes: '12288x' is not a preset"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--m", "one"], "--m: 'one'"),
+    (["tune", "--gpu", "h900", "--shapes", "llama-7b"], "--gpu 'h900': unknown GPU name"),
+    (["tune", "--gpu", "a100", "--shapes", "llama-7b"], "--gpu a100: device 0 is"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--workers", "3"], "--workers 3: only 1 GPU(s) visible"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--trials", "0"], "--trials 0: expected >= 1"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
+     "cannot use the database"),
+    (["show", "--table", "{corrupt}"], "not valid JSON"),
+    (["show", "--gpu", "h100", "--storage", "sqlite:///{absent}"], "no database file"),
+    (["export-table", "--gpu", "l4"], "no finished tuning results"),
+])
+def test_bad_input_is_one_line_and_loses_nothing(tmp_path, fake_gpus, args, message):
+    db = tmp_path / "keep.db"
+    url = f"sqlite:///{db}"
+    runner = CliRunner()
+    assert runner.invoke(cli.main, ["tune", "--gpu", "h100", *SMALL[:-1], "2", "--m", "1", "--storage", url]
+                         ).exit_code == 0
+    before = _digest(db)
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"format": "nano-vllm-coconut/lookup-table", ')
+    args = [a.format(corrupt=corrupt, absent=tmp_path / "absent.db") for a in args]
+    if "--storage" not in args and args[0] != "show":
+        args += ["--storage", url]
+    r = runner.invoke(cli.main, args)
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], r.stderr
+    assert _digest(db) == before
+
+
+def test_two_workers_on_sqlite_partition_the_studies(tmp_path):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    r = run_cli("tune", "--gpu", "h100", "--shapes", "96x64,128x64", "--m", "1,32", "--dtype", "float16",
+                "--trials", "5", "--workers", "2", "--storage", url, fake_gpus=2)
+    assert r.returncode == 0, r.stderr
+    assert "database is locked" not in r.stderr
+    studies = counted_trials(url)
+    assert len(studies) == 4
+    for name, trials in studies.items():
+        check_no_trial_lost_or_duplicated(url, name, trials)
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials) == 5
+    engine = create_engine(url)
+    with Session(engine) as s:
+        runs = s.scalars(select(Run)).all()
+    # One writer per study: each study has exactly one run, and every run finished.
+    assert sorted(r.study_name for r in runs) == sorted(studies) and {r.status for r in runs} == {"finished"}
+
+
+def test_ctrl_c_keeps_every_finished_trial(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    env = dict(os.environ, TRITON_INTERPRET="1", **{FAKE_GPUS_ENV: "1"})
+    proc = subprocess.Popen([sys.executable, "cli.py", "tune", "--gpu", "h100", "--shapes", "96x64", "--m", "4",
+                             "--dtype", "float16", "--trials", "400", "--storage", url],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    engine = create_engine(url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            with Session(engine) as s:
+                if s.scalar(select(func.count()).select_from(Measurement)) >= 5:
+                    break
+        except Exception:  # noqa: BLE001 - the tables may not exist yet
+            continue
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: finished trials are stored" in err
+    (name, trials), = counted_trials(url).items()
+    check_no_trial_lost_or_duplicated(url, name, trials)
+    with Session(engine) as s:
+        assert s.scalars(select(Run.status)).all() == ["interrupted"]
+
+
+@pytest.fixture
+def pg_url():
+    base = os.environ.get("NVC_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("NVC_TEST_POSTGRES_URL is not set (.ci/run starts PostgreSQL and sets it)")
+    name = f"nvc_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(resolve_url(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield base.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_two_processes_share_one_study_on_postgresql(pg_url):
+    args = [sys.executable, "cli.py", "tune", "--gpu", "h100", "--shapes", "96x64", "--m", "16", "--dtype",
+            "float16", "--trials", "16", "--storage", pg_url]
+    env = dict(os.environ, TRITON_INTERPRET="1", **{FAKE_GPUS_ENV: "1"})
+    # Create the schema first, so the two workers race on the study, not on CREATE TABLE.
+    from db.storage import open_engine, optuna_storage
+    open_engine(pg_url).dispose()
+    optuna_storage(pg_url)
+    procs = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    (name, trials), = counted_trials(pg_url).items()
+    check_no_trial_lost_or_duplicated(pg_url, name, trials)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    # Both workers stop asking once finished + running trials reach the budget; each may hold a few asked ahead.
+    assert 16 <= len(done) <= 16 + 2 * 8
+    engine = create_engine(resolve_url(pg_url))
+    with Session(engine) as s:
+        runs = s.scalars(select(Run)).all()
+        writers = s.execute(select(Measurement.run_id).where(Measurement.phase == "search").distinct()).all()
+    engine.dispose()
+    assert len(runs) == 2 and {r.status for r in runs} == {"finished"}
+    assert len(writers) == 2  # both processes really measured trials of the shared study
