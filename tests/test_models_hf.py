@@ -102,3 +102,22 @@ def test_sharded_checkpoint_loads_through_its_index(tmp_path):
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     single = engine(str(tmp_path / "single")).generate(prompts(), params, use_tqdm=False)
     assert engine(str(tmp_path / "sharded")).generate(prompts(), params, use_tqdm=False) == single
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bfloat16_on_gpu_tracks_float32_transformers(checkpoint):
+    path, model = checkpoint
+    llm = engine(path, dtype=torch.bfloat16)
+    seqs = [Sequence(p) for p in prompts()]
+    for seq in seqs:
+        llm.scheduler.block_manager.allocate(seq)
+        seq.num_scheduled_tokens = len(seq)
+    ours = llm.model_runner.compute_prefill_logits(seqs)
+    for seq, row in zip(seqs, ours):
+        with torch.no_grad():
+            theirs = model(torch.tensor([seq.token_ids], device=DEVICE)).logits[0, -1]
+        assert torch.cosine_similarity(row, theirs, dim=0) > 0.999
+    outputs = llm.generate(prompts(), SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True),
+                           use_tqdm=False)
+    assert [len(o["token_ids"]) for o in outputs] == [MAX_TOKENS] * len(PROMPT_LENS)
