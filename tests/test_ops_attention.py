@@ -147,3 +147,12 @@ def test_decode_replays_in_cuda_graph():
         graph.replay()
         expected = paged_decode_attention_reference(q, k_cache, v_cache, table, lens, 0.09)
         torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_decode_group_not_power_of_two(device, num_splits):
+    k_cache, v_cache, table, lens = make_paged_kv([33, 70], 2, 80, torch.float32, device)
+    q = torch.randn(2, 6, 80, device=device)
+    out = paged_decode_attention_triton(q, k_cache, v_cache, table, lens, 0.1, num_splits=num_splits)
+    expected = paged_decode_attention_reference(q, k_cache, v_cache, table, lens, 0.1)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)

@@ -21,9 +21,11 @@ CASES = [
     ("_prefill_kernel", dict(GROUP=4, HEAD_DIM=128, BLOCK_D=128, BLOCK_Q=32, BLOCK_M=128, BLOCK_N=64, BLOCK_SIZE=16,
                              USE_WINDOW=True, DOT_PRECISION="tf32"), dict(num_warps=8, num_stages=2)),
     ("_decode_split_kernel", dict(GROUP=4, HEAD_DIM=128, BLOCK_D=128, BLOCK_H=16, BLOCK_N=64, BLOCK_SIZE=16,
-                                  USE_WINDOW=False, DOT_PRECISION="tf32"), dict(num_warps=4, num_stages=2)),
+                                  USE_WINDOW=False, SINGLE_SPLIT=False, DOT_PRECISION="tf32"),
+     dict(num_warps=4, num_stages=2)),
     ("_decode_split_kernel", dict(GROUP=8, HEAD_DIM=64, BLOCK_D=64, BLOCK_H=16, BLOCK_N=64, BLOCK_SIZE=16,
-                                  USE_WINDOW=True, DOT_PRECISION="tf32"), dict(num_warps=4, num_stages=2)),
+                                  USE_WINDOW=True, SINGLE_SPLIT=True, DOT_PRECISION="tf32"),
+     dict(num_warps=4, num_stages=2)),
 ]
 INT32_POINTERS = {"block_tables_ptr", "cu_seqlens_q_ptr", "seq_lens_ptr"}
 FP32_POINTERS = {"part_o_ptr", "part_lse_ptr"}

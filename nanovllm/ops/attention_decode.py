@@ -26,12 +26,12 @@ MAX_SPLITS = 64
 
 @triton.jit
 def _decode_split_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, part_o_ptr, part_lse_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, part_o_ptr, part_lse_ptr, o_ptr,
     qk_scale, window, num_splits,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_pb, stride_ph, stride_ps,
-    stride_lb, stride_lh,
+    stride_lb, stride_lh, stride_ob, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, USE_WINDOW: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, USE_WINDOW: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
@@ -73,11 +73,16 @@ def _decode_split_kernel(
     # An empty split (short sequence) contributes weight zero to the merge.
     has_keys = l_i > 0
     out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], 0.0)
-    lse = tl.where(has_keys, m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
     mask_hd = mask_h[:, None] & mask_d[None, :]
-    tl.store(part_o_ptr + seq * stride_pb + head[:, None] * stride_ph + split * stride_ps + offs_d[None, :], out,
-             mask=mask_hd)
-    tl.store(part_lse_ptr + seq * stride_lb + head * stride_lh + split, lse, mask=mask_h)
+    if SINGLE_SPLIT:
+        # Nothing to merge: the output goes straight to o.
+        tl.store(o_ptr + seq * stride_ob + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=mask_hd)
+    else:
+        lse = tl.where(has_keys, m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+        tl.store(part_o_ptr + seq * stride_pb + head[:, None] * stride_ph + split * stride_ps + offs_d[None, :],
+                 out, mask=mask_hd)
+        tl.store(part_lse_ptr + seq * stride_lb + head * stride_lh + split, lse, mask=mask_h)
 
 
 @triton.jit
@@ -138,21 +143,26 @@ def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cach
         check_shape("out", out, tuple(q.shape))
     if batch == 0:
         return out
-    part_o = torch.empty((batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=device)
-    part_lse = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=device)
+    # With one split the first kernel writes `out` itself and never touches the partial buffers.
+    single = num_splits == 1
+    part_o = torch.empty((batch, num_q_heads, 1 if single else num_splits, head_dim), dtype=torch.float32,
+                         device=device)
+    part_lse = torch.empty(part_o.shape[:3], dtype=torch.float32, device=device)
     block_d = max(triton.next_power_of_2(head_dim), 16)
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, part_o, part_lse,
+        q, k_cache, v_cache, block_tables, seq_lens, part_o, part_lse, out,
         scale * LOG2E, sliding_window or 0, num_splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
+        out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(triton.next_power_of_2(group), 16),
-        BLOCK_N=BLOCK_N, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None,
+        BLOCK_N=BLOCK_N, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None, SINGLE_SPLIT=single,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4, num_stages=2,
     )
-    _decode_merge_kernel[(batch, num_q_heads)](
-        part_o, part_lse, out, part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0),
-        part_lse.stride(1), out.stride(0), out.stride(1), num_splits,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
-    )
+    if not single:
+        _decode_merge_kernel[(batch, num_q_heads)](
+            part_o, part_lse, out, part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0),
+            part_lse.stride(1), out.stride(0), out.stride(1), num_splits,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
+        )
     return out
