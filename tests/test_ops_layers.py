@@ -77,6 +77,17 @@ def test_rotary_matches_reference(device, dtype, head_dim):
     torch.testing.assert_close(got_k, expected_k)
 
 
+def test_rotary_reads_strided_views_of_qkv(device):
+    qkv = rand(6, (4 + 2 + 2) * 64, device=device)
+    q, k = qkv[:, :256].view(6, 4, 64), qkv[:, 256:384].view(6, 2, 64)
+    positions = torch.arange(6, device=device) * 7
+    cache = make_cos_sin_cache(64, 64).to(device)
+    got_q, got_k = apply_rotary_triton(q, k, positions, cache)
+    expected_q, expected_k = apply_rotary_reference(q, k, positions, cache)
+    torch.testing.assert_close(got_q, expected_q)
+    torch.testing.assert_close(got_k, expected_k)
+
+
 def test_rotary_reference_is_hf_llama():
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
