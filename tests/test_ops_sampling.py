@@ -9,9 +9,10 @@ from nanovllm.ops.sampling import apply_top_k_top_p, gumbel_argmax_triton
 
 def test_gumbel_argmax_matches_reference(device):
     gen = torch.Generator().manual_seed(0)
-    logits = (torch.randn(6, 3000, generator=gen) * 4).to(device)
+    # 9000 tokens: three chunks of the kernel's vocabulary split.
+    logits = (torch.randn(6, 9000, generator=gen) * 4).to(device)
     temperatures = torch.tensor([0.0, 1.0, 0.5, 2.0, 0.0, 0.7], device=device)
-    noise = torch.rand(6, 3000, generator=gen).to(device)
+    noise = torch.rand(6, 9000, generator=gen).to(device)
     got = gumbel_argmax_triton(logits, temperatures, noise)
     expected = gumbel_argmax_reference(logits, temperatures, noise)
     greedy = temperatures == 0
@@ -21,6 +22,14 @@ def test_gumbel_argmax_matches_reference(device):
     scores = logits / t - torch.log(-torch.log(noise))
     best = scores.gather(1, expected[:, None])[~greedy]
     torch.testing.assert_close(scores.gather(1, got[:, None])[~greedy], best, atol=1e-4, rtol=0)
+
+
+def test_greedy_ties_take_the_first_index_across_chunks(device):
+    logits = torch.full((2, 9000), 1.5, device=device)
+    logits[0, [5000, 8000]] = 2.0
+    noise = torch.rand(2, 9000, device=device)
+    got = gumbel_argmax_triton(logits, torch.zeros(2, device=device), noise)
+    assert got.tolist() == [5000, 0]
 
 
 def test_gumbel_argmax_follows_softmax(device):

@@ -15,17 +15,24 @@ from nanovllm.ops.reference import gumbel_argmax_reference
 from nanovllm.ops.validation import check_shape, check_tensor
 
 
+# Each program scans one chunk of a row, so a small batch still spreads over many SMs; torch then
+# picks the best chunk (first on ties, like torch.argmax, since chunks keep their first maximum).
+CHUNK = 4096
+
+
 @triton.jit
-def _gumbel_argmax_kernel(logits_ptr, temp_ptr, noise_ptr, out_ptr, stride_l, stride_n, V, BLOCK: tl.constexpr):
+def _gumbel_argmax_kernel(logits_ptr, temp_ptr, noise_ptr, val_ptr, idx_ptr, stride_l, stride_n, V, num_chunks,
+                          CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
     t = tl.load(temp_ptr + row)
     greedy = t == 0.0
     # Greedy rows skip the noise: its loads are masked off by a zero bound.
     noise_end = tl.where(greedy, 0, V)
     t = tl.where(greedy, 1.0, t)
     best_val = tl.full((), float("-inf"), tl.float32)
-    best_idx = tl.full((), 0, tl.int32)
-    for start in range(0, V, BLOCK):
+    best_idx = tl.full((), 0, tl.int32) + chunk * CHUNK
+    for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < V
         logits = tl.load(logits_ptr + row * stride_l + offs, mask=mask, other=float("-inf"))
@@ -37,7 +44,8 @@ def _gumbel_argmax_kernel(logits_ptr, temp_ptr, noise_ptr, out_ptr, stride_l, st
         take = val > best_val
         best_idx = tl.where(take, start + idx, best_idx)
         best_val = tl.where(take, val, best_val)
-    tl.store(out_ptr + row, best_idx.to(tl.int64))
+    tl.store(val_ptr + row * num_chunks + chunk, best_val)
+    tl.store(idx_ptr + row * num_chunks + chunk, best_idx.to(tl.int64))
 
 
 def gumbel_argmax_triton(logits: torch.Tensor, temperatures: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -46,11 +54,16 @@ def gumbel_argmax_triton(logits: torch.Tensor, temperatures: torch.Tensor, noise
     check_shape("temperatures", temperatures, (logits.shape[0],))
     check_tensor("noise", noise, 2, (torch.float32,), logits.device)
     check_shape("noise", noise, tuple(logits.shape))
-    out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
-    if logits.shape[0] > 0:
-        _gumbel_argmax_kernel[(logits.shape[0],)](logits, temperatures, noise, out, logits.stride(0),
-                                                  noise.stride(0), logits.shape[1], BLOCK=1024, num_warps=4)
-    return out
+    batch, vocab = logits.shape
+    if batch == 0:
+        return torch.empty(0, dtype=torch.int64, device=logits.device)
+    num_chunks = triton.cdiv(vocab, CHUNK)
+    vals = torch.empty((batch, num_chunks), dtype=torch.float32, device=logits.device)
+    idxs = torch.empty((batch, num_chunks), dtype=torch.int64, device=logits.device)
+    _gumbel_argmax_kernel[(batch, num_chunks)](logits, temperatures, noise, vals, idxs, logits.stride(0),
+                                               noise.stride(0), vocab, num_chunks, CHUNK=CHUNK, BLOCK=1024,
+                                               num_warps=4)
+    return idxs.gather(1, vals.argmax(dim=1, keepdim=True)).squeeze(1)
 
 
 def apply_top_k_top_p(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor,
