@@ -1,5 +1,5 @@
-"""The attention kernels compile for Hopper (sm_90) in their bf16 launch configurations without
-register spills. No GPU needed: Triton's compiler and its bundled ptxas run in a subprocess, away
+"""Every kernel compiles for Hopper (sm_90) in its bf16 launch configuration without register
+spills. No GPU needed: Triton's compiler and its bundled ptxas run in a subprocess, away
 from the interpreter that conftest.py turns on for CPU runs.
 """
 from __future__ import annotations
@@ -26,12 +26,19 @@ CASES = [
     ("_decode_split_kernel", dict(GROUP=8, HEAD_DIM=64, BLOCK_D=64, BLOCK_H=16, BLOCK_N=64, BLOCK_SIZE=16,
                                   USE_WINDOW=True, SINGLE_SPLIT=True, DOT_PRECISION="tf32"),
      dict(num_warps=4, num_stages=2)),
+    ("_decode_merge_kernel", dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_S=16), {}),
+    ("_store_kvcache_kernel", dict(NUM_KV_HEADS=8, HEAD_DIM=128, BLOCK_H=8, BLOCK_D=128), {}),
+    ("_rms_norm_kernel", dict(HAS_RESIDUAL=True, BLOCK=4096), dict(num_warps=16)),
+    ("_rotary_kernel", dict(NUM_Q_HEADS=32, NUM_KV_HEADS=8, HALF=64, BLOCK_HQ=32, BLOCK_HKV=8, BLOCK_HALF=64), {}),
+    ("_silu_and_mul_kernel", dict(BLOCK=1024), {}),
+    ("_gumbel_argmax_kernel", dict(CHUNK=4096, BLOCK=1024), dict(num_warps=4)),
 ]
 INT32_POINTERS = {"block_tables_ptr", "cu_seqlens_q_ptr", "seq_lens_ptr"}
-FP32_POINTERS = {"part_o_ptr", "part_lse_ptr"}
+INT64_POINTERS = {"slot_ptr", "pos_ptr", "idx_ptr"}
+FP32_POINTERS = {"part_o_ptr", "part_lse_ptr", "cache_ptr", "logits_ptr", "temp_ptr", "noise_ptr", "val_ptr"}
 
 
-def test_attention_kernels_compile_for_sm90_without_spills():
+def test_kernels_compile_for_sm90_without_spills():
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     result = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     if result.returncode == SKIP:
@@ -42,11 +49,13 @@ def test_attention_kernels_compile_for_sm90_without_spills():
 def arg_type(name: str) -> str:
     if name in INT32_POINTERS:
         return "*i32"
+    if name in INT64_POINTERS:
+        return "*i64"
     if name in FP32_POINTERS:
         return "*fp32"
     if name.endswith("_ptr"):
         return "*bf16"
-    return "fp32" if name == "qk_scale" else "i32"
+    return "fp32" if name in ("qk_scale", "eps") else "i32"
 
 
 def main() -> None:
@@ -55,14 +64,14 @@ def main() -> None:
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
     from triton.compiler import ASTSource
 
-    from nanovllm.ops import attention_decode, attention_prefill
+    from nanovllm.ops import activation, attention_decode, attention_prefill, kv_cache, norm, rotary, sampling
 
     ptxas = get_ptxas(90).path
     if not os.path.exists(ptxas):
         print(f"no ptxas at {ptxas}")
         sys.exit(SKIP)
-    kernels = {"_prefill_kernel": attention_prefill._prefill_kernel,
-               "_decode_split_kernel": attention_decode._decode_split_kernel}
+    modules = [activation, attention_decode, attention_prefill, kv_cache, norm, rotary, sampling]
+    kernels = {name: getattr(m, name) for m in modules for name in dir(m) if name.endswith("_kernel")}
     for name, constexprs, options in CASES:
         fn = kernels[name]
         signature = {a: "constexpr" if a in constexprs else arg_type(a) for a in fn.arg_names}
