@@ -37,7 +37,7 @@ def nan_like(q):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("group", [1, 2, 4])
-@pytest.mark.parametrize("sliding_window", [None, 9])
+@pytest.mark.parametrize("sliding_window", [None, 9, 100])
 def test_prefill_matches_reference(device, dtype, head_dim, group, sliding_window):
     # Full prefill, prefill over a cached prefix (q_len < seq_len) and a one-token chunk, ragged.
     seq_lens, q_lens = [37, 150, 21, 70], [37, 3, 1, 21]

@@ -66,14 +66,21 @@ def _prefill_kernel(
     key_end = context_len + tl.minimum(q_len, (q_block + 1) * BLOCK_Q)
     table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     kv_head_off = kv_head * stride_kh
+    # Keys [full_start, full_end) are visible to every row of the tile (at or before its first query,
+    # and inside the window of its last one): those tiles skip the mask. Rows past q_len don't count.
+    first_pos = context_len + q_block * BLOCK_Q
+    key_start = 0
+    full_start = 0
     if USE_WINDOW:
-        key_start = tl.maximum(context_len + q_block * BLOCK_Q - window + 1, 0) // BLOCK_N * BLOCK_N
-        full_end = key_start
-    else:
-        # Keys up to the tile's first query position are visible to every row: no mask needed there.
-        key_start = 0
-        full_end = (context_len + q_block * BLOCK_Q + 1) // BLOCK_N * BLOCK_N
-    for start in range(key_start, full_end, BLOCK_N):
+        key_start = tl.maximum(first_pos - window + 1, 0) // BLOCK_N * BLOCK_N
+        full_start = tl.cdiv(tl.maximum(key_end - window, 0), BLOCK_N) * BLOCK_N
+    full_end = tl.maximum((first_pos + 1) // BLOCK_N * BLOCK_N, key_start)
+    full_start = tl.minimum(tl.maximum(full_start, key_start), full_end)
+    for start in range(key_start, full_start, BLOCK_N):
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head_off, start,
+                                    key_end, pos, qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
+                                    BLOCK_N, BLOCK_SIZE, True, USE_WINDOW, DOT_PRECISION)
+    for start in range(full_start, full_end, BLOCK_N):
         m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head_off, start,
                                     key_end, pos, qk_scale, window, stride_kb, stride_ks, offs_d, mask_d,
                                     BLOCK_N, BLOCK_SIZE, False, USE_WINDOW, DOT_PRECISION)
