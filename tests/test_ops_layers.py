@@ -18,6 +18,13 @@ def rand(*shape, dtype=torch.float32, device="cpu"):
     return torch.randn(*shape).to(dtype).to(device)
 
 
+def assert_close_to_rounding(got, expected):
+    """Equal up to two units in the last place: the kernel's sum order, rsqrt and exp are not torch's,
+    so an intermediate rounded to the activation dtype may land one step away before the last product."""
+    rtol = max(2 * torch.finfo(expected.dtype).eps, 1.3e-6)
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_store_kvcache_writes_slots_and_skips_padding(device, dtype, head_dim):
@@ -56,7 +63,7 @@ def test_rms_norm_matches_reference(device, dtype, hidden, with_residual):
     if with_residual:
         assert torch.equal(got[1], expected[1])
         got, expected = got[0], expected[0]
-    torch.testing.assert_close(got, expected)
+    assert_close_to_rounding(got, expected)
 
 
 def make_cos_sin_cache(max_positions, head_dim, base=10000.0):
@@ -104,7 +111,7 @@ def test_rotary_reference_is_hf_llama():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_and_mul_matches_reference(device, dtype):
     x = rand(5, 2 * 1500, dtype=dtype, device=device) * 3
-    torch.testing.assert_close(silu_and_mul_triton(x), silu_and_mul_reference(x))
+    assert_close_to_rounding(silu_and_mul_triton(x), silu_and_mul_reference(x))
 
 
 def test_dispatch_runs_references_on_cpu():
