@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from autotune.compile_pool import CompilePool
 from autotune.device import GpuInfo
+from autotune.interrupt import DeferredInterrupt
 from autotune.objective import Evaluator, Result
 from autotune.timer import Timer, Timing
 from db.storage import Recorder, RunKey
@@ -174,60 +175,63 @@ class Tuner:
         s = self.settings
         deadline = time.monotonic() + s.timeout_s if s.timeout_s else math.inf
         # Bounds the asks when the sampler keeps proposing infeasible or already-tried configs.
-        max_asks = 20 * budget
-        asks = 0
-        pending: deque = deque()
-        asking = None  # a trial between ask and pending
+        asks_left = 20 * budget
+        pending: deque = deque()  # (trial, config, compile future), asked ahead of timing
+        recorded = None  # the result of pending[0], stored in our tables but maybe not yet told to Optuna
         try:
-            while True:
-                while len(pending) < s.prefetch and asks < max_asks and time.monotonic() < deadline:
-                    trials = study.get_trials(deepcopy=False)
-                    counted = sum(t.state in _COUNTED for t in trials)
-                    running = sum(t.state == TrialState.RUNNING for t in trials)
-                    # Other workers' running trials count too: together they fill the budget once.
-                    if counted + running >= budget:
-                        break
-                    asks += 1
-                    trial = study.ask()
-                    asking = trial
-                    config = self.space.to_config({k: trial.suggest_categorical(k, v) for k, v in axes.items()})
-                    reason = self.space.violation(config, evaluator.problem, evaluator.smem_limit)
-                    if reason is None:
-                        reason = _duplicate(config, study.get_trials(deepcopy=False), trial.number)
-                    if reason is not None:
-                        trial.set_user_attr("pruned", reason)
-                        study.tell(trial, state=TrialState.PRUNED)
-                        asking = None
-                        continue
-                    pending.append((trial, config, self.pool.submit(self.space.name, evaluator.problem, config)))
-                    asking = None
-                if not pending:
-                    return
-                trial, config, compiled = pending[0]
-                error = compiled.result()
-                result = Result(config, False, error) if error else evaluator.evaluate(config, s.repeats)
-                self._record(run_id, "search", trial.number, result)
-                if result.correct:
-                    trial.set_user_attr("speedup", result.speedup)
-                    study.tell(trial, result.timing.median_us)
-                else:
-                    trial.set_user_attr("error", result.error)
-                    study.tell(trial, state=TrialState.FAIL)
-                pending.popleft()
-                if self.progress:
-                    self.progress(study.study_name, result)
+            with DeferredInterrupt() as interrupt:
+                while True:
+                    while len(pending) < s.prefetch and asks_left > 0 and time.monotonic() < deadline:
+                        interrupt.check()
+                        asks_left -= 1
+                        asked = self._ask(study, evaluator, axes, budget)
+                        if asked is None:
+                            break
+                        if asked[1] is not None:
+                            pending.append((*asked, self.pool.submit(self.space.name, evaluator.problem, asked[1])))
+                    if not pending:
+                        return
+                    interrupt.check()
+                    trial, config, compiled = pending[0]
+                    error = compiled.result()
+                    result = Result(config, False, error) if error else evaluator.evaluate(config, s.repeats)
+                    self._record(run_id, "search", trial.number, result)
+                    recorded = result
+                    _tell(study, trial, result)
+                    pending.popleft()
+                    recorded = None
+                    if self.progress:
+                        self.progress(study.study_name, result)
         except BaseException:
-            # Leave no trial RUNNING forever. What was not timed is pruned: it does not count against the
-            # budget, and a rerun may sample the config again.
-            for trial in [asking, *(t for t, _, _ in pending)]:
-                if trial is None:
-                    continue
-                try:
-                    trial.set_user_attr("pruned", "interrupted before timing")
-                    study.tell(trial, state=TrialState.PRUNED)
-                except UpdateFinishedTrialError:
-                    pass  # told just before the interruption
+            # Leave no trial RUNNING forever. A recorded result is told; what was not timed is pruned: it
+            # does not count against the budget, and a rerun may sample the config again.
+            if recorded is not None:
+                _tell(study, pending.popleft()[0], recorded)
+            for trial, _, _ in pending:
+                trial.set_user_attr("pruned", "interrupted before timing")
+                _tell(study, trial, None)
             raise
+
+    def _ask(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]],
+             budget: int) -> tuple[optuna.Trial, Config | None] | None:
+        """The next trial and its config (None when pruned as infeasible or duplicate); None once the budget is met."""
+        trials = study.get_trials(deepcopy=False)
+        # Other workers' running trials count too: together they fill the budget once.
+        if sum(t.state in _COUNTED or t.state == TrialState.RUNNING for t in trials) >= budget:
+            return None
+        trial = study.ask()
+        try:
+            config = self.space.to_config({k: trial.suggest_categorical(k, v) for k, v in axes.items()})
+            reason = self.space.violation(config, evaluator.problem, evaluator.smem_limit)
+            reason = reason or _duplicate(config, study.get_trials(deepcopy=False), trial.number)
+        except BaseException:
+            _tell(study, trial, None)
+            raise
+        if reason is None:
+            return trial, config
+        trial.set_user_attr("pruned", reason)
+        _tell(study, trial, None)
+        return trial, None
 
     def _retime(self, study: optuna.Study, evaluator: Evaluator, run_id: int) -> list[tuple[Result, int]]:
         """Time the top configs and the baseline head to head, interleaved; fastest median first."""
@@ -251,6 +255,21 @@ class Tuner:
             run_id, phase=phase, trial_number=trial_number, config=r.config.to_dict(), correct=r.correct,
             error=r.error, median_us=t.median_us if t else None, spread_us=t.spread_us if t else None,
             repeats=len(t.samples_us) if t else None, tflops=r.tflops, gbps=r.gbps, speedup=r.speedup)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, result: Result | None) -> None:
+    """Finish a trial: COMPLETE with its median, FAIL with its error, or PRUNED when there is no result."""
+    try:
+        if result is None:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif result.correct:
+            trial.set_user_attr("speedup", result.speedup)
+            study.tell(trial, result.timing.median_us)
+        else:
+            trial.set_user_attr("error", result.error)
+            study.tell(trial, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        pass  # already told when an interruption came in between
 
 
 def _duplicate(config: Config, trials: list[optuna.trial.FrozenTrial], number: int) -> str | None:
