@@ -70,6 +70,17 @@ def test_decode_matches_reference(device, dtype, head_dim, group, sliding_window
     torch.testing.assert_close(out, expected, atol=TOL[dtype], rtol=TOL[dtype])
 
 
+def test_prefill_many_ragged_sequences(device):
+    # Enough sequences for a real binary search over cu_seqlens_q, an empty one among them.
+    seq_lens, q_lens = [5, 40, 17, 33, 64, 1, 90, 20, 48], [5, 40, 0, 9, 64, 1, 2, 20, 31]
+    k_cache, v_cache, table, lens = make_paged_kv(seq_lens, 1, 64, torch.float16, device)
+    cu = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    q = torch.randn(sum(q_lens), 2, 64).half().to(device)
+    out = paged_prefill_attention_triton(q, k_cache, v_cache, table, cu, lens, 0.125, out=nan_like(q))
+    expected = paged_prefill_attention_reference(q, k_cache, v_cache, table, cu, lens, 0.125)
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)
+
+
 def test_decode_padded_row_gives_zeros(device):
     # A CUDA-graph batch pads with seq_len 0 and an all -1 block table: no key is read, the row is zero.
     k_cache, v_cache, table, lens = make_paged_kv([40, 1], 2, 64, torch.float32, device)
@@ -115,6 +126,15 @@ def test_bad_arguments_name_the_argument(device):
         paged_prefill_attention_triton(q, k_cache, v_cache, table, cu, lens, 0.1)
 
 
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_decode_group_not_power_of_two(device, num_splits):
+    k_cache, v_cache, table, lens = make_paged_kv([33, 70], 2, 80, torch.float32, device)
+    q = torch.randn(2, 6, 80, device=device)
+    out = paged_decode_attention_triton(q, k_cache, v_cache, table, lens, 0.1, num_splits=num_splits)
+    expected = paged_decode_attention_reference(q, k_cache, v_cache, table, lens, 0.1)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("sliding_window", [None, 1000])
@@ -147,12 +167,3 @@ def test_decode_replays_in_cuda_graph():
         graph.replay()
         expected = paged_decode_attention_reference(q, k_cache, v_cache, table, lens, 0.09)
         torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
-
-
-@pytest.mark.parametrize("num_splits", [1, 2])
-def test_decode_group_not_power_of_two(device, num_splits):
-    k_cache, v_cache, table, lens = make_paged_kv([33, 70], 2, 80, torch.float32, device)
-    q = torch.randn(2, 6, 80, device=device)
-    out = paged_decode_attention_triton(q, k_cache, v_cache, table, lens, 0.1, num_splits=num_splits)
-    expected = paged_decode_attention_reference(q, k_cache, v_cache, table, lens, 0.1)
-    torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
