@@ -131,7 +131,7 @@ class Tuner:
             idle = not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
             if s.sampler == "grid" and (created or idle):
                 self._enqueue_grid(study, axes, feasible, budget)
-            elif s.sampler != "grid" and created:
+            elif s.sampler == "tpe" and created:
                 self._enqueue(study, problem, axes, [*warm_start, *self.space.heuristics(problem, self.device)],
                               budget)
             self._search(study, evaluator, axes, budget, run_id)

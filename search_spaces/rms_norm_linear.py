@@ -90,15 +90,14 @@ class RmsNormLinearSpace(SearchSpace):
         return [default, *picks, *(dataclasses.replace(c, SUMSQ_IN_LOOP=1 - c.SUMSQ_IN_LOOP) for c in picks[:2])]
 
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        dtype = problem.torch_dtype
+        # Generated where they are used: filling a lm_head weight on the CPU would take longer than tuning it.
+        gen = torch.Generator(device=device).manual_seed(seed)
         out = []
         for _ in range(copies):
             # Random, never zeros: a kernel that skips work must not pass by accident. Unit-scale outputs.
-            x = torch.randn(problem.M, problem.K, generator=gen).to(device=device, dtype=dtype)
-            w = (torch.randn(problem.N, problem.K, generator=gen) / math.sqrt(problem.K)).to(device=device,
-                                                                                             dtype=dtype)
-            out.append((x, w))
+            x = torch.randn(problem.M, problem.K, generator=gen, device=device).to(problem.torch_dtype)
+            w = torch.randn(problem.N, problem.K, generator=gen, device=device).div_(math.sqrt(problem.K))
+            out.append((x, w.to(problem.torch_dtype)))
         return out
 
     def launcher(self, config: Config | None) -> Callable[[Any], torch.Tensor]:
