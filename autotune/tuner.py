@@ -14,7 +14,6 @@ Design choices (see docs for the numbers):
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from optuna.trial import TrialState
 
 from autotune.compile_pool import CompilePool
 from autotune.device import GpuInfo
+from autotune.enqueue import duplicate_of, enqueue_grid, enqueue_warm_starts
 from autotune.interrupt import DeferredInterrupt
 from autotune.objective import Evaluator, Result
 from autotune.timer import Timer, Timing
@@ -130,10 +130,10 @@ class Tuner:
             self.recorder.set_baseline(run_id, base.median_us, base.spread_us)
             idle = not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
             if s.sampler == "grid" and (created or idle):
-                self._enqueue_grid(study, axes, feasible, budget)
+                enqueue_grid(study, axes, feasible, budget, s.seed)
             elif s.sampler == "tpe" and created:
-                self._enqueue(study, problem, axes, [*warm_start, *self.space.heuristics(problem, self.device)],
-                              budget)
+                warm = [*warm_start, *self.space.heuristics(problem, self.device)]
+                enqueue_warm_starts(study, self.space, problem, axes, warm, budget, device_smem_limit(self.device))
             self._search(study, evaluator, axes, budget, run_id)
             ranked = self._retime(study, evaluator, run_id)
         except BaseException as e:
@@ -142,33 +142,6 @@ class Tuner:
         self.recorder.finish_run(run_id, "finished", ranked[0][1] if ranked else None)
         return StudyOutcome(name, problem, ranked[0][0] if ranked else None, evaluator.baseline.median_us,
                             tuple(r.config for r, _ in ranked))
-
-    def _enqueue(self, study: optuna.Study, problem: Problem, axes: dict[str, list[int]],
-                 configs: list[Config], budget: int) -> None:
-        """Warm-start with the given configs, each moved onto the nearest values of this study's axes."""
-        smem = device_smem_limit(self.device)
-        projected = []
-        for c in configs:
-            params = c.to_dict()
-            params = {k: min(values, key=lambda v: abs(v - params[k])) for k, values in axes.items()}
-            projected.append(self.space.to_config(params))
-        usable = [c for c in dict.fromkeys(projected) if self.space.violation(c, problem, smem) is None]
-        for c in usable[:budget]:
-            study.enqueue_trial({k: c.to_dict()[k] for k in axes}, skip_if_exists=True)
-
-    def _enqueue_grid(self, study: optuna.Study, axes: dict[str, list[int]], feasible: list[Config],
-                      budget: int) -> None:
-        """Feasible points not yet in the study, up to the budget, in a seeded shuffle (a smaller budget or
-        a timeout then samples the grid fairly; a rerun with a larger budget continues the same order)."""
-        trials = study.get_trials(deepcopy=False)
-        seen = {tuple(sorted(t.params.items())) for t in trials}
-        seen |= {tuple(sorted(t.system_attrs.get("fixed_params", {}).items()))
-                 for t in trials if t.state == TrialState.WAITING}
-        points = [{k: c.to_dict()[k] for k in axes} for c in feasible]
-        random.Random(self.settings.seed).shuffle(points)
-        missing = [p for p in points if tuple(sorted(p.items())) not in seen]
-        for params in missing[:max(0, budget - len(seen))]:
-            study.enqueue_trial(params)
 
     def _search(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
                 run_id: int) -> None:
@@ -223,7 +196,7 @@ class Tuner:
         try:
             config = self.space.to_config({k: trial.suggest_categorical(k, v) for k, v in axes.items()})
             reason = self.space.violation(config, evaluator.problem, evaluator.smem_limit)
-            reason = reason or _duplicate(config, study.get_trials(deepcopy=False), trial.number)
+            reason = reason or duplicate_of(config, study.get_trials(deepcopy=False), trial.number)
         except BaseException:
             _tell(study, trial, None)
             raise
@@ -270,19 +243,6 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: Result | None) -> No
             study.tell(trial, state=TrialState.FAIL)
     except UpdateFinishedTrialError:
         pass  # already told when an interruption came in between
-
-
-def _duplicate(config: Config, trials: list[optuna.trial.FrozenTrial], number: int) -> str | None:
-    """The earlier trial with the same config, if any; a concurrent worker's trial counts as soon as it is
-    asked (enqueued trials carry their params from the start), and the later of two duplicates yields."""
-    params = config.to_dict()
-    for t in trials:
-        if t.number >= number or t.state in (TrialState.PRUNED, TrialState.WAITING):
-            continue
-        given = t.params or t.system_attrs.get("fixed_params", {})
-        if given and all(params.get(k) == v for k, v in given.items()):
-            return f"duplicate of trial {t.number}"
-    return None
 
 
 def _stored_result(m) -> Result:

@@ -1,0 +1,55 @@
+"""What a study tries first, and what it never tries twice.
+
+Warm starts (heuristic configs, the leaders of the previous M bucket) are moved onto the nearest
+values of the study's axes and enqueued, so TPE starts from known-good configs. The grid sampler is
+the feasible grid itself, enqueued in a seeded shuffle. A sampled config equal to an earlier trial's
+is recognised before it is compiled or timed.
+"""
+from __future__ import annotations
+
+import random
+
+import optuna
+from optuna.trial import TrialState
+
+from kernels.config import Config
+from search_spaces.base import Problem, SearchSpace
+
+
+def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, problem: Problem, axes: dict[str, list[int]],
+                        configs: list[Config], budget: int, smem_limit: int | None) -> None:
+    projected = []
+    for c in configs:
+        params = c.to_dict()
+        projected.append(space.to_config({k: min(v, key=lambda x: abs(x - params[k])) for k, v in axes.items()}))
+    usable = [c for c in dict.fromkeys(projected) if space.violation(c, problem, smem_limit) is None]
+    for c in usable[:budget]:
+        study.enqueue_trial({k: c.to_dict()[k] for k in axes}, skip_if_exists=True)
+
+
+def enqueue_grid(study: optuna.Study, axes: dict[str, list[int]], feasible: list[Config], budget: int,
+                 seed: int | None) -> None:
+    """Feasible points not yet in the study, up to the budget, in a seeded shuffle (a smaller budget or
+    a timeout then samples the grid fairly; a rerun with a larger budget continues the same order)."""
+    trials = study.get_trials(deepcopy=False)
+    seen = {tuple(sorted(t.params.items())) for t in trials}
+    seen |= {tuple(sorted(t.system_attrs.get("fixed_params", {}).items()))
+             for t in trials if t.state == TrialState.WAITING}
+    points = [{k: c.to_dict()[k] for k in axes} for c in feasible]
+    random.Random(seed).shuffle(points)
+    missing = [p for p in points if tuple(sorted(p.items())) not in seen]
+    for params in missing[:max(0, budget - len(seen))]:
+        study.enqueue_trial(params)
+
+
+def duplicate_of(config: Config, trials: list[optuna.trial.FrozenTrial], number: int) -> str | None:
+    """The earlier trial with the same config, if any; a concurrent worker's trial counts as soon as it is
+    asked (enqueued trials carry their params from the start), and the later of two duplicates yields."""
+    params = config.to_dict()
+    for t in trials:
+        if t.number >= number or t.state in (TrialState.PRUNED, TrialState.WAITING):
+            continue
+        given = t.params or t.system_attrs.get("fixed_params", {})
+        if given and all(params.get(k) == v for k, v in given.items()):
+            return f"duplicate of trial {t.number}"
+    return None
