@@ -157,10 +157,10 @@ def table_summary(path: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", default="12288x4096@16", help="NxK@M,... shapes searched exhaustively")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget-frac", type=float, default=0.15, help="tpe/random budget as a fraction of the grid")
     ap.add_argument("--compare", default="llama-7b", help="shapes for part 2 (as cli.py tune --shapes)")
-    ap.add_argument("--m", default="1,16,256,4096", help="M values for part 2")
+    ap.add_argument("--m", default="1,16,4096", help="M values for part 2")
     ap.add_argument("--table", default=None, help="lookup table with the tuned configs [default: tables/<gpu>.json]")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--compile-processes", type=int, default=15)
