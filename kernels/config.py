@@ -96,6 +96,13 @@ def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int
         cfg = Config(16, 64, 256, num_warps=4, num_stages=4) if N <= 8192 else Config(16, 128, 128, num_stages=3)
     elif M <= 64:
         cfg = Config(max(16, _next_pow2(M)), 128, 64, num_warps=4, num_stages=4)
+        # Too few output tiles to stream the weight with every SM (mistral-7b QKV: 48 tiles on 132 SMs):
+        # split K until there are at least as many programs as SMs.
+        tiles = -(-M // cfg.BLOCK_M) * -(-N // cfg.BLOCK_N)
+        split = 1
+        while tiles * split < _sm_count(device) and split * 2 <= max(1, -(-K // cfg.BLOCK_K) // 8):
+            split *= 2
+        cfg = dataclasses.replace(cfg, SPLIT_K=split)
     elif M <= 256:
         cfg = Config(128, 128 if N <= 8192 else 256, 64, num_warps=8, num_stages=4)
     else:
@@ -108,6 +115,12 @@ def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int
         else:
             cfg = dataclasses.replace(cfg, BLOCK_N=cfg.BLOCK_N // 2)
     return cfg
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132  # an H100/H200, so the interpreter runs what a GPU would
 
 
 def _next_pow2(v: int) -> int:

@@ -197,9 +197,11 @@ def fused_rms_norm_linear(
     ss = _empty((split if in_loop else 1, M), x, torch.float32) if split > 1 or not in_loop else out
     a = x2
     if not in_loop:
-        _row_stats_kernel[(triton.cdiv(M, 4),)](
+        # One row per program, in one chunk up to K = 8192: at decode sizes this kernel is pure latency.
+        row_k = min(8192, triton.next_power_of_2(K))
+        _row_stats_kernel[(M,)](
             x2, r2, h, ss, M, K, x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), h.stride(0),
-            HAS_RESIDUAL=residual is not None, BLOCK_R=4, BLOCK_K=min(1024, triton.next_power_of_2(K)), num_warps=4)
+            HAS_RESIDUAL=residual is not None, BLOCK_R=1, BLOCK_K=row_k, num_warps=8 if row_k >= 4096 else 4)
         a = h if residual is not None else x2
     grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
     _rms_norm_linear_kernel[grid](
