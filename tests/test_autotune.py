@@ -246,3 +246,14 @@ def test_a_new_kernel_plugs_in_its_own_space(db):
 
     outcome = make_tuner(db, space=TinyMatmulSpace(), sampler="grid", trials=10).tune(Problem(4, 64, 32, "float32"))
     assert outcome.study_name.startswith("tiny_matmul|") and outcome.best is not None
+
+
+def test_partition_gives_each_study_one_worker_and_keeps_m_buckets_together():
+    from autotune.workers import partition
+    problems = [Problem(m, 64, n) for n in (96, 128) for m in (32, 1, 4)]
+    parts = partition(problems, 2)
+    flat = [p for part in parts for p in part]
+    assert len(flat) == len(set(flat)) == len(problems) and set(flat) == set(problems)
+    assert [[(p.N, p.M) for p in part] for part in parts] == [[(96, 1), (96, 4), (96, 32)],
+                                                               [(128, 1), (128, 4), (128, 32)]]
+    assert [len(part) for part in partition(problems, 4)] == [2, 2, 1, 1]
