@@ -17,8 +17,8 @@ from autotune.table import build_table, load_table, write_table
 from autotune.tuner import SAMPLERS, TuneSettings
 from autotune.workers import make_jobs, run_workers
 from db.queries import best_results
-from kernels.config import Config
 from db.storage import DEFAULT_URL, Recorder, StorageError, open_engine, optuna_storage
+from kernels.config import Config
 from search_spaces import DTYPES, Problem, get_space
 from search_spaces.shapes import PRESETS, parse_m_buckets, parse_shapes, sites_from_config
 
