@@ -17,7 +17,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 import optuna
 import torch
@@ -95,10 +95,16 @@ def top_configs(study: optuna.Study, k: int) -> list[Config]:
     return out
 
 
+class Progress(Protocol):
+    def study_started(self, study_name: str, trials_left: int) -> None: ...
+
+    def trial_finished(self, study_name: str, result: Result) -> None: ...
+
+
 class Tuner:
     def __init__(self, space: SearchSpace, storage: optuna.storages.BaseStorage, recorder: Recorder,
                  gpu: GpuInfo, device: torch.device, timer: Timer, pool: CompilePool, settings: TuneSettings,
-                 progress: Callable[[str, Result], None] | None = None):
+                 progress: Progress | None = None):
         self.space, self.storage, self.recorder = space, storage, recorder
         self.gpu, self.device, self.timer, self.pool = gpu, device, timer, pool
         self.settings, self.progress = settings, progress
@@ -118,7 +124,10 @@ class Tuner:
         feasible = self.space.feasible(problem, device_smem_limit(self.device))
         budget = min(s.trials, len(feasible))
         finished = self.recorder.finished_best(name)
-        if finished is not None and len(study.get_trials(deepcopy=False, states=_COUNTED)) >= budget:
+        done = len(study.get_trials(deepcopy=False, states=_COUNTED))
+        if self.progress:
+            self.progress.study_started(name, max(0, budget - done))
+        if finished is not None and done >= budget:
             best = _stored_result(finished)
             return StudyOutcome(name, problem, best, None, (best.config,), skipped=True)
 
@@ -174,7 +183,7 @@ class Tuner:
                     pending.popleft()
                     recorded = None
                     if self.progress:
-                        self.progress(study.study_name, result)
+                        self.progress.trial_finished(study.study_name, result)
         except BaseException:
             # Leave no trial RUNNING forever. A recorded result is told; what was not timed is pruned: it
             # does not count against the budget, and a rerun may sample the config again.

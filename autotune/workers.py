@@ -9,7 +9,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 from dataclasses import dataclass
-from typing import Callable
 
 import optuna
 import torch
@@ -19,7 +18,7 @@ from autotune.compile_pool import CompilePool
 from autotune.device import detect_gpu, fake_gpu_count
 from autotune.objective import Result
 from autotune.timer import CudaEventTimer, Timer
-from autotune.tuner import StudyOutcome, Tuner, TuneSettings
+from autotune.tuner import Progress, StudyOutcome, Tuner, TuneSettings
 from db.storage import Recorder, open_engine, optuna_storage
 from search_spaces import Problem, get_space
 
@@ -53,8 +52,7 @@ def _timer() -> Timer:
     return CudaEventTimer()
 
 
-def run_job(job: Job, progress: Callable[[str, Result], None] | None = None,
-            timer: Timer | None = None) -> list[StudyOutcome]:
+def run_job(job: Job, progress: Progress | None = None, timer: Timer | None = None) -> list[StudyOutcome]:
     """Tune the job's studies in order on one device; the leaders of each study warm-start the next M bucket."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = torch.device("cpu") if fake_gpu_count() else torch.device("cuda", job.device_index)
@@ -81,12 +79,17 @@ class ProgressBar:
     """A tqdm bar over a worker's trials, showing the current study and its best so far."""
 
     def __init__(self, job: Job, position: int = 0):
-        total = len(job.problems) * job.settings.trials
-        self.bar = tqdm(total=total, position=position, desc=f"gpu{job.device_index}", unit="trial",
-                        dynamic_ncols=True)
+        # Each study's share starts at the full budget and shrinks to what it really has left when it starts.
+        self.share = job.settings.trials
+        self.bar = tqdm(total=len(job.problems) * self.share, position=position, desc=f"gpu{job.device_index}",
+                        unit="trial", dynamic_ncols=True)
         self.best: dict[str, Result] = {}
 
-    def __call__(self, study: str, result: Result) -> None:
+    def study_started(self, study: str, trials_left: int) -> None:
+        self.bar.total -= self.share - trials_left
+        self.bar.refresh()
+
+    def trial_finished(self, study: str, result: Result) -> None:
         best = self.best.get(study)
         if result.correct and (best is None or result.timing.median_us < best.timing.median_us):
             self.best[study] = best = result
