@@ -9,6 +9,7 @@ With processes=0 nothing is precompiled (the timing process compiles on first la
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import torch
@@ -21,6 +22,9 @@ _device: torch.device | None = None
 
 def _init_worker(device: str) -> None:
     global _device
+    # Ctrl-C is the tuner's to handle (it stores what finished, then closes the pool); a compile worker
+    # dying of it would only turn the interruption into a broken-pool error.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _device = torch.device(device)
     if _device.type == "cuda":
         torch.cuda.set_device(_device)
