@@ -137,7 +137,8 @@ class Tuner:
             evaluator = Evaluator(self.space, problem, self.device, self.timer, self.gpu.l2_bytes)
             base = evaluator.time_baseline(s.repeats)
             self.recorder.set_baseline(run_id, base.median_us, base.spread_us)
-            idle = not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+            # The grid is topped up when no other worker is on it (its leftover queue is kept, not repeated).
+            idle = not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if s.sampler == "grid" and (created or idle):
                 enqueue_grid(study, axes, feasible, budget, s.seed)
             elif s.sampler == "tpe" and created:
