@@ -32,7 +32,8 @@ def enqueue_grid(study: optuna.Study, axes: dict[str, list[int]], feasible: list
     """Feasible points not yet in the study, up to the budget, in a seeded shuffle (a smaller budget or
     a timeout then samples the grid fairly; a rerun with a larger budget continues the same order)."""
     trials = study.get_trials(deepcopy=False)
-    seen = {tuple(sorted(t.params.items())) for t in trials}
+    # Pruned points (interrupted before timing) go back into the queue.
+    seen = {tuple(sorted(t.params.items())) for t in trials if t.state not in (TrialState.PRUNED, TrialState.WAITING)}
     seen |= {tuple(sorted(t.system_attrs.get("fixed_params", {}).items()))
              for t in trials if t.state == TrialState.WAITING}
     points = [{k: c.to_dict()[k] for k in axes} for c in feasible]

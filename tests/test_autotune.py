@@ -257,3 +257,15 @@ def test_partition_gives_each_study_one_worker_and_keeps_m_buckets_together():
     assert [[(p.N, p.M) for p in part] for part in parts] == [[(96, 1), (96, 4), (96, 32)],
                                                                [(128, 1), (128, 4), (128, 32)]]
     assert [len(part) for part in partition(problems, 4)] == [2, 2, 1, 1]
+
+
+def test_an_interrupted_grid_resumes_without_losing_points(db):
+    problem = Problem(1, 64, 64, "float16")
+    with pytest.raises(KeyboardInterrupt):
+        make_tuner(db, timer=InterruptingTimer(after=6), sampler="grid", trials=10_000, prefetch=4).tune(problem)
+    outcome = make_tuner(db, sampler="grid", trials=10_000, prefetch=4).tune(problem)
+    study = optuna.load_study(study_name=outcome.study_name, storage=db[0])
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete) == len(
+        SPACE.feasible(problem, None))
+    assert outcome.best.timing.median_us == pytest.approx(fake_optimum(problem))
