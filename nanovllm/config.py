@@ -23,6 +23,11 @@ class Config:
     kvcache_block_size: int = 16
     # None sizes the cache from free GPU memory (CUDA) or from max_num_seqs * max_model_len (CPU).
     num_kvcache_blocks: int | None = None
+    # RMSNorm + QKV and RMSNorm + gate/up projections through one fused kernel (False: separate norm and GEMM).
+    fused_norm_linear: bool = True
+    # The fused kernel's tuned configs: a lookup table path, None to find the GPU's (nanovllm/utils/tuning.py),
+    # False for the heuristic default configs.
+    tuning_table: str | os.PathLike | bool | None = None
     hf_config: PretrainedConfig = field(init=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +57,13 @@ class Config:
             raise ValueError(f"kvcache_block_size must be a power of two, got {size}")
         if self.num_kvcache_blocks is not None and not self.num_kvcache_blocks >= 1:
             raise ValueError(f"num_kvcache_blocks must be >= 1 or None, got {self.num_kvcache_blocks}")
+        if not isinstance(self.fused_norm_linear, bool):
+            raise ValueError(f"fused_norm_linear must be True or False, got {self.fused_norm_linear!r}")
+        table = self.tuning_table
+        if not (table is None or table is False or isinstance(table, (str, os.PathLike))):
+            raise ValueError(f"tuning_table must be a path, None (find the GPU's table) or False, got {table!r}")
+        if table is not None and table is not False and not self.fused_norm_linear:
+            raise ValueError("tuning_table is given but fused_norm_linear=False: it only configures the fused kernel")
         self.max_model_len = min(self.max_model_len, self.hf_config.max_position_embeddings)
 
     def _resolve_dtype(self) -> torch.dtype:

@@ -19,6 +19,10 @@ def path(tmp_path_factory):
 
 
 def llm(path, **kwargs):
+    # These engine paths do not depend on the fused RMSNorm+Linear kernel, which Triton's CPU interpreter makes
+    # ~15x slower; tests/test_fused_runtime.py runs batching, chunked prefill and preemption fused on the CPU.
+    if DEVICE.type == "cpu":
+        kwargs.setdefault("fused_norm_linear", False)
     return make_engine(path, **kwargs)
 
 

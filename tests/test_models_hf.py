@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 from nanovllm import LLM, SamplingParams
 from nanovllm.engine.sequence import Sequence
 from nanovllm.utils.random_checkpoint import build_tokenizer
+from tests.tuning_tables import interpreter_table
 
 COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=256, eos_token_id=0, bos_token_id=0)
@@ -46,6 +47,8 @@ def engine(path, **kwargs) -> LLM:
     """An engine on the test device in float32; the cache size is fixed so that no test sizes it from GPU memory."""
     kwargs = {"device": DEVICE, "dtype": torch.float32, "max_model_len": 128, "max_num_seqs": 8,
               "num_kvcache_blocks": 64, **kwargs}
+    if DEVICE.type == "cpu" and kwargs.get("fused_norm_linear", True):
+        kwargs.setdefault("tuning_table", interpreter_table())
     return LLM(path, **kwargs)
 
 

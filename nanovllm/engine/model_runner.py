@@ -6,10 +6,12 @@ import torch
 from nanovllm.config import Config
 from nanovllm.engine.sequence import Sequence
 from nanovllm.layers.attention import Attention
+from nanovllm.layers.fused_norm_linear import fuse_norm_linear
 from nanovllm.layers.sampler import Sampler
 from nanovllm.models import MODEL_REGISTRY
 from nanovllm.utils.context import get_context, reset_context, set_context
 from nanovllm.utils.loader import load_model
+from nanovllm.utils.tuning import resolve_configs
 
 # The CPU KV cache takes at most this share of the available RAM.
 CPU_KV_CACHE_RAM_FRACTION = 0.25
@@ -38,6 +40,8 @@ class ModelRunner:
         finally:
             torch.set_default_dtype(default_dtype)
         load_model(self.model, config.model)
+        if config.fused_norm_linear:
+            self._fuse_norm_linear()
         self.sampler = Sampler()
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -50,6 +54,15 @@ class ModelRunner:
         self._bind_kv_cache(self.num_kvcache_blocks)
         if self.device.type == "cuda" and not config.enforce_eager:
             self._capture_cudagraphs()
+
+    def _fuse_norm_linear(self) -> None:
+        pairs = self.model.norm_linear_pairs()
+        shapes = sorted({(linear.weight.shape[1], linear.weight.shape[0]) for _, linear in pairs})
+        # The most rows one forward pass can have: a prefill step, an eager decode batch or a CUDA-graph batch.
+        max_m = max(self.config.max_num_batched_tokens, self.config.max_num_seqs, 512)
+        configs = resolve_configs(self.config.tuning_table, shapes, self.dtype, self.device, max_m)
+        for norm, linear in pairs:
+            fuse_norm_linear(norm, linear, configs[linear.weight.shape[1], linear.weight.shape[0]])
 
     def _block_bytes(self) -> int:
         attn = self.attention_layers[0]

@@ -14,6 +14,9 @@ class Linear(nn.Module):
         if bias:
             self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
+        # Set by fuse_norm_linear once the preceding RMSNorm's gain is folded into the weight: the fused
+        # kernel's config for each row count M.
+        self.norm_configs = None
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         param.data.copy_(loaded)

@@ -6,6 +6,7 @@ from transformers import PretrainedConfig
 from nanovllm.layers.activation import SiluAndMul
 from nanovllm.layers.attention import Attention
 from nanovllm.layers.embed_head import LMHead, VocabEmbedding
+from nanovllm.layers.fused_norm_linear import norm_linear
 from nanovllm.layers.layernorm import RMSNorm
 from nanovllm.layers.linear import Linear, MergedLinear, QKVLinear
 from nanovllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters
@@ -74,16 +75,15 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
+    def norm_linear_pairs(self) -> list[tuple[RMSNorm, Linear]]:
+        return [(self.input_layernorm, self.self_attn.qkv_proj), (self.post_attention_layernorm,
+                                                                   self.mlp.gate_up_proj)]
+
     def attention_input(self, hidden_states: torch.Tensor, residual: torch.Tensor | None):
-        if residual is None:
-            hidden_states, residual = self.input_layernorm(hidden_states), hidden_states
-        else:
-            hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        return self.self_attn.qkv_proj(hidden_states), residual
+        return norm_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden_states, residual)
 
     def mlp_input(self, hidden_states: torch.Tensor, residual: torch.Tensor):
-        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
-        return self.mlp.gate_up_proj(hidden_states), residual
+        return norm_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden_states, residual)
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None):
         qkv, residual = self.attention_input(hidden_states, residual)
@@ -132,6 +132,11 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions)
+
+    def norm_linear_pairs(self) -> list[tuple[RMSNorm, Linear]]:
+        """Every RMSNorm with the projection it feeds. The final norm stays unfused: it is one norm in 2 x layers + 1,
+        and folding it into the LM head would need a second copy of a tied vocabulary matrix."""
+        return [pair for layer in self.model.layers for pair in layer.norm_linear_pairs()]
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden_states)

@@ -1,0 +1,109 @@
+"""Which config each fused RMSNorm+Linear call runs, resolved once at load from the GPU's tuned lookup table.
+
+Table discovery, first match wins:
+1. the `tuning_table` argument: a path, or False for none (the heuristic default configs);
+2. the NANOVLLM_TUNING_TABLE environment variable (a path);
+3. tables/<gpu>.json shipped in this repository, <gpu> being the detected card's short name
+   (autotune.device.normalize_gpu_name: h100, h200, ...). On a CPU there is no card and no table.
+
+Bucket rule (the table's, autotune/table.py): a call with M rows runs the config of the smallest tuned
+bucket >= M, else of the largest bucket. Shapes (K, N) that the table lacks run kernels.config.default_config.
+Every M the runtime can run is resolved here into a list indexed by M, so a forward pass (and the CUDA graphs
+captured from it) only indexes a list.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import triton
+
+from autotune.device import normalize_gpu_name
+from autotune.table import LookupTable, load_table
+from kernels.config import Config, default_config, device_smem_limit
+
+TUNING_TABLE_ENV = "NANOVLLM_TUNING_TABLE"
+TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
+logger = logging.getLogger(__name__)
+
+
+def find_table(tuning_table: str | os.PathLike | bool | None, device: torch.device) -> Path | None:
+    """The table file to use (see the module docstring), or None for the heuristic default configs."""
+    if tuning_table is False:
+        return None
+    if tuning_table is not None:
+        return Path(tuning_table)
+    if os.environ.get(TUNING_TABLE_ENV):
+        return Path(os.environ[TUNING_TABLE_ENV])
+    if device.type != "cuda":
+        return None
+    gpu = gpu_short_name(device)
+    path = TABLES_DIR / f"{gpu}.json" if gpu else None
+    if path is None or not path.is_file():
+        where = path or f"in {TABLES_DIR} for a card autotune.device does not know"
+        warnings.warn(f"no tuning table {where} and {TUNING_TABLE_ENV} unset: the fused RMSNorm+Linear kernel "
+                      "runs its heuristic default configs", stacklevel=2)
+        return None
+    return path
+
+
+def gpu_short_name(device: torch.device) -> str | None:
+    """h100, h200, ... for a CUDA device this project knows; None otherwise."""
+    if device.type != "cuda":
+        return None
+    try:
+        return normalize_gpu_name(torch.cuda.get_device_name(device))
+    except ValueError:
+        return None
+
+
+def load_checked(path: Path, device: torch.device) -> LookupTable:
+    """load_table, plus one warning when the table was tuned on another GPU or under other torch/Triton."""
+    table = load_table(path)
+    running = {"torch": torch.__version__, "triton": triton.__version__}
+    if device.type == "cuda":
+        running["gpu"] = gpu_short_name(device) or torch.cuda.get_device_name(device)
+    differ = [f"{what} {getattr(table, what)} (running {now})" for what, now in running.items()
+              if getattr(table, what) != now]
+    if differ:
+        warnings.warn(f"tuning table {path} was tuned for {', '.join(differ)}: its configs are used, but may not "
+                      "be the fastest here", stacklevel=2)
+    return table
+
+
+def configs_by_m(table: LookupTable | None, K: int, N: int, dtype: torch.dtype, device: torch.device,
+                 max_m: int) -> list[Config]:
+    """configs[M] for M in 0..max_m (M = 0 takes M = 1's): the table's bucket rule, else the default heuristic."""
+    if table is not None and table.lookup(K, N, 1, dtype) is not None:
+        return [table.lookup(K, N, max(m, 1), dtype) for m in range(max_m + 1)]
+    return [default_config(max(m, 1), N, K, device, dtype.itemsize) for m in range(max_m + 1)]
+
+
+def resolve_configs(tuning_table: str | os.PathLike | bool | None, shapes: list[tuple[int, int]],
+                    dtype: torch.dtype, device: torch.device, max_m: int) -> dict[tuple[int, int], list[Config]]:
+    """(K, N) -> configs[M] for every fused site shape; logs the table used and warns about uncovered shapes."""
+    path = find_table(tuning_table, device)
+    table = load_checked(path, device) if path is not None else None
+    configs = {(K, N): configs_by_m(table, K, N, dtype, device, max_m) for K, N in shapes}
+    smem = device_smem_limit(device)
+    for (K, N), by_m in configs.items():
+        for config in set(by_m):
+            try:
+                config.validate(K=K, elem_bytes=dtype.itemsize, smem_limit=smem)
+            except ValueError as e:
+                raise ValueError(f"tuning table {path}: its config for K={K}, N={N} cannot run here ({e})") from None
+    if table is None:
+        logger.info("fused RMSNorm+Linear: no tuning table, heuristic default configs for all %d shapes",
+                    len(shapes))
+        return configs
+    missing = [(K, N) for K, N in shapes if table.lookup(K, N, 1, dtype) is None]
+    logger.info("fused RMSNorm+Linear: tuning table %s (%s, torch %s, triton %s) covers %d of the model's %d "
+                "%s shapes", path, table.gpu, table.torch, table.triton, len(shapes) - len(missing), len(shapes),
+                str(dtype).removeprefix("torch."))
+    if missing:
+        warnings.warn(f"tuning table {path} has no {str(dtype).removeprefix('torch.')} configs for (K, N) "
+                      f"{missing}: those run the heuristic default configs", stacklevel=2)
+    return configs

@@ -1,0 +1,170 @@
+"""The fused RMSNorm+Linear kernel inside LLM(): same tokens as the unfused path, and how its configs are chosen."""
+import dataclasses
+import json
+import logging
+import warnings
+
+import pytest
+import torch
+
+from autotune.table import LookupTable
+from kernels.config import Config, default_config
+from nanovllm import LLM, SamplingParams
+from nanovllm.engine.sequence import Sequence
+from nanovllm.utils import tuning
+from tests.test_models_hf import DEVICE, engine, hf_greedy, make_checkpoint
+from tests.tuning_tables import INTERPRETER_CONFIG, entry, table, write
+
+GREEDY = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+SMALL = dataclasses.replace(INTERPRETER_CONFIG, BLOCK_M=16)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Tiny Qwen3 (tied embeddings, gains drawn in [0.5, 1.5]): K = 64, N = 256 for both fused sites."""
+    path = tmp_path_factory.mktemp("qwen3")
+    return str(path), make_checkpoint(path, "qwen3")
+
+
+def prompts():
+    g = torch.Generator().manual_seed(2)
+    return [torch.randint(1, 512, (n,), generator=g).tolist() for n in (19, 7, 33)]
+
+
+def test_fused_gives_the_tokens_of_unfused_and_transformers(checkpoint):
+    path, model = checkpoint
+    unfused = engine(path, fused_norm_linear=False)
+    expected = [o["token_ids"] for o in unfused.generate(prompts(), GREEDY, use_tqdm=False)]
+    assert expected == [hf_greedy(model, p)[:16] for p in prompts()]
+    # Chunked prefill and preemption give the fused kernel ragged M and the first layer's residual-free call.
+    fused = engine(path, max_model_len=64, num_kvcache_blocks=6, max_num_batched_tokens=24)
+    assert [o["token_ids"] for o in fused.generate(prompts(), GREEDY, use_tqdm=False)] == expected
+    assert fused.scheduler.num_preemptions > 0
+
+
+def test_gains_are_folded_once_and_tied_embeddings_untouched(checkpoint):
+    path, model = checkpoint
+    runner = engine(path).model_runner
+    plain = engine(path, fused_norm_linear=False).model_runner
+    layer, plain_layer = runner.model.model.layers[0], plain.model.model.layers[0]
+    gain = plain_layer.post_attention_layernorm.weight
+    torch.testing.assert_close(layer.mlp.gate_up_proj.weight, plain_layer.mlp.gate_up_proj.weight * gain)
+    assert plain_layer.mlp.gate_up_proj.norm_configs is None
+    torch.testing.assert_close(plain_layer.mlp.gate_up_proj.weight.cpu(), torch.cat(
+        [model.model.layers[0].mlp.gate_proj.weight, model.model.layers[0].mlp.up_proj.weight]).cpu())
+    assert runner.model.lm_head.weight is runner.model.model.embed_tokens.weight
+    torch.testing.assert_close(runner.model.lm_head.weight.cpu(), model.lm_head.weight.cpu())
+
+
+def test_hot_path_only_indexes_the_configs_resolved_at_load(checkpoint, tmp_path, monkeypatch):
+    path, _ = checkpoint
+    small = write(table([entry(64, 256, {4: SMALL, 32: INTERPRETER_CONFIG})]), tmp_path / "t.json")
+    llm = engine(path, tuning_table=small, max_num_batched_tokens=40)
+    configs = llm.model_runner.model.model.layers[1].self_attn.qkv_proj.norm_configs
+    assert isinstance(configs, list) and len(configs) == 512 + 1  # max(max_num_batched_tokens, max_num_seqs, 512)
+    assert configs[1] == configs[4] == SMALL and configs[5] == configs[32] == configs[512] == INTERPRETER_CONFIG
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a config was resolved during a forward pass")
+
+    monkeypatch.setattr(LookupTable, "lookup", fail)
+    monkeypatch.setattr(tuning, "default_config", fail)
+    assert len(llm.generate(prompts(), GREEDY, use_tqdm=False)[2]["token_ids"]) == 16
+
+
+def resolve(tuning_table, shapes=((64, 256), (64, 128)), max_m=64, device=torch.device("cpu")):
+    return tuning.resolve_configs(tuning_table, list(shapes), torch.float32, device, max_m)
+
+
+def test_table_covering_part_of_the_model_logs_and_warns_once(tmp_path, caplog):
+    path = write(table([entry(64, 256, {1: SMALL, 16: INTERPRETER_CONFIG})]), tmp_path / "t.json")
+    with caplog.at_level(logging.INFO, logger=tuning.__name__), pytest.warns(UserWarning) as record:
+        configs = resolve(path)
+    assert [str(w.message) for w in record] == [
+        f"tuning table {path} has no float32 configs for (K, N) [(64, 128)]: those run the heuristic default configs"]
+    assert f"tuning table {path} (h100, torch {torch.__version__}" in caplog.text
+    assert "covers 1 of the model's 2 float32 shapes" in caplog.text
+    assert configs[64, 256][1] == SMALL and configs[64, 256][2] == configs[64, 256][64] == INTERPRETER_CONFIG
+    assert configs[64, 128] == [default_config(max(m, 1), 128, 64, torch.device("cpu"), 4) for m in range(65)]
+
+
+def test_discovery_order_argument_then_environment_then_shipped_table(tmp_path, monkeypatch):
+    arg = write(table([entry(64, 256, {1: SMALL})]), tmp_path / "arg.json")
+    env = write(table([entry(64, 256, {1: INTERPRETER_CONFIG})]), tmp_path / "env.json")
+    shipped = tmp_path / "tables"
+    shipped.mkdir()
+    write(table([entry(64, 256, {1: dataclasses.replace(SMALL, num_warps=2)})]), shipped / "h100.json")
+    monkeypatch.setattr(tuning, "TABLES_DIR", shipped)
+    monkeypatch.setattr(tuning, "gpu_short_name", lambda device: "h100")
+    cuda = torch.device("cuda")  # only its name is read: the lookups below run on this CPU
+    monkeypatch.setenv(tuning.TUNING_TABLE_ENV, env)
+    assert tuning.find_table(arg, cuda) == tmp_path / "arg.json"
+    assert tuning.find_table(None, cuda) == tmp_path / "env.json"
+    assert tuning.find_table(False, cuda) is None
+    monkeypatch.delenv(tuning.TUNING_TABLE_ENV)
+    assert tuning.find_table(None, cuda) == shipped / "h100.json"
+    assert tuning.find_table(None, torch.device("cpu")) is None  # no card, no table, no warning
+    monkeypatch.setattr(tuning, "gpu_short_name", lambda device: "a100")
+    with pytest.warns(UserWarning, match="no tuning table .*a100.json and NANOVLLM_TUNING_TABLE unset"):
+        assert tuning.find_table(None, cuda) is None
+
+
+def test_no_table_means_the_heuristic_without_warnings(monkeypatch):
+    monkeypatch.setenv(tuning.TUNING_TABLE_ENV, "/nonexistent.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        configs = resolve(False)
+    assert configs[64, 256][7] == default_config(7, 256, 64, torch.device("cpu"), 4)
+
+
+def test_table_from_other_software_is_used_with_a_warning(tmp_path):
+    path = write(table([entry(64, 256, {1: SMALL}), entry(64, 128, {1: SMALL})], torch_version="2.0.0",
+                       triton_version="2.1.0"), tmp_path / "old.json")
+    with pytest.warns(UserWarning, match=r"tuned for torch 2\.0\.0 \(running .*\), triton 2\.1\.0"):
+        configs = resolve(path)
+    assert configs[64, 256][3] == configs[64, 128][64] == SMALL
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"format": "something else"}), "'format'"),
+    (json.dumps(table([entry(64, 256, {0: SMALL})])), "bucket M 0"),
+    (json.dumps(table([{"K": 64, "N": 256, "dtype": "float32", "buckets": [
+        {"M": 1, "config": {"BLOCK_M": 24}, "latency_us": 1, "spread_us": 0, "baseline_us": 1, "speedup": 1}]}])),
+     "BLOCK_M"),
+])
+def test_malformed_table_is_a_clear_error(tmp_path, content, problem):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=f"lookup table {path}.*{problem}"):
+        resolve(str(path))
+    with pytest.raises(ValueError, match="cannot read"):
+        resolve(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(fused_norm_linear="yes"), "fused_norm_linear"),
+    (dict(tuning_table=3), "tuning_table"),
+    (dict(fused_norm_linear=False, tuning_table="t.json"), "fused_norm_linear=False"),
+])
+def test_bad_fusion_arguments(checkpoint, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LLM(checkpoint[0], device=DEVICE, **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bfloat16_fused_tracks_unfused_on_gpu(checkpoint):
+    path, _ = checkpoint
+    logits = []
+    for fused in (False, True):
+        llm = engine(path, dtype=torch.bfloat16, fused_norm_linear=fused)
+        seqs = [Sequence(p) for p in prompts()]
+        for seq in seqs:
+            llm.scheduler.block_manager.allocate(seq)
+            seq.num_scheduled_tokens = len(seq)
+        logits.append(llm.model_runner.compute_prefill_logits(seqs))
+        assert llm.model_runner.graphs
+        outputs = llm.generate(prompts(), GREEDY, use_tqdm=False)
+        assert [len(o["token_ids"]) for o in outputs] == [16] * 3
+    assert torch.cosine_similarity(logits[0], logits[1], dim=-1).min() > 0.999
