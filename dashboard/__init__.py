@@ -1,0 +1,1 @@
+"""One self-contained HTML page of what the tuning database holds: `cli.py dashboard`."""

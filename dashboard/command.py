@@ -1,0 +1,47 @@
+"""`cli.py dashboard`: write the page of what the tuning database holds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from autotune.device import check_gpu_arg
+from dashboard.bench import read_bench_csvs
+from dashboard.data import DashboardData, load
+from dashboard.page import build_page
+from db.storage import DEFAULT_URL, StorageError, optuna_storage, redact
+
+
+def _bench_gpu(gpu: str | None, data: DashboardData) -> str | None:
+    """The GPU that bench_search.py's CSVs are taken to come from: --gpu, else the only GPU stored."""
+    stored = data.gpus["gpu"].unique()
+    return gpu or (stored[0] if len(stored) == 1 else None)
+
+
+@click.command("dashboard")
+@click.option("--storage", default=DEFAULT_URL, show_default=True,
+              help="SQLAlchemy URL: sqlite:///file.db or postgresql://user@host/db")
+@click.option("--gpu", "gpu_name", default=None, help="only this normalized GPU name (h100, a100, ...)")
+@click.option("--out", default="dashboard.html", show_default=True, help="the HTML file to write")
+@click.option("--bench-csv", "bench_csvs", multiple=True,
+              help="compare.csv or search_curves.csv of benchmarks/bench_search.py, measured on --gpu "
+                   "(or on the only GPU stored); repeatable")
+def dashboard_command(storage: str, gpu_name: str | None, out: str, bench_csvs: tuple[str, ...]) -> None:
+    """Write one self-contained HTML page (it opens offline) of the tuning results and the searches."""
+    try:
+        gpu = check_gpu_arg(gpu_name) if gpu_name else None
+        data = load(storage, gpu)
+        bench = read_bench_csvs(list(bench_csvs), _bench_gpu(gpu, data))
+        page = build_page(data, bench, None if data.empty else optuna_storage(storage))
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except (ValueError, StorageError, OSError) as e:
+        raise click.ClickException(str(e).strip().splitlines()[0]) from None
+    size = f"{path.stat().st_size / 2**20:.1f} MB"
+    if data.empty:
+        where = f" for GPU {gpu}" if gpu else ""
+        click.echo(f"{redact(storage)} holds no tuning results{where} yet; wrote {path} ({size}), which says so")
+    else:
+        click.echo(f"wrote {path} ({size}): {len(data.studies)} studies, {int(data.studies['trials'].sum())} trials, "
+                   f"GPUs {', '.join(sorted(data.gpus['gpu'].unique()))}")

@@ -1,0 +1,105 @@
+"""The dashboard's plotly figures. Each draws a bounded number of points, whatever the database holds."""
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Per-study figures draw at most this many trials; every improvement of the best is always drawn.
+HISTORY_POINTS = 300
+PARCOORDS_LINES = 400
+
+
+def _thin(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
+    """At most `cap` rows, evenly spaced in order, so the picture keeps its shape."""
+    if len(frame) <= cap:
+        return frame
+    return frame.iloc[np.unique(np.linspace(0, len(frame) - 1, cap).round().astype(int))]
+
+
+def speedup_heatmap(frame: pd.DataFrame, value: str, title: str) -> go.Figure:
+    """Rows: shapes (`row`), columns: M buckets; cells: `value` (a ratio, 1 = no gain). Missing cells stay blank."""
+    pivot = frame.pivot_table(index="row", columns="M", values=value, aggfunc="first").sort_index()
+    pivot = pivot[sorted(pivot.columns)]
+    fig = go.Figure(go.Heatmap(
+        z=pivot.to_numpy(dtype=float), x=[str(m) for m in pivot.columns], y=list(pivot.index),
+        colorscale="RdBu", zmid=1.0, texttemplate="%{z:.2f}x", colorbar=dict(title="x"),
+        hovertemplate="%{y}<br>M=%{x}: %{z:.3f}x<extra></extra>"))
+    fig.update_layout(title=title, xaxis=dict(title="M bucket", type="category"),
+                      height=180 + 32 * len(pivot.index), margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
+def sampler_curves(curves: pd.DataFrame, title: str) -> go.Figure:
+    """Median best-so-far / final best per sampler against the trial count (from data or bench sampler_curves)."""
+    fig = go.Figure()
+    for sampler, c in curves.groupby("sampler"):
+        fig.add_trace(go.Scatter(x=c["step"], y=c["ratio"], mode="lines", name=sampler, customdata=c["studies"],
+                                 hovertemplate="trial %{x}: %{y:.3f} (median of %{customdata} studies)"))
+    fig.update_layout(title=title, xaxis_title="trials", yaxis_title="best so far / best found (1 = found it)",
+                      height=380, margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
+def gpu_comparison(best: pd.DataFrame) -> go.Figure:
+    """The re-timed winner of every (shape, M) on each GPU: speedup over the baseline and latency."""
+    best = best.sort_values(["kernel", "dtype", "K", "N", "M"])
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=("speedup over the baseline", "tuned latency (us)"))
+    for gpu, b in best.groupby("gpu"):
+        x = [b["dtype"], "K=" + b["K"].astype(str) + " N=" + b["N"].astype(str) + " M=" + b["M"].astype(str)]
+        x = [f"{d} {s}" for d, s in zip(*x)]
+        fig.add_trace(go.Bar(x=x, y=b["speedup"], name=gpu, legendgroup=gpu, offsetgroup=gpu), row=1, col=1)
+        fig.add_trace(go.Bar(x=x, y=b["median_us"], name=gpu, legendgroup=gpu, offsetgroup=gpu, showlegend=False),
+                      row=2, col=1)
+    fig.update_yaxes(type="log", row=2, col=1)
+    fig.update_layout(title="GPUs compared", barmode="group", height=560, margin=dict(l=10, r=10, t=60, b=40))
+    return fig
+
+
+def history(trials: pd.DataFrame, title: str) -> go.Figure:
+    """Timed trials (a thinned sample) and the best-so-far staircase through every improvement."""
+    done = trials[trials["state"] == "COMPLETE"].sort_values("number")
+    best = done["value"].cummin()
+    steps = done[best < best.shift(fill_value=np.inf)]
+    shown = _thin(done, HISTORY_POINTS)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=shown["number"], y=shown["value"], mode="markers", name="timed trial",
+                             marker=dict(size=5, color="#9aa9bd"), hovertemplate="trial %{x}: %{y:.2f} us"))
+    stair_x = [*steps["number"], done["number"].iloc[-1]]
+    stair_y = [*steps["value"], steps["value"].iloc[-1]]
+    fig.add_trace(go.Scatter(x=stair_x, y=stair_y, mode="lines+markers", line_shape="hv", name="best so far",
+                             line=dict(color="#d62728"), hovertemplate="trial %{x}: best %{y:.2f} us"))
+    if len(shown) < len(done):
+        title += f" ({len(shown)} of {len(done)} timed trials drawn)"
+    fig.update_layout(title=title, xaxis_title="trial", yaxis_title="median latency (us)", height=360,
+                      margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
+def importances(study: optuna.Study, title: str) -> go.Figure:
+    # Optuna's default evaluator (PED-ANOVA in Optuna 5) needs no scikit-learn.
+    fig = optuna.visualization.plot_param_importances(study)
+    fig.update_layout(title=title, height=360, margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
+def parallel_coordinates(trials: pd.DataFrame, params: list[str], title: str) -> go.Figure:
+    """One line per timed config (the fastest quarter of the cap, then an even sample of the rest)."""
+    done = trials[trials["state"] == "COMPLETE"].sort_values("value")
+    keep = PARCOORDS_LINES // 4
+    shown = pd.concat([done.iloc[:keep], _thin(done.iloc[keep:], PARCOORDS_LINES - keep)])
+    dims = []
+    for p in params:
+        values = sorted(shown[p].dropna().unique())
+        dims.append(dict(label=p, values=shown[p], tickvals=values, range=[values[0], values[-1]]
+                         if len(values) > 1 else [values[0] - 1, values[0] + 1]))
+    dims.append(dict(label="latency (us)", values=shown["value"]))
+    fig = go.Figure(go.Parcoords(line=dict(color=shown["value"], colorscale="Viridis_r", showscale=True,
+                                           colorbar=dict(title="us")), dimensions=dims))
+    if len(shown) < len(done):
+        title += f" ({len(shown)} of {len(done)} timed configs drawn)"
+    fig.update_layout(title=title, height=400, margin=dict(l=60, r=40, t=80, b=30))
+    return fig

@@ -1,0 +1,213 @@
+"""`cli.py dashboard` on the CPU: databases filled by the tuning pipeline with FakeTimer (a test double for the
+GPU clock), an empty one, and 3,000 trials written straight through Optuna and our models."""
+import dataclasses
+import random
+import sqlite3
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from sqlalchemy.orm import Session
+
+from autotune.compile_pool import CompilePool
+from autotune.table import build_table
+from autotune.testing import FakeTimer, fake_gpu
+from autotune.timer import Workload
+from autotune.tuner import Tuner, TuneSettings, study_name
+from dashboard.command import dashboard_command
+from db.models import Measurement
+from db.queries import best_results
+from db.storage import Recorder, RunKey, open_engine, optuna_storage
+from search_spaces import Problem, get_space
+from search_spaces.rms_norm_linear import RmsNormLinearSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+CPU = torch.device("cpu")
+PLOTLY_JS_BANNER = "* plotly.js v"
+FIGURE_DIV = 'class="plotly-graph-div"'
+OUT_OF_RESOURCES = "out of resource: shared memory, Required: 300000, Hardware limit: 232448"
+
+
+class EightWarpsFailSpace(RmsNormLinearSpace):
+    """The real kernel, except that 8-warp configs fail to launch the way an over-sized kernel does."""
+
+    def launcher(self, config):
+        if config is not None and config.num_warps == 8:
+            def fail(inputs):
+                raise RuntimeError(OUT_OF_RESOURCES)
+            return fail
+        return super().launcher(config)
+
+
+def tune(url: str, gpu, problems: list[Problem], sampler: str, trials: int) -> None:
+    tuner = Tuner(EightWarpsFailSpace(), optuna_storage(url), Recorder(open_engine(url)), gpu, CPU, FakeTimer(),
+                  CompilePool(0, CPU), TuneSettings(sampler=sampler, trials=trials, repeats=3))
+    for p in problems:
+        tuner.tune(p)
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory) -> str:
+    """Two GPUs, tpe and random studies, failed and pruned trials, one exported table."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'tune.db'}"
+    h100 = fake_gpu()
+    h200 = dataclasses.replace(h100, name="NVIDIA H200 (FakeTimer test double)", short_name="h200")
+    tune(url, h100, [Problem(1, 64, 96, "float16"), Problem(4, 64, 96, "float16")], "tpe", 10)
+    tune(url, h100, [Problem(1, 64, 128, "float16"), Problem(4, 64, 128, "float16")], "random", 8)
+    tune(url, h200, [Problem(1, 64, 96, "float16"), Problem(4, 64, 96, "float16")], "tpe", 6)
+    engine = open_engine(url)
+    Recorder(engine).add_exported_table("h100", "tables/h100.json", build_table(best_results(engine, "h100")))
+    return url
+
+
+def read_page(path) -> str:
+    """The page with the HTML-safe escapes of plotly's figure JSON undone, so figure titles can be searched."""
+    text = path.read_text()
+    for escape, char in (("\\u002f", "/"), ("\\u003c", "<"), ("\\u003e", ">"), ("\\u0026", "&")):
+        text = text.replace(escape, char)
+    return text
+
+
+def dashboard(*args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(dashboard_command, list(args))
+    return r.exit_code, r.output
+
+
+def test_filled_database_gives_every_section(filled, tmp_path):
+    out = tmp_path / "d.html"
+    code, said = dashboard("--storage", filled, "--out", str(out))
+    assert code == 0, said
+    assert said.startswith(f"wrote {out}") and "6 studies" in said and "GPUs h100, h200" in said
+    page = read_page(out)
+    assert page.count(PLOTLY_JS_BANNER) == 1
+    for text in ("h100: baseline latency / tuned latency", "h200: baseline latency / tuned latency",
+                 "Studies in the database, by sampler", "Across GPUs", "tables/h100.json", OUT_OF_RESOURCES,
+                 "Optimization history", "Parameter importance", "Timed configs", "PRUNED"):
+        assert text in page, text
+    # No default-config or torch.compile timings in the database: said, not invented.
+    assert page.count("Not measured: the database holds no timings of this") == 2
+    for name in ("rms_norm_linear|h100|float16|M=1|K=64|N=96", "rms_norm_linear|h200|float16|M=4|K=64|N=96"):
+        assert f"<h3>{name}</h3>" in page
+    # Two heatmaps, one sampler figure, the GPU comparison, three figures for each of the 6 studies.
+    assert page.count(FIGURE_DIV) == 2 + 1 + 1 + 3 * 6
+
+
+def test_gpu_filter(filled, tmp_path):
+    out = tmp_path / "d.html"
+    code, said = dashboard("--storage", filled, "--gpu", "H200", "--out", str(out))
+    assert code == 0, said
+    page = read_page(out)
+    assert "2 studies" in said and "|h200|" in page and "|h100|" not in page and "Across GPUs" not in page
+    code, said = dashboard("--storage", filled, "--gpu", "a100", "--out", str(out))
+    assert code == 0 and "holds no tuning results for GPU a100 yet" in said
+    code, said = dashboard("--storage", filled, "--gpu", "h1000", "--out", str(out))
+    assert code != 0 and "--gpu 'h1000': unknown GPU name" in said
+
+
+def write_bench_csvs(tmp_path) -> tuple[str, str]:
+    compare = tmp_path / "compare.csv"
+    pd.DataFrame(dict(shape=["t.qkv"] * 2, K=[64, 64], N=[96, 96], M=[1, 4], baseline_us=[8.0, 9.0],
+                      default_us=[7.0, 7.5], tuned_us=[6.0, float("nan")], torch_compile_us=[7.8, 8.0])
+                 ).to_csv(compare, index=False)
+    curves = tmp_path / "search_curves.csv"
+    pd.DataFrame([dict(shape="t.qkv", M=1, sampler=s, seed=0, trial=i + 1, best_us=6.0 + 2 / (i + 1 + (s == "tpe")))
+                  for s in ("grid", "tpe", "random") for i in range(5)]).to_csv(curves, index=False)
+    return str(compare), str(curves)
+
+
+def test_bench_csvs_fill_the_default_and_torch_compile_heatmaps(filled, tmp_path):
+    compare, curves = write_bench_csvs(tmp_path)
+    out = tmp_path / "d.html"
+    code, said = dashboard("--storage", filled, "--gpu", "h100", "--out", str(out), "--bench-csv", compare,
+                           "--bench-csv", curves)
+    assert code == 0, said
+    page = read_page(out)
+    assert "Not measured" not in page
+    for text in ("h100: default latency / tuned latency", "h100: torch_compile latency / tuned latency",
+                 "bench_search.py: tpe and random replayed against the full grid"):
+        assert text in page, text
+    # The CSVs do not name their GPU: with two GPUs stored, --gpu must say which one measured them.
+    code, said = dashboard("--storage", filled, "--out", str(out), "--bench-csv", compare)
+    assert code != 0 and "pass --gpu" in said
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    code, said = dashboard("--storage", filled, "--gpu", "h100", "--out", str(out), "--bench-csv", str(bad))
+    assert code != 0 and f"--bench-csv {bad}: expected bench_search.py's compare.csv" in said
+
+
+@pytest.mark.parametrize("kind", ["no tables", "no runs"])
+def test_empty_database_gives_a_page_that_says_so(tmp_path, kind):
+    db = tmp_path / "empty.db"
+    if kind == "no tables":
+        sqlite3.connect(db).close()
+    else:
+        open_engine(f"sqlite:///{db}").dispose()
+    out = tmp_path / "d.html"
+    code, said = dashboard("--storage", f"sqlite:///{db}", "--out", str(out))
+    assert code == 0, said
+    assert said.startswith(f"sqlite:///{db} holds no tuning results yet; wrote {out}")
+    page = read_page(out)
+    assert "This database holds no tuning results yet" in page and FIGURE_DIV not in page
+
+
+def test_missing_or_foreign_database_is_one_clear_error(tmp_path):
+    out = tmp_path / "d.html"
+    code, said = dashboard("--storage", f"sqlite:///{tmp_path / 'nope.db'}", "--out", str(out))
+    assert code != 0 and "no database file at" in said
+    assert not (tmp_path / "nope.db").exists() and not out.exists()
+    code, said = dashboard("--storage", "nosuchdb://x", "--out", str(out))
+    assert code != 0 and "not a valid database URL" in said
+
+
+def fill_directly(url: str, trials_per_study: list[int]) -> None:
+    """Studies of FakeTimer-timed random configs, written through Optuna and Recorder (no kernel runs)."""
+    space, timer, gpu, recorder = get_space("rms_norm_linear"), FakeTimer(), fake_gpu(), Recorder(open_engine(url))
+    storage, rng = optuna_storage(url), random.Random(0)
+    for i, trials in enumerate(trials_per_study):
+        problem = Problem(2 ** (i % 8), 4096, 4096 * (1 + i // 8))
+        name = study_name(space.name, gpu.short_name, problem)
+        axes, configs = space.axes(problem), space.feasible(problem, None)
+        distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in axes.items()}
+        run_id = recorder.start_run(gpu.to_record(), RunKey(name, space.name, problem.M, problem.K, problem.N,
+                                                            problem.dtype, "random", trials, None))
+        base_us = timer.measure(Workload(problem, None, None, 1), 1).median_us
+        recorder.set_baseline(run_id, base_us, 0.1)
+        frozen, rows = [], []
+        for n in range(trials):
+            config = rng.choice(configs)
+            us = timer.measure(Workload(problem, config, None, 1), 1).median_us
+            ok = n % 10 != 3
+            frozen.append(optuna.trial.create_trial(
+                params={k: config.to_dict()[k] for k in axes}, distributions=distributions, value=us if ok else None,
+                state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+                user_attrs={} if ok else {"error": "CompilationError: at 12:4: too many registers"}))
+            rows.append(Measurement(run_id=run_id, phase="search", trial_number=n, config=config.to_dict(), correct=ok,
+                                    error=None if ok else frozen[-1].user_attrs["error"], median_us=us if ok else None,
+                                    speedup=base_us / us if ok else None))
+        optuna.create_study(study_name=name, storage=storage).add_trials(frozen)
+        best = min((r for r in rows if r.correct), key=lambda r: r.median_us)
+        best_id = recorder.add_measurement(run_id, phase="retime", config=best.config, correct=True,
+                                           median_us=best.median_us, spread_us=0.1, speedup=best.speedup)
+        with Session(recorder.engine) as s, s.begin():
+            s.add_all(rows)
+        recorder.finish_run(run_id, "finished", best_id)
+
+
+def test_thousands_of_trials_give_a_bounded_page(tmp_path):
+    url = f"sqlite:///{tmp_path / 'big.db'}"
+    fill_directly(url, [600, 600] + [150] * 12)
+    out = tmp_path / "d.html"
+    start = time.perf_counter()
+    code, said = dashboard("--storage", url, "--out", str(out))
+    seconds = time.perf_counter() - start
+    assert code == 0, said
+    assert "14 studies, 3000 trials" in said
+    page = read_page(out)
+    assert len(page.encode()) < 8 * 2**20
+    assert seconds < 20
+    assert "The 12 studies with the most trials of 14" in page
+    assert page.count("(300 of 540 timed trials drawn)") == 2 and page.count("(400 of 540 timed configs drawn)") == 2
+    assert page.count(PLOTLY_JS_BANNER) == 1
