@@ -98,10 +98,15 @@ def open_engine(url: str, create: bool = True) -> Engine:
             if engine.dialect.name == "sqlite":
                 _enable_wal(engine)
                 engine.dispose()
-            Base.metadata.create_all(engine)
-            with Session(engine) as s, s.begin():
-                if s.get(SchemaVersion, SCHEMA_VERSION) is None:
-                    s.add(SchemaVersion(version=SCHEMA_VERSION))
+            try:
+                Base.metadata.create_all(engine)
+                with Session(engine) as s, s.begin():
+                    if s.get(SchemaVersion, SCHEMA_VERSION) is None:
+                        s.add(SchemaVersion(version=SCHEMA_VERSION))
+            except DatabaseError:
+                # Another machine created the schema at the same moment; fine if it is now complete.
+                if _check_schema(engine, url):
+                    raise
     except (OperationalError, DatabaseError) as e:
         reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
         raise StorageError(f"--storage {redact(url)}: cannot use the database ({reason})") from None
@@ -111,7 +116,11 @@ def open_engine(url: str, create: bool = True) -> Engine:
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     url = resolve_url(url)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        except DatabaseError:
+            # Optuna's tables created by another worker at the same moment: they exist now.
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     except (OperationalError, DatabaseError, RuntimeError) as e:
         raise StorageError(f"--storage {redact(url)}: Optuna cannot use it ({str(e).splitlines()[0]})") from None
 

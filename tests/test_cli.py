@@ -203,10 +203,7 @@ def test_two_processes_share_one_study_on_postgresql(pg_url):
     args = [sys.executable, "cli.py", "tune", "--gpu", "h100", "--shapes", "96x64", "--m", "16", "--dtype",
             "float16", "--trials", "16", "--storage", pg_url]
     env = dict(os.environ, TRITON_INTERPRET="1", **{FAKE_GPUS_ENV: "1"})
-    # Create the schema first, so the two workers race on the study, not on CREATE TABLE.
-    from db.storage import open_engine, optuna_storage
-    open_engine(pg_url).dispose()
-    optuna_storage(pg_url)
+    # Both start on an empty database: they race on creating the schema, then on the study.
     procs = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
