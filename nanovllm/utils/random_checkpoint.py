@@ -7,7 +7,8 @@ import tempfile
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedTokenizerFast, Qwen3Config
+from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, PretrainedConfig, PreTrainedTokenizerFast,
+                          Qwen3Config)
 
 # Text for training the demo tokenizer; any text works, it only has to cover common English.
 TOKENIZER_TEXT = """
@@ -32,6 +33,14 @@ SHAPES = {
     "llama-7b": lambda: LlamaConfig(
         vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
         num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "llama-13b": lambda: LlamaConfig(
+        vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+        num_key_value_heads=40, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    # Mistral-7B-v0.1: grouped-query attention (8 KV heads) and a 4096-token sliding window.
+    "mistral-7b": lambda: MistralConfig(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=10000.0,
+        sliding_window=4096, tie_word_embeddings=False),
 }
 
 
@@ -49,7 +58,8 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 def save_random_checkpoint(path: str, config: PretrainedConfig, dtype: torch.dtype, seed: int = 0) -> None:
     """Write config, tokenizer and N(0, 0.02) weights (norm gains 1) as sharded safetensors into `path`."""
     config.architectures = [config.architectures[0] if config.architectures else
-                            {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}[config.model_type]]
+                            {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM",
+                             "mistral": "MistralForCausalLM"}[config.model_type]]
     config.dtype = dtype
     config.eos_token_id = config.bos_token_id = 0
     with torch.device("meta"):

@@ -1,0 +1,168 @@
+"""End-to-end latency and throughput of LLM() per model, batch size, prompt length and variant (GPU only).
+
+Variants: baseline = separate RMSNorm and GEMM (fused_norm_linear=False); fused = the fused RMSNorm+Linear
+kernel with its heuristic default configs (tuning_table=False); tuned = the fused kernel with the GPU's lookup
+table (--tuning_table, else NANOVLLM_TUNING_TABLE, else tables/<gpu>.json; the CSV names the table used).
+
+Each grid point runs B prompts of S random tokens (fresh ones every run, so no prefix-cache hits) with greedy
+decoding of T tokens, ignore_eos. One prefill step holds all B x S tokens. Per point, the median of --repeats
+runs after one warm-up run:
+- ttft_ms: the prefill step (B x S tokens), which also samples the first token;
+- tpot_ms: one decode step (the T - 1 steps after the prefill, CUDA graphs as LLM() runs them);
+- latency_ms: the whole request, ttft + (T - 1) x tpot;
+- throughput_tokens_per_sec: decode tokens per second, B x (T - 1) / decode time = B / tpot;
+- peak_memory_mb: torch.cuda.max_memory_allocated during the run: the weights, the KV cache (sized for the
+  largest point of the grid, so the same for every point of a variant) and the point's activations.
+One engine is built per variant for the whole grid. A point that does not fit the card gets status=oom.
+
+    python benchmarks/bench_baseline.py --model llama-7b --batch_size 1 4 8 --seq_len 128 --variant all
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import CsvWriter, gpu_name, require_cuda  # noqa: E402
+from nanovllm import LLM, SamplingParams  # noqa: E402
+from nanovllm.utils.context import reset_context  # noqa: E402
+from nanovllm.utils.random_checkpoint import cached_random_checkpoint  # noqa: E402
+from nanovllm.utils.tuning import find_table  # noqa: E402
+
+MODELS = ("llama-7b", "llama-13b", "mistral-7b", "qwen3-0.6b")
+VARIANTS = ("baseline", "fused", "tuned")
+GRID_BATCH = (1, 4, 8, 16, 32)
+GRID_SEQ = (128, 256, 512, 1024, 2048)
+COLUMNS = ["model_name", "variant", "batch_size", "seq_len", "output_len", "latency_ms", "ttft_ms", "tpot_ms",
+           "throughput_tokens_per_sec", "peak_memory_mb", "status", "gpu", "tuning_table"]
+RESULTS = Path(__file__).resolve().parent / "bench_results"
+SEEDS = itertools.count()
+
+
+def engine_kwargs(variant: str, tuning_table: str | None) -> dict:
+    if variant == "baseline":
+        return {"fused_norm_linear": False}
+    return {"fused_norm_linear": True, "tuning_table": False if variant == "fused" else tuning_table}
+
+
+def build(path: str, variant: str, points: list[tuple[int, int]], output_len: int, tuning_table: str | None) -> LLM:
+    """An engine whose KV cache, batch and prefill limits hold every point in `points` and no more."""
+    blocks = max(b * -(-(s + output_len) // 16) for b, s in points)
+    return LLM(path, dtype=torch.bfloat16, max_model_len=max(s for _, s in points) + output_len,
+               max_num_seqs=max(b for b, _ in points), max_num_batched_tokens=max(b * s for b, s in points),
+               kvcache_block_size=16, num_kvcache_blocks=blocks, **engine_kwargs(variant, tuning_table))
+
+
+def run_once(llm: LLM, batch: int, seq_len: int, output_len: int) -> tuple[float, float]:
+    """(prefill seconds, decode seconds) of one batch of prompts never seen before (no prefix-cache hits)."""
+    g = torch.Generator().manual_seed(next(SEEDS))
+    vocab = llm.config.hf_config.vocab_size
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=output_len)
+    for prompt in torch.randint(1, vocab, (batch, seq_len), generator=g).tolist():
+        llm.add_request(prompt, params)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    _, num_tokens = llm.step()  # returns the sampled tokens as a list, so the GPU has finished
+    prefill_end = time.perf_counter()
+    if num_tokens != batch * seq_len:
+        raise RuntimeError(f"the prefill step ran {num_tokens} tokens, expected {batch} x {seq_len}")
+    while not llm.is_finished():
+        llm.step()
+    return prefill_end - start, time.perf_counter() - prefill_end
+
+
+def measure(llm: LLM, batch: int, seq_len: int, output_len: int, repeats: int, profile: Path | None) -> dict:
+    run_once(llm, batch, seq_len, output_len)  # compiles the kernels of this M, fills the allocator
+    torch.cuda.reset_peak_memory_stats()
+    runs = [run_once(llm, batch, seq_len, output_len) for _ in range(repeats)]
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    if profile is not None:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            run_once(llm, batch, seq_len, output_len)
+        prof.export_chrome_trace(str(profile))
+    ttft = statistics.median(p for p, _ in runs)
+    decode = statistics.median(d for _, d in runs)
+    tpot = decode / (output_len - 1)
+    return {"ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "latency_ms": (ttft + decode) * 1e3,
+            "throughput_tokens_per_sec": batch / tpot, "peak_memory_mb": peak_mb, "status": "ok"}
+
+
+def run_variant(path: str, model_name: str, variant: str, points: list[tuple[int, int]], args,
+                writer: CsvWriter) -> None:
+    """Every point of the grid, smallest first; a point that runs out of memory is recorded and the engine rebuilt
+    for the points left."""
+    table = find_table(engine_kwargs(variant, args.tuning_table).get("tuning_table", False), torch.device("cuda"))
+    base = {"model_name": model_name, "variant": variant, "output_len": args.output_len, "gpu": gpu_name(),
+            "tuning_table": str(table) if table else "none"}
+    pending = sorted(points, key=lambda p: (p[0] * p[1], p))
+    while pending:
+        llm = None
+        try:
+            llm = build(path, variant, pending, args.output_len, args.tuning_table)
+            while pending:
+                batch, seq_len = pending[0]
+                trace = None
+                if args.profile:
+                    trace = Path(args.profile) / f"{model_name}_{variant}_b{batch}_s{seq_len}.json"
+                row = measure(llm, batch, seq_len, args.output_len, args.repeats, trace)
+                writer.write({**base, "batch_size": batch, "seq_len": seq_len, **row})
+                print(f"{model_name} {variant:8s} B={batch:3d} S={seq_len:5d}: ttft {row['ttft_ms']:8.2f} ms, "
+                      f"tpot {row['tpot_ms']:6.2f} ms, {row['throughput_tokens_per_sec']:8.1f} tok/s, "
+                      f"peak {row['peak_memory_mb']:.0f} MB", flush=True)
+                pending.pop(0)
+        except torch.cuda.OutOfMemoryError:
+            # Built for all pending points: the largest may be what did not fit; else the point that was running.
+            batch, seq_len = pending.pop(-1 if llm is None else 0)
+            writer.write({**base, "batch_size": batch, "seq_len": seq_len, "status": "oom"})
+            print(f"{model_name} {variant:8s} B={batch:3d} S={seq_len:5d}: out of memory", flush=True)
+        llm = None
+        reset_context()  # a step cut short by an OOM leaves its batch's tensors there
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)} (a random-weight checkpoint of "
+                        "that architecture, built once under $NANOVLLM_CACHE) or a checkpoint folder")
+    parser.add_argument("--batch_size", type=int, nargs="+", default=GRID_BATCH)
+    parser.add_argument("--seq_len", type=int, nargs="+", default=GRID_SEQ, help="prompt tokens per sequence")
+    parser.add_argument("--output_len", type=int, default=32, help="generated tokens per sequence (>= 2)")
+    parser.add_argument("--variant", choices=VARIANTS + ("all",), default="all")
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs per point (the median is kept)")
+    parser.add_argument("--tuning_table", help="lookup table of the tuned variant (default: the GPU's, see LLM())")
+    parser.add_argument("--output", default=str(RESULTS / "baseline_metrics.csv"))
+    parser.add_argument("--profile", metavar="DIR", help="also write a torch.profiler chrome trace per point")
+    args = parser.parse_args()
+    if min(args.batch_size) < 1 or min(args.seq_len) < 1:
+        parser.error("--batch_size and --seq_len must be >= 1")
+    if args.output_len < 2 or args.repeats < 1:
+        parser.error("--output_len must be >= 2 (one prefill token, then decode) and --repeats >= 1")
+    if args.model not in MODELS and not os.path.isfile(os.path.join(args.model, "config.json")):
+        parser.error(f"--model {args.model!r}: expected one of {', '.join(MODELS)} or a folder with a config.json")
+    require_cuda("bench_baseline.py")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    path = cached_random_checkpoint(args.model) if args.model in MODELS else args.model
+    model_name = args.model if args.model in MODELS else os.path.basename(os.path.normpath(args.model))
+    writer = CsvWriter(args.output, COLUMNS)
+    points = [(b, s) for b in args.batch_size for s in args.seq_len]
+    for variant in VARIANTS if args.variant == "all" else (args.variant,):
+        run_variant(path, model_name, variant, points, args, writer)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The benchmark's scripts on small synthetic inputs: profile comparison, plots, and the GPU-only message."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def trace(path: Path, kernels: list[tuple[str, float]]) -> str:
+    """A chrome trace as torch.profiler writes it: CPU ops, launch calls and GPU kernels (durations in us)."""
+    events = [{"ph": "X", "cat": "cpu_op", "name": "aten::linear", "ts": 0, "dur": 500.0}]
+    for i, (name, dur) in enumerate(kernels):
+        events.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": i, "dur": 3.0})
+        events.append({"ph": "X", "cat": "kernel", "name": name, "ts": i, "dur": dur, "args": {"stream": 7}})
+    events.append({"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pinned -> Device)", "ts": 9, "dur": 2.0})
+    path.write_text(json.dumps({"traceEvents": events, "deviceProperties": []}))
+    return str(path)
+
+
+def test_compare_profiles_splits_time_and_launches_by_category(tmp_path):
+    baseline = trace(tmp_path / "a.json", [
+        ("_rms_norm_kernel", 10.0), ("nvjet_tst_128x64_64x8_2x1_v_bz_TNT", 100.0), ("_rms_norm_kernel", 10.0),
+        ("sm90_xmma_gemm_bf16bf16_bf16f32", 200.0), ("_paged_decode_attention_kernel", 50.0), ("_silu_and_mul", 5.0)])
+    optimized = trace(tmp_path / "b.json", [
+        ("_row_stats_kernel", 4.0), ("_rms_norm_linear_kernel", 90.0), ("_rms_norm_linear_kernel", 180.0),
+        ("_paged_decode_attention_kernel", 50.0), ("_silu_and_mul", 5.0)])
+    out = tmp_path / "cmp.csv"
+    result = run("scripts/compare_profiles.py", baseline, optimized, "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "GEMM" in result.stdout and "total" in result.stdout
+    table = pd.read_csv(out, index_col="category")
+    assert list(table.index) == ["GEMM", "norm", "attention", "other", "total"]
+    assert table.loc["GEMM", ["baseline_ms", "optimized_ms", "diff_ms"]].tolist() == pytest.approx([0.3, 0.27, -0.03])
+    assert table.loc["norm", ["baseline_launches", "optimized_launches", "diff_launches"]].tolist() == [2, 1, -1]
+    assert table.loc["other", "baseline_launches"] == 2  # silu and the copy
+    assert table.loc["total", "baseline_ms"] == pytest.approx(0.377)
+    assert table.loc["total", "optimized_ms"] == pytest.approx(0.331)
+    assert table.loc["attention", "speedup"] == pytest.approx(1.0)
+
+
+def test_compare_profiles_reads_nsys_kernel_summaries(tmp_path):
+    header = ["Time (%)", "Total Time (ns)", "Instances", "Avg (ns)", "Med (ns)", "Min (ns)", "Max (ns)",
+              "StdDev (ns)", "Name"]
+    for name, rows in (("a.csv", [[80, 8000, 4, 2000, 2000, 2000, 2000, 0, "ampere_bf16_s16816gemm"],
+                                  [20, 2000, 4, 500, 500, 500, 500, 0, "_rms_norm_kernel"]]),
+                       ("b.csv", [[100, 7000, 4, 1750, 1750, 1750, 1750, 0, "_rms_norm_linear_kernel"]])):
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+    result = run("scripts/compare_profiles.py", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"),
+                 "--output", str(tmp_path / "cmp.csv"))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "cmp.csv", index_col="category")
+    assert table.loc["total", ["baseline_ms", "optimized_ms"]].tolist() == pytest.approx([0.010, 0.007])
+    assert table.loc["norm", "optimized_launches"] == 0
+
+
+def test_compare_profiles_rejects_a_trace_without_kernels(tmp_path):
+    cpu_only = tmp_path / "cpu.json"
+    cpu_only.write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "dur": 1}]}))
+    result = run("scripts/compare_profiles.py", str(cpu_only), str(cpu_only))
+    assert result.returncode == 2 and "no GPU kernels in the trace" in result.stderr
+
+
+def test_plot_baseline_writes_both_plots_per_model(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [dict(model_name=m, variant=v, batch_size=b, seq_len=s, latency_ms=10.0 * b, ttft_ms=1.0, tpot_ms=1.0,
+                 throughput_tokens_per_sec=100.0 * b, peak_memory_mb=1.0, status="ok", gpu="NVIDIA H100")
+            for m in ("llama-7b", "qwen3-0.6b") for v in ("baseline", "tuned") for b in (1, 4) for s in (128, 256)]
+    rows.append({**rows[0], "batch_size": 32, "latency_ms": None, "status": "oom"})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    result = run("scripts/plot_baseline.py", str(tmp_path / "m.csv"), "--out", str(tmp_path / "plots"))
+    assert result.returncode == 0, result.stderr
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["latency_vs_seq_len_llama-7b.png", "latency_vs_seq_len_qwen3-0.6b.png",
+                    "throughput_vs_batch_llama-7b.png", "throughput_vs_batch_qwen3-0.6b.png"]
+    assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_bench_baseline_says_it_needs_a_gpu():
+    result = run("benchmarks/bench_baseline.py", "--model", "llama-7b", "--batch_size", "1", "--seq_len", "128")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "bench_baseline.py: needs a CUDA GPU (none detected); nothing was measured"
