@@ -88,7 +88,7 @@ def load(url: str, gpu: str | None = None) -> DashboardData:
                   .join(Gpu, Gpu.id == Run.gpu_id).join(Kernel, Kernel.id == Run.kernel_id)
                   .join(Shape, Shape.id == Run.shape_id).order_by(Run.id))
         gpus_q = select(Gpu.short_name, Gpu.name, Gpu.torch_version, Gpu.triton_version, Gpu.driver, Gpu.sm_count,
-                        Gpu.memory_bytes / 2**30).where(Gpu.id.in_(select(Run.gpu_id))).order_by(Gpu.short_name, Gpu.id)
+                        Gpu.memory_bytes).where(Gpu.id.in_(select(Run.gpu_id))).order_by(Gpu.short_name, Gpu.id)
         search_q = (select(Measurement.run_id, Measurement.trial_number, Measurement.correct, Measurement.error,
                            Measurement.median_us).where(Measurement.phase == "search")
                     .order_by(Measurement.run_id, Measurement.trial_number))
@@ -100,8 +100,9 @@ def load(url: str, gpu: str | None = None) -> DashboardData:
         runs = _frame(engine, runs_q, RUN_COLUMNS)
         search = _frame(engine, search_q, SEARCH_COLUMNS).merge(runs[["run_id", "study_name", "sampler"]], on="run_id")
         best = best_results(engine, gpu)
-        return DashboardData(redact(url), _frame(engine, gpus_q, GPU_COLUMNS), _studies(runs, search, best), search,
-                             best, _exported(engine, gpu))
+        gpus = _frame(engine, gpus_q, GPU_COLUMNS)
+        gpus["memory_gib"] = (gpus["memory_gib"] / 2**30).round(1)  # the query reads bytes
+        return DashboardData(redact(url), gpus, _studies(runs, search, best), search, best, _exported(engine, gpu))
     finally:
         engine.dispose()
 
@@ -130,7 +131,7 @@ def _exported(engine: Engine, gpu: str | None) -> pd.DataFrame:
         q = q.where(ExportedTable.gpu_short_name == gpu)
     with Session(engine) as s:
         tables = s.scalars(q).all()
-        rows = [(t.gpu_short_name, t.path, t.created_at, kernel, e["dtype"], e["K"], e["N"], b["M"],
+        rows = [(t.gpu_short_name, t.path, f"{t.created_at:%Y-%m-%d %H:%M}", kernel, e["dtype"], e["K"], e["N"], b["M"],
                  short_config(b["config"]), b["latency_us"], b["speedup"])
                 for t in tables for kernel, entries in t.content["kernels"].items() for e in entries
                 for b in e["buckets"]]

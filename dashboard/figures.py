@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -48,12 +49,12 @@ def gpu_comparison(best: pd.DataFrame) -> go.Figure:
     best = best.sort_values(["kernel", "dtype", "K", "N", "M"])
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=("speedup over the baseline", "tuned latency (us)"))
-    for gpu, b in best.groupby("gpu"):
-        x = [b["dtype"], "K=" + b["K"].astype(str) + " N=" + b["N"].astype(str) + " M=" + b["M"].astype(str)]
-        x = [f"{d} {s}" for d, s in zip(*x)]
-        fig.add_trace(go.Bar(x=x, y=b["speedup"], name=gpu, legendgroup=gpu, offsetgroup=gpu), row=1, col=1)
-        fig.add_trace(go.Bar(x=x, y=b["median_us"], name=gpu, legendgroup=gpu, offsetgroup=gpu, showlegend=False),
-                      row=2, col=1)
+    palette = px.colors.qualitative.Plotly
+    for i, (gpu, b) in enumerate(best.groupby("gpu")):
+        x = [f"{r.dtype} K={r.K} N={r.N} M={r.M}" for r in b.itertuples()]
+        style = dict(name=gpu, legendgroup=gpu, offsetgroup=gpu, marker_color=palette[i % len(palette)])
+        fig.add_trace(go.Bar(x=x, y=b["speedup"], **style), row=1, col=1)
+        fig.add_trace(go.Bar(x=x, y=b["median_us"], showlegend=False, **style), row=2, col=1)
     fig.update_yaxes(type="log", row=2, col=1)
     fig.update_layout(title="GPUs compared", barmode="group", height=560, margin=dict(l=10, r=10, t=60, b=40))
     return fig
@@ -80,13 +81,19 @@ def history(trials: pd.DataFrame, title: str) -> go.Figure:
 
 
 def importances(study: optuna.Study, title: str) -> go.Figure:
-    # Optuna's default evaluator (PED-ANOVA in Optuna 5) needs no scikit-learn.
-    fig = optuna.visualization.plot_param_importances(study)
-    fig.update_layout(title=title, height=360, margin=dict(l=10, r=10, t=50, b=40))
+    """Optuna's parameter importances (PED-ANOVA by default in Optuna 5: no scikit-learn needed).
+    Drawn here rather than by optuna.visualization.plot_param_importances, which copies every trial
+    once per parameter for its hover text: seconds per study at thousands of trials."""
+    imp = optuna.importance.get_param_importances(study)
+    names = list(imp)[::-1]
+    fig = go.Figure(go.Bar(x=[imp[n] for n in names], y=names, orientation="h", marker_color="#1f77b4",
+                           texttemplate="%{x:.2f}", hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="importance for the latency (sums to 1)", height=360,
+                      margin=dict(l=10, r=10, t=50, b=40))
     return fig
 
 
-def parallel_coordinates(trials: pd.DataFrame, params: list[str], title: str) -> go.Figure:
+def _parcoords_trace(trials: pd.DataFrame, params: list[str]) -> tuple[go.Parcoords, str]:
     """One line per timed config (the fastest quarter of the cap, then an even sample of the rest)."""
     done = trials[trials["state"] == "COMPLETE"].sort_values("value")
     keep = PARCOORDS_LINES // 4
@@ -94,12 +101,27 @@ def parallel_coordinates(trials: pd.DataFrame, params: list[str], title: str) ->
     dims = []
     for p in params:
         values = sorted(shown[p].dropna().unique())
-        dims.append(dict(label=p, values=shown[p], tickvals=values, range=[values[0], values[-1]]
-                         if len(values) > 1 else [values[0] - 1, values[0] + 1]))
+        span = [values[0], values[-1]] if len(values) > 1 else [values[0] - 1, values[0] + 1]
+        dims.append(dict(label=p, values=shown[p], tickvals=values, range=span))
     dims.append(dict(label="latency (us)", values=shown["value"]))
-    fig = go.Figure(go.Parcoords(line=dict(color=shown["value"], colorscale="Viridis_r", showscale=True,
-                                           colorbar=dict(title="us")), dimensions=dims))
-    if len(shown) < len(done):
-        title += f" ({len(shown)} of {len(done)} timed configs drawn)"
-    fig.update_layout(title=title, height=400, margin=dict(l=60, r=40, t=80, b=30))
+    trace = go.Parcoords(line=dict(color=shown["value"], colorscale="Viridis_r", showscale=True,
+                                   colorbar=dict(title="us")), dimensions=dims)
+    drawn = f" ({len(shown)} of {len(done)} timed configs drawn)" if len(shown) < len(done) else ""
+    return trace, drawn
+
+
+def parallel_coordinates(studies: list[tuple[str, pd.DataFrame, list[str]]]) -> go.Figure:
+    """The timed configs of several studies, one at a time (a menu picks the study): one figure, so one WebGL
+    context, where a figure per study would pass the browser's limit of live contexts and lose the oldest."""
+    fig = go.Figure()
+    titles = []
+    for name, trials, params in studies:
+        trace, drawn = _parcoords_trace(trials, params)
+        fig.add_trace(trace.update(visible=not titles))
+        titles.append(f"Timed configs{drawn}")
+    buttons = [dict(label=name, method="update",
+                    args=[{"visible": [j == i for j in range(len(studies))]}, {"title.text": titles[i]}])
+               for i, (name, _, _) in enumerate(studies)]
+    fig.update_layout(title=titles[0], height=480, margin=dict(l=60, r=40, t=130, b=30),
+                      updatemenus=[dict(buttons=buttons, x=1, xanchor="right", y=1.3, yanchor="top")])
     return fig

@@ -23,7 +23,7 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 2em 3em; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; margin-top: 2em; } h3 { margin-top: 1.5em; }
 .note { color: #555; background: #f6f6f6; padding: 0.5em 0.8em; border-left: 4px solid #bbb; }
-table.t { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+table.t { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; display: block; overflow-x: auto; }
 table.t th, table.t td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
 table.t th { background: #f0f0f0; }
 """
@@ -156,8 +156,13 @@ def _per_study(page: _Page, data: DashboardData, storage: optuna.storages.BaseSt
     if len(data.studies) > len(shown):
         page.note(f"The {len(shown)} studies with the most trials of {len(data.studies)}; "
                   f"the table above lists all of them.")
-    for s in shown.itertuples(index=False):
-        study, trials = study_trials(storage, s.study_name)
+    loaded = [(s, *study_trials(storage, s.study_name)) for s in shown.itertuples(index=False)]
+    timed = [(s.study_name, trials, [c for c in trials.columns if c not in ("number", "state", "value", "reason")])
+             for s, _, trials in loaded if (trials["state"] == "COMPLETE").any()]
+    if timed:
+        page.heading(3, "Parallel coordinates of the timed configs (the menu picks the study)")
+        page.figure(figures.parallel_coordinates(timed))
+    for s, study, trials in loaded:
         done = trials[trials["state"] == "COMPLETE"]
         page.heading(3, s.study_name)
         tuned = f"{s.tuned_us:.2f} us, {s.speedup:.2f}x the baseline" if pd.notna(s.tuned_us) else "none yet"
@@ -166,15 +171,13 @@ def _per_study(page: _Page, data: DashboardData, storage: optuna.storages.BaseSt
                  f"{int((trials['state'] == 'PRUNED').sum())} pruned before compiling; re-timed winner: "
                  f"{html.escape(tuned)}.</p>")
         if done.empty:
-            page.note("No config was timed correctly, so there is no history, importance or config plot.")
+            page.note("No config was timed correctly, so there is no history or importance plot.")
         else:
             page.figure(figures.history(trials, "Optimization history"))
             if len(done) < 2:
                 page.note("Parameter importance needs at least 2 timed trials; this study has 1.")
             else:
                 page.figure(figures.importances(study, "Parameter importance (PED-ANOVA)"))
-            params = [c for c in trials.columns if c not in ("number", "state", "value", "reason")]
-            page.figure(figures.parallel_coordinates(trials, params, "Timed configs"))
         _reasons(page, trials)
 
 
