@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import importlib.util
 import socket
-from pathlib import Path
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 import optuna
-from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy import create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from db.models import (SCHEMA_VERSION, Base, ExportedTable, Gpu, Kernel, Measurement, Run, SchemaVersion, Shape,
                        utcnow)
@@ -23,6 +26,7 @@ from db.models import (SCHEMA_VERSION, Base, ExportedTable, Gpu, Kernel, Measure
 DEFAULT_URL = "sqlite:///tuning.db"
 # SQLite serializes writers with a file lock; writers of other studies wait instead of failing.
 _SQLITE_BUSY_TIMEOUT_S = 120
+_SCHEMA_LOCK_KEY = 0x6E7663  # "nvc"
 
 
 class StorageError(RuntimeError):
@@ -91,37 +95,52 @@ def open_engine(url: str, create: bool = True) -> Engine:
     except ModuleNotFoundError as e:
         raise StorageError(f"--storage {redact(url)}: database driver missing ({e})") from None
     try:
-        fresh = _check_schema(engine, url)
-        if fresh and not create:
-            raise StorageError(f"--storage {redact(url)}: holds no tuning results (run `cli.py tune` first)")
-        if fresh:
-            if engine.dialect.name == "sqlite":
-                _enable_wal(engine)
-                engine.dispose()
-            try:
-                Base.metadata.create_all(engine)
-                with Session(engine) as s, s.begin():
-                    if s.get(SchemaVersion, SCHEMA_VERSION) is None:
-                        s.add(SchemaVersion(version=SCHEMA_VERSION))
-            except DatabaseError:
-                # Another machine created the schema at the same moment; fine if it is now complete.
-                if _check_schema(engine, url):
-                    raise
+        with _schema_lock(engine):
+            _check_and_create(engine, url, create)
     except (OperationalError, DatabaseError) as e:
         reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
         raise StorageError(f"--storage {redact(url)}: cannot use the database ({reason})") from None
     return engine
 
 
+def _check_and_create(engine: Engine, url: str, create: bool) -> None:
+    fresh = _check_schema(engine, url)
+    if fresh and not create:
+        raise StorageError(f"--storage {redact(url)}: holds no tuning results (run `cli.py tune` first)")
+    if fresh:
+        if engine.dialect.name == "sqlite":
+            _enable_wal(engine)
+            engine.dispose()
+        Base.metadata.create_all(engine)
+        with Session(engine) as s, s.begin():
+            s.add(SchemaVersion(version=SCHEMA_VERSION))
+
+
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """On PostgreSQL, machines starting at once create the schema one after the other (an advisory lock)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+
+
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's storage on the same database; its tables are created under the same lock as ours."""
     url = resolve_url(url)
     try:
+        lock_engine = create_engine(url, poolclass=NullPool)
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
-        except DatabaseError:
-            # Optuna's tables created by another worker at the same moment: they exist now.
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
-    except (OperationalError, DatabaseError, RuntimeError) as e:
+            with _schema_lock(lock_engine):
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        finally:
+            lock_engine.dispose()
+    except (ArgumentError, OperationalError, DatabaseError, RuntimeError) as e:
         raise StorageError(f"--storage {redact(url)}: Optuna cannot use it ({str(e).splitlines()[0]})") from None
 
 
