@@ -44,8 +44,11 @@ def read_bench_csvs(paths: list[str], gpu: str | None) -> BenchData:
         else:
             raise ValueError(f"--bench-csv {path}: expected bench_search.py's compare.csv (columns "
                              f"{', '.join(COMPARE_COLUMNS)}) or search_curves.csv ({', '.join(CURVE_COLUMNS)})")
-    return BenchData(pd.concat(compare, ignore_index=True) if compare else pd.DataFrame(columns=[*COMPARE_COLUMNS, "gpu"]),
-                     pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=[*CURVE_COLUMNS, "gpu"]))
+    return BenchData(_concat(compare, COMPARE_COLUMNS), _concat(curves, CURVE_COLUMNS))
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, "gpu"])
 
 
 def bench_sampler_curves(curves: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 from sqlalchemy import create_engine, func, inspect, select
@@ -151,16 +152,31 @@ def best_so_far(search: pd.DataFrame) -> pd.DataFrame:
     """Search rows in trial order per study, numbered 1.. (`step`), with the running best correct latency."""
     s = search.sort_values(["study_name", "trial_number"], ignore_index=True)
     s["step"] = s.groupby("study_name").cumcount() + 1
-    s["best_us"] = s["median_us"].where(s["correct"].astype(bool)).groupby(s["study_name"]).cummin()
+    best = s["median_us"].where(s["correct"].astype(bool)).groupby(s["study_name"]).cummin()
+    # cummin leaves NaN at failed trials; the best so far carries over them.
+    s["best_us"] = best.groupby(s["study_name"]).ffill()
     return s
 
 
-def sampler_curves(search: pd.DataFrame) -> pd.DataFrame:
-    """Per sampler and step: the median over its studies of best-so-far / the study's final best (1 = found it)."""
-    s = best_so_far(search).dropna(subset=["best_us"])
-    s["ratio"] = s["best_us"] / s.groupby("study_name")["best_us"].transform("min")
-    return (s.groupby(["sampler", "step"]).agg(ratio=("ratio", "median"), studies=("study_name", "nunique"))
-            .reset_index())
+def sampler_curves(search: pd.DataFrame, points: int = 100) -> pd.DataFrame:
+    """Per sampler, at each percent of a study's trials (`step`): the median over its studies of best-so-far /
+    the study's final best (1 = found it). Percent rather than trial count, so studies of different budgets
+    all count at every point."""
+    s = best_so_far(search)
+    final = s.groupby("study_name")["best_us"].transform("min")
+    s = s[final.notna()]  # a study that never timed a correct config has no best to approach
+    # Before its first correct config a study is infinitely far from its best (drawn as a gap).
+    s = s.assign(ratio=(s["best_us"] / final[final.notna()]).fillna(np.inf),
+                 trials=s.groupby("study_name")["step"].transform("max"))
+    rows = []
+    for pct in np.linspace(100 / points, 100, points):
+        # The best so far after the first pct % of each study's trials.
+        at = s[s["step"] == np.ceil(s["trials"] * pct / 100).astype(int)]
+        for sampler, g in at.groupby("sampler"):
+            median = g["ratio"].median()
+            rows.append(dict(sampler=sampler, step=pct, ratio=median if np.isfinite(median) else np.nan,
+                             studies=len(g)))
+    return pd.DataFrame(rows, columns=["sampler", "step", "ratio", "studies"])
 
 
 def study_trials(storage: optuna.storages.BaseStorage, study_name: str) -> tuple[optuna.Study, pd.DataFrame]:

@@ -24,22 +24,24 @@ def speedup_heatmap(frame: pd.DataFrame, value: str, title: str) -> go.Figure:
     """Rows: shapes (`row`), columns: M buckets; cells: `value` (a ratio, 1 = no gain). Missing cells stay blank."""
     pivot = frame.pivot_table(index="row", columns="M", values=value, aggfunc="first").sort_index()
     pivot = pivot[sorted(pivot.columns)]
+    z = pivot.to_numpy(dtype=float)
+    text = [[f"{v:.2f}x" if np.isfinite(v) else "" for v in row] for row in z]
     fig = go.Figure(go.Heatmap(
-        z=pivot.to_numpy(dtype=float), x=[str(m) for m in pivot.columns], y=list(pivot.index),
-        colorscale="RdBu", zmid=1.0, texttemplate="%{z:.2f}x", colorbar=dict(title="x"),
+        z=z, x=[str(m) for m in pivot.columns], y=list(pivot.index), text=text, texttemplate="%{text}",
+        colorscale="RdBu", zmid=1.0, colorbar=dict(title="x"),
         hovertemplate="%{y}<br>M=%{x}: %{z:.3f}x<extra></extra>"))
     fig.update_layout(title=title, xaxis=dict(title="M bucket", type="category"),
                       height=180 + 32 * len(pivot.index), margin=dict(l=10, r=10, t=50, b=40))
     return fig
 
 
-def sampler_curves(curves: pd.DataFrame, title: str) -> go.Figure:
-    """Median best-so-far / final best per sampler against the trial count (from data or bench sampler_curves)."""
+def sampler_curves(curves: pd.DataFrame, title: str, steps: str) -> go.Figure:
+    """Median best-so-far ratio per sampler (data.sampler_curves or bench.bench_sampler_curves) against `steps`."""
     fig = go.Figure()
     for sampler, c in curves.groupby("sampler"):
         fig.add_trace(go.Scatter(x=c["step"], y=c["ratio"], mode="lines", name=sampler, customdata=c["studies"],
-                                 hovertemplate="trial %{x}: %{y:.3f} (median of %{customdata} studies)"))
-    fig.update_layout(title=title, xaxis_title="trials", yaxis_title="best so far / best found (1 = found it)",
+                                 hovertemplate=f"{steps} %{{x:.0f}}: %{{y:.3f}} (median of %{{customdata}})"))
+    fig.update_layout(title=title, xaxis_title=steps, yaxis_title="best so far / best found (1 = found it)",
                       height=380, margin=dict(l=10, r=10, t=50, b=40))
     return fig
 

@@ -110,10 +110,12 @@ def _across_shapes(page: _Page, data: DashboardData, bench: BenchData) -> None:
 
     page.heading(3, "Samplers: how fast the search finds its best")
     if not data.search.empty:
-        page.figure(figures.sampler_curves(sampler_curves(data.search), "Studies in the database, by sampler"))
+        page.figure(figures.sampler_curves(sampler_curves(data.search), "Studies in the database, by sampler",
+                                           "% of the study's trials"))
     if not bench.curves.empty:
         page.figure(figures.sampler_curves(bench_sampler_curves(bench.curves),
-                                           "bench_search.py: tpe and random replayed against the full grid"))
+                                           "bench_search.py: tpe and random replayed against the full grid",
+                                           "trials"))
     if data.search.empty and bench.curves.empty:
         page.note("No search measurements yet.")
 

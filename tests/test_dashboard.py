@@ -2,16 +2,19 @@
 GPU clock), an empty one, and 3,000 trials written straight through Optuna and our models."""
 import dataclasses
 import io
+import os
 import random
 import shutil
 import sqlite3
 import time
+import uuid
 
 import optuna
 import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from autotune.compile_pool import CompilePool
@@ -20,9 +23,10 @@ from autotune.testing import FakeTimer, fake_gpu
 from autotune.timer import Workload
 from autotune.tuner import Tuner, TuneSettings, study_name
 from dashboard.command import dashboard_command
+from dashboard.data import best_so_far, sampler_curves
 from db.models import Measurement
 from db.queries import best_results
-from db.storage import Recorder, RunKey, open_engine, optuna_storage
+from db.storage import Recorder, RunKey, open_engine, optuna_storage, resolve_url
 from search_spaces import Problem, get_space
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
 
@@ -78,6 +82,22 @@ def dashboard(*args: str) -> tuple[int, str]:
     return r.exit_code, r.output
 
 
+def test_sampler_curves_carry_the_best_over_failures_and_compare_at_equal_shares_of_the_budget():
+    search = pd.DataFrame(dict(
+        study_name=["a"] * 5 + ["b"] * 3 + ["never"] * 2, trial_number=[0, 1, 2, 3, 4, 0, 1, 2, 0, 1],
+        correct=[False, True, False, True, True, True, False, True, False, False],
+        median_us=[None, 5, None, 4, 6, 3, None, 2, None, None], sampler=["tpe"] * 5 + ["random"] * 3 + ["tpe"] * 2))
+    best = best_so_far(search)["best_us"]
+    assert pd.isna(best[0]) and best[1:8].tolist() == [5, 5, 4, 4, 3, 3, 2]
+    curves = sampler_curves(search, points=10).set_index(["sampler", "step"])
+    # Study "a" has found nothing after 10% and 20% of its 5 trials (a gap), 5 us after 30%, its best 4 us at 80%.
+    assert pd.isna(curves.loc[("tpe", 20.0), "ratio"])
+    assert curves.loc[("tpe", 30.0), "ratio"] == 1.25 and curves.loc[("tpe", 80.0), "ratio"] == 1.0
+    assert curves.loc[("random", 60.0), "ratio"] == 1.5 and curves.loc[("random", 100.0), "ratio"] == 1.0
+    # A study that never timed a correct config has no best to approach, so it is left out.
+    assert curves.loc[("tpe", 100.0), "studies"] == 1
+
+
 def test_filled_database_gives_every_section(filled, tmp_path):
     out = tmp_path / "d.html"
     code, said = dashboard("--storage", filled, "--out", str(out))
@@ -87,7 +107,7 @@ def test_filled_database_gives_every_section(filled, tmp_path):
     assert page.count(PLOTLY_JS_BANNER) == 1
     for text in ("h100: baseline latency / tuned latency", "h200: baseline latency / tuned latency",
                  "Studies in the database, by sampler", "Across GPUs", "tables/h100.json", OUT_OF_RESOURCES,
-                 "Optimization history", "Parameter importance", "Timed configs of", "PRUNED"):
+                 "Optimization history", "Parameter importance", "Parallel coordinates of the timed configs", "PRUNED"):
         assert text in page, text
     # No default-config or torch.compile timings in the database: said, not invented.
     assert page.count("Not measured: the database holds no timings of this") == 2
@@ -164,6 +184,32 @@ def test_missing_or_foreign_database_is_one_clear_error(tmp_path):
     assert code != 0 and "not a valid database URL" in said
 
 
+@pytest.fixture
+def pg_url():
+    base = os.environ.get("NVC_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("NVC_TEST_POSTGRES_URL is not set (.ci/run starts PostgreSQL and sets it)")
+    name = f"nvc_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(resolve_url(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield base.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_empty_then_filled(pg_url, tmp_path):
+    out = tmp_path / "d.html"
+    code, said = dashboard("--storage", pg_url, "--out", str(out))
+    assert code == 0 and "holds no tuning results yet" in said, said
+    tune(pg_url, fake_gpu(), [Problem(1, 64, 96, "float16")], "tpe", 4)
+    code, said = dashboard("--storage", pg_url, "--out", str(out))
+    assert code == 0 and "1 studies, 4 trials" in said, said
+    assert "<h3>rms_norm_linear|h100|float16|M=1|K=64|N=96</h3>" in read_page(out)
+
+
 def fill_directly(url: str, trials_per_study: list[int]) -> None:
     """Studies of FakeTimer-timed random configs, written through Optuna and Recorder (no kernel runs)."""
     space, timer, gpu, recorder = get_space("rms_norm_linear"), FakeTimer(), fake_gpu(), Recorder(open_engine(url))
@@ -236,7 +282,7 @@ def chromium(profile_dir):
     return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
 
 
-RENDERED = """return [...document.querySelectorAll('.plotly-graph-div')].filter(d => d.querySelector('.main-svg')).length"""
+RENDERED = "return [...document.querySelectorAll('.plotly-graph-div')].filter(d => d.querySelector('.main-svg')).length"
 
 
 @pytest.mark.browser
