@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory):
 
 def prompts():
     g = torch.Generator().manual_seed(2)
-    return [torch.randint(1, 512, (n,), generator=g).tolist() for n in (19, 7, 33)]
+    return [torch.randint(1, 512, (n,), generator=g).tolist() for n in (19, 7, 45)]
 
 
 def test_fused_gives_the_tokens_of_unfused_and_transformers(checkpoint):
@@ -36,6 +36,8 @@ def test_fused_gives_the_tokens_of_unfused_and_transformers(checkpoint):
     unfused = engine(path, fused_norm_linear=False)
     expected = [o["token_ids"] for o in unfused.generate(prompts(), GREEDY, use_tqdm=False)]
     assert expected == [hf_greedy(model, p)[:16] for p in prompts()]
+    # The 71-token prefill runs the separate path on the folded weights (M > FUSED_MAX_M), decode the kernel.
+    assert [o["token_ids"] for o in engine(path).generate(prompts(), GREEDY, use_tqdm=False)] == expected
     # Chunked prefill and preemption give the fused kernel ragged M and the first layer's residual-free call.
     fused = engine(path, max_model_len=64, num_kvcache_blocks=6, max_num_batched_tokens=24)
     assert [o["token_ids"] for o in fused.generate(prompts(), GREEDY, use_tqdm=False)] == expected
@@ -49,6 +51,7 @@ def test_gains_are_folded_once_and_tied_embeddings_untouched(checkpoint):
     layer, plain_layer = runner.model.model.layers[0], plain.model.model.layers[0]
     gain = plain_layer.post_attention_layernorm.weight
     torch.testing.assert_close(layer.mlp.gate_up_proj.weight, plain_layer.mlp.gate_up_proj.weight * gain)
+    assert torch.all(layer.post_attention_layernorm.weight == 1)  # the separate path (large M) is still right
     assert plain_layer.mlp.gate_up_proj.norm_configs is None
     torch.testing.assert_close(plain_layer.mlp.gate_up_proj.weight.cpu(), torch.cat(
         [model.model.layers[0].mlp.gate_proj.weight, model.model.layers[0].mlp.up_proj.weight]).cpu())
@@ -62,7 +65,8 @@ def test_hot_path_only_indexes_the_configs_resolved_at_load(checkpoint, tmp_path
     llm = engine(path, tuning_table=small, max_num_batched_tokens=40)
     configs = llm.model_runner.model.model.layers[1].self_attn.qkv_proj.norm_configs
     assert isinstance(configs, list) and len(configs) == 512 + 1  # max(max_num_batched_tokens, max_num_seqs, 512)
-    assert configs[1] == configs[4] == SMALL and configs[5] == configs[32] == configs[512] == INTERPRETER_CONFIG
+    assert configs[1] == configs[4] == SMALL and configs[5] == configs[32] == configs[64] == INTERPRETER_CONFIG
+    assert configs[tuning.FUSED_MAX_M + 1] is None and configs[512] is None  # cuBLAS is faster there
 
     def fail(*args, **kwargs):
         raise AssertionError("a config was resolved during a forward pass")
@@ -80,12 +84,15 @@ def test_table_covering_part_of_the_model_logs_and_warns_once(tmp_path, caplog):
     path = write(table([entry(64, 256, {1: SMALL, 16: INTERPRETER_CONFIG})]), tmp_path / "t.json")
     with caplog.at_level(logging.INFO, logger=tuning.__name__), pytest.warns(UserWarning) as record:
         configs = resolve(path)
+    caplog_text = caplog.text
     assert [str(w.message) for w in record] == [
         f"tuning table {path} has no float32 configs for (K, N) [(64, 128)]: those run the heuristic default configs"]
-    assert f"tuning table {path} (h100, torch {torch.__version__}" in caplog.text
-    assert "covers 1 of the model's 2 float32 shapes" in caplog.text
+    assert f"tuning table {path} (h100, torch {torch.__version__}" in caplog_text
+    assert "covers 1 of the model's 2 float32 shapes" in caplog_text
     assert configs[64, 256][1] == SMALL and configs[64, 256][2] == configs[64, 256][64] == INTERPRETER_CONFIG
     assert configs[64, 128] == [default_config(max(m, 1), 128, 64, torch.device("cpu"), 4) for m in range(65)]
+    with pytest.warns(UserWarning, match="no float32 configs"):
+        assert resolve(path, max_m=100)[64, 256][65:] == [None] * 36
 
 
 def test_discovery_order_argument_then_environment_then_shipped_table(tmp_path, monkeypatch):
@@ -159,7 +166,7 @@ def test_bfloat16_fused_tracks_unfused_on_gpu(checkpoint):
     logits = []
     for fused in (False, True):
         llm = engine(path, dtype=torch.bfloat16, fused_norm_linear=fused)
-        seqs = [Sequence(p) for p in prompts()]
+        seqs = [Sequence(p) for p in prompts()[:2]]  # 26 rows: the prefill runs the kernel too
         for seq in seqs:
             llm.scheduler.block_manager.allocate(seq)
             seq.num_scheduled_tokens = len(seq)

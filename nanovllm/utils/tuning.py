@@ -6,6 +6,11 @@ Table discovery, first match wins:
 3. tables/<gpu>.json shipped in this repository, <gpu> being the detected card's short name
    (autotune.device.normalize_gpu_name: h100, h200, ...). On a CPU there is no card and no table.
 
+Which M run fused: up to FUSED_MAX_M rows (decode batches), where the fused kernel reads the weight once at
+the copy bandwidth and beats the separate RMSNorm + cuBLAS GEMM (1.0-1.3x on an H200,
+benchmarks/bench_results/throughput_vs_batch_default_v3.csv). Above it (prefill), cuBLAS's GEMM is faster
+than the Triton one (0.7-0.98x, latency_vs_seqlen.csv) and the separate path runs, on the folded weights.
+
 Bucket rule (the table's, autotune/table.py): a call with M rows runs the config of the smallest tuned
 bucket >= M, else of the largest bucket. Shapes (K, N) that the table lacks run kernels.config.default_config.
 Every M the runtime can run is resolved here into a list indexed by M, so a forward pass (and the CUDA graphs
@@ -27,6 +32,7 @@ from kernels.config import Config, default_config, device_smem_limit
 
 TUNING_TABLE_ENV = "NANOVLLM_TUNING_TABLE"
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
+FUSED_MAX_M = 64
 logger = logging.getLogger(__name__)
 
 
@@ -75,33 +81,37 @@ def load_checked(path: Path, device: torch.device) -> LookupTable:
 
 
 def configs_by_m(table: LookupTable | None, K: int, N: int, dtype: torch.dtype, device: torch.device,
-                 max_m: int) -> list[Config]:
-    """configs[M] for M in 0..max_m (M = 0 takes M = 1's): the table's bucket rule, else the default heuristic."""
+                 max_m: int) -> list[Config | None]:
+    """configs[M] for M in 0..max_m: the table's bucket rule, else the default heuristic; None: the separate path."""
+    fused = range(1, min(max_m, FUSED_MAX_M) + 1)
     if table is not None and table.lookup(K, N, 1, dtype) is not None:
-        return [table.lookup(K, N, max(m, 1), dtype) for m in range(max_m + 1)]
-    return [default_config(max(m, 1), N, K, device, dtype.itemsize) for m in range(max_m + 1)]
+        configs = [table.lookup(K, N, m, dtype) for m in fused]
+    else:
+        configs = [default_config(m, N, K, device, dtype.itemsize) for m in fused]
+    # M = 0 never reaches a layer; its entry keeps the list indexable by M.
+    return [configs[0]] + configs + [None] * (max_m - len(configs))
 
 
 def resolve_configs(tuning_table: str | os.PathLike | bool | None, shapes: list[tuple[int, int]],
-                    dtype: torch.dtype, device: torch.device, max_m: int) -> dict[tuple[int, int], list[Config]]:
+                    dtype: torch.dtype, device: torch.device, max_m: int) -> dict[tuple[int, int], list[Config | None]]:
     """(K, N) -> configs[M] for every fused site shape; logs the table used and warns about uncovered shapes."""
     path = find_table(tuning_table, device)
     table = load_checked(path, device) if path is not None else None
     configs = {(K, N): configs_by_m(table, K, N, dtype, device, max_m) for K, N in shapes}
     smem = device_smem_limit(device)
     for (K, N), by_m in configs.items():
-        for config in set(by_m):
+        for config in set(by_m) - {None}:
             try:
                 config.validate(K=K, elem_bytes=dtype.itemsize, smem_limit=smem)
             except ValueError as e:
                 raise ValueError(f"tuning table {path}: its config for K={K}, N={N} cannot run here ({e})") from None
     if table is None:
-        logger.info("fused RMSNorm+Linear: no tuning table, heuristic default configs for all %d shapes",
-                    len(shapes))
+        logger.info("fused RMSNorm+Linear up to M=%d: no tuning table, heuristic default configs for all %d shapes",
+                    FUSED_MAX_M, len(shapes))
         return configs
     missing = [(K, N) for K, N in shapes if table.lookup(K, N, 1, dtype) is None]
-    logger.info("fused RMSNorm+Linear: tuning table %s (%s, torch %s, triton %s) covers %d of the model's %d "
-                "%s shapes", path, table.gpu, table.torch, table.triton, len(shapes) - len(missing), len(shapes),
+    logger.info("fused RMSNorm+Linear up to M=%d: tuning table %s (%s, torch %s, triton %s) covers %d of the "
+                "model's %d %s shapes", FUSED_MAX_M, path, table.gpu, table.torch, table.triton, len(shapes) - len(missing), len(shapes),
                 str(dtype).removeprefix("torch."))
     if missing:
         warnings.warn(f"tuning table {path} has no {str(dtype).removeprefix('torch.')} configs for (K, N) "
