@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autotune.table import LookupTable
-from kernels.config import Config, default_config
+from kernels.config import default_config
 from nanovllm import LLM, SamplingParams
 from nanovllm.engine.sequence import Sequence
 from nanovllm.utils import tuning

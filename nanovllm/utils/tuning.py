@@ -106,13 +106,13 @@ def resolve_configs(tuning_table: str | os.PathLike | bool | None, shapes: list[
             except ValueError as e:
                 raise ValueError(f"tuning table {path}: its config for K={K}, N={N} cannot run here ({e})") from None
     if table is None:
-        logger.info("fused RMSNorm+Linear up to M=%d: no tuning table, heuristic default configs for all %d shapes",
-                    FUSED_MAX_M, len(shapes))
+        logger.info("fused RMSNorm+Linear up to M=%d: no tuning table, heuristic default configs for all %d "
+                    "shapes", FUSED_MAX_M, len(shapes))
         return configs
     missing = [(K, N) for K, N in shapes if table.lookup(K, N, 1, dtype) is None]
     logger.info("fused RMSNorm+Linear up to M=%d: tuning table %s (%s, torch %s, triton %s) covers %d of the "
-                "model's %d %s shapes", FUSED_MAX_M, path, table.gpu, table.torch, table.triton, len(shapes) - len(missing), len(shapes),
-                str(dtype).removeprefix("torch."))
+                "model's %d %s shapes", FUSED_MAX_M, path, table.gpu, table.torch, table.triton,
+                len(shapes) - len(missing), len(shapes), str(dtype).removeprefix("torch."))
     if missing:
         warnings.warn(f"tuning table {path} has no {str(dtype).removeprefix('torch.')} configs for (K, N) "
                       f"{missing}: those run the heuristic default configs", stacklevel=2)
