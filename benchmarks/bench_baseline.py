@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -132,6 +133,16 @@ def run_variant(path: str, model_name: str, variant: str, points: list[tuple[int
         torch.cuda.empty_cache()
 
 
+def speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """Decode tokens/s per point and variant, and each fused variant's ratio to the baseline."""
+    wide = df[df["status"] == "ok"].pivot_table(index=["model_name", "batch_size", "seq_len"], columns="variant",
+                                                values="throughput_tokens_per_sec")
+    for variant in ("fused", "tuned"):
+        if variant in wide and "baseline" in wide:
+            wide[f"{variant}/baseline"] = wide[variant] / wide["baseline"]
+    return wide
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)} (a random-weight checkpoint of "
@@ -162,6 +173,7 @@ def main() -> None:
     for variant in VARIANTS if args.variant == "all" else (args.variant,):
         run_variant(path, model_name, variant, points, args, writer)
     print(f"wrote {args.output}")
+    print(speedups(pd.read_csv(args.output)).to_string(float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":
