@@ -4,6 +4,7 @@
     python cli.py export-table --gpu h100 --out tables/h100.json
     python cli.py show
     python cli.py list-shapes
+    python cli.py dashboard --out dashboard.html
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from autotune.device import check_gpu_arg, detect_gpu, gpu_count
 from autotune.table import build_table, load_table, write_table
 from autotune.tuner import SAMPLERS, TuneSettings
 from autotune.workers import make_jobs, run_workers
+from dashboard.command import dashboard_command
 from db.queries import best_results
 from db.storage import DEFAULT_URL, Recorder, StorageError, open_engine, optuna_storage
 from kernels.config import Config
@@ -151,6 +153,8 @@ def _short(c: Config) -> str:
 def _short_dict(d: dict) -> str:
     return _short(Config.from_dict(d))
 
+
+main.add_command(dashboard_command)
 
 if __name__ == "__main__":
     main()
