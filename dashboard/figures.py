@@ -22,7 +22,7 @@ def _thin(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
 
 def speedup_heatmap(frame: pd.DataFrame, value: str, title: str) -> go.Figure:
     """Rows: shapes (`row`), columns: M buckets; cells: `value` (a ratio, 1 = no gain). Missing cells stay blank."""
-    pivot = frame.pivot_table(index="row", columns="M", values=value, aggfunc="first").sort_index()
+    pivot = frame.pivot_table(index="row", columns="M", values=value, aggfunc="first", dropna=False).sort_index()
     pivot = pivot[sorted(pivot.columns)]
     z = pivot.to_numpy(dtype=float)
     text = [[f"{v:.2f}x" if np.isfinite(v) else "" for v in row] for row in z]

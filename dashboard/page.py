@@ -44,7 +44,7 @@ class _Page:
         self.add(f'<p class="note">{html.escape(text)}</p>')
 
     def table(self, frame: pd.DataFrame) -> None:
-        self.add(frame.to_html(index=False, classes="t", border=0, na_rep="-", float_format=lambda v: f"{v:.3g}"))
+        self.add(frame.to_html(index=False, classes="t", border=0, na_rep="-", float_format=lambda v: f"{v:.4g}"))
 
     def figure(self, fig: go.Figure) -> None:
         # Only the first figure carries plotly.js; the others' scripts run after it, in document order.

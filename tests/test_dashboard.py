@@ -48,8 +48,17 @@ class EightWarpsFailSpace(RmsNormLinearSpace):
         return super().launcher(config)
 
 
-def tune(url: str, gpu, problems: list[Problem], sampler: str, trials: int) -> None:
-    tuner = Tuner(EightWarpsFailSpace(), optuna_storage(url), Recorder(open_engine(url)), gpu, CPU, FakeTimer(),
+class NothingRunsSpace(RmsNormLinearSpace):
+    def launcher(self, config):
+        if config is not None:
+            def fail(inputs):
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return fail
+        return super().launcher(config)
+
+
+def tune(url: str, gpu, problems: list[Problem], sampler: str, trials: int, space=None) -> None:
+    tuner = Tuner(space or EightWarpsFailSpace(), optuna_storage(url), Recorder(open_engine(url)), gpu, CPU, FakeTimer(),
                   CompilePool(0, CPU), TuneSettings(sampler=sampler, trials=trials, repeats=3))
     for p in problems:
         tuner.tune(p)
@@ -57,13 +66,16 @@ def tune(url: str, gpu, problems: list[Problem], sampler: str, trials: int) -> N
 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory) -> str:
-    """Two GPUs, tpe and random studies, failed and pruned trials, one exported table."""
+    """Two GPUs, tpe and random studies, failed and pruned trials, a study with a single trial and one where
+    nothing ran, one exported table."""
     url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'tune.db'}"
     h100 = fake_gpu()
     h200 = dataclasses.replace(h100, name="NVIDIA H200 (FakeTimer test double)", short_name="h200")
     tune(url, h100, [Problem(1, 64, 96, "float16"), Problem(4, 64, 96, "float16")], "tpe", 10)
     tune(url, h100, [Problem(1, 64, 128, "float16"), Problem(4, 64, 128, "float16")], "random", 8)
     tune(url, h200, [Problem(1, 64, 96, "float16"), Problem(4, 64, 96, "float16")], "tpe", 6)
+    tune(url, h100, [Problem(2, 64, 96, "float16")], "tpe", 1)
+    tune(url, h100, [Problem(1, 64, 80, "float16")], "tpe", 3, NothingRunsSpace())
     engine = open_engine(url)
     Recorder(engine).add_exported_table("h100", "tables/h100.json", build_table(best_results(engine, "h100")))
     return url
@@ -102,7 +114,7 @@ def test_filled_database_gives_every_section(filled, tmp_path):
     out = tmp_path / "d.html"
     code, said = dashboard("--storage", filled, "--out", str(out))
     assert code == 0, said
-    assert said.startswith(f"wrote {out}") and "6 studies" in said and "GPUs h100, h200" in said
+    assert said.startswith(f"wrote {out}") and "8 studies" in said and "GPUs h100, h200" in said
     page = read_page(out)
     assert page.count(PLOTLY_JS_BANNER) == 1
     for text in ("h100: baseline latency / tuned latency", "h200: baseline latency / tuned latency",
@@ -113,8 +125,11 @@ def test_filled_database_gives_every_section(filled, tmp_path):
     assert page.count("Not measured: the database holds no timings of this") == 2
     for name in ("rms_norm_linear|h100|float16|M=1|K=64|N=96", "rms_norm_linear|h200|float16|M=4|K=64|N=96"):
         assert f"<h3>{name}</h3>" in page
-    # Two heatmaps, the samplers, the GPU comparison, the parallel coordinates, and history and importance per study.
-    assert page.count(FIGURE_DIV) == 2 + 1 + 1 + 1 + 2 * 6
+    assert "Parameter importance needs at least 2 timed trials; this study has 1." in page
+    assert "No config was timed correctly" in page and "CUDA error: an illegal memory access" in page
+    # Two heatmaps, the samplers, the GPU comparison, the parallel coordinates, history and importance of 6 studies,
+    # the history of the single-trial study, nothing of the study where nothing ran.
+    assert page.count(FIGURE_DIV) == 2 + 1 + 1 + 1 + 2 * 6 + 1
 
 
 def test_gpu_filter(filled, tmp_path):
