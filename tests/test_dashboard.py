@@ -1,4 +1,4 @@
-"""`cli.py dashboard` on the CPU: databases filled by the tuning pipeline with FakeTimer (a test double for the
+"""`cli.py dashboard`: databases filled by the tuning pipeline with FakeTimer (a test double for the
 GPU clock), an empty one, and 3,000 trials written straight through Optuna and our models."""
 import dataclasses
 import io
@@ -31,35 +31,34 @@ from search_spaces import Problem, get_space
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-CPU = torch.device("cpu")
+# Correctness is checked by running the real kernel: compiled on a GPU, in Triton's interpreter on the CPU.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PLOTLY_JS_BANNER = "* plotly.js v"
 FIGURE_DIV = 'class="plotly-graph-div"'
 OUT_OF_RESOURCES = "out of resource: shared memory, Required: 300000, Hardware limit: 232448"
 
 
-class EightWarpsFailSpace(RmsNormLinearSpace):
-    """The real kernel, except that 8-warp configs fail to launch the way an over-sized kernel does."""
+class FailingSpace(RmsNormLinearSpace):
+    """The real kernel, except that the configs `fails` picks raise `error` at launch, as a broken kernel does."""
+
+    def __init__(self, fails, error: str):
+        self.fails, self.error = fails, error
 
     def launcher(self, config):
-        if config is not None and config.num_warps == 8:
+        if config is not None and self.fails(config):
             def fail(inputs):
-                raise RuntimeError(OUT_OF_RESOURCES)
+                raise RuntimeError(self.error)
             return fail
         return super().launcher(config)
 
 
-class NothingRunsSpace(RmsNormLinearSpace):
-    def launcher(self, config):
-        if config is not None:
-            def fail(inputs):
-                raise RuntimeError("CUDA error: an illegal memory access was encountered")
-            return fail
-        return super().launcher(config)
+EIGHT_WARPS_FAIL = FailingSpace(lambda c: c.num_warps == 8, OUT_OF_RESOURCES)
+NOTHING_RUNS = FailingSpace(lambda c: True, "CUDA error: an illegal memory access was encountered")
 
 
-def tune(url: str, gpu, problems: list[Problem], sampler: str, trials: int, space=None) -> None:
-    tuner = Tuner(space or EightWarpsFailSpace(), optuna_storage(url), Recorder(open_engine(url)), gpu, CPU, FakeTimer(),
-                  CompilePool(0, CPU), TuneSettings(sampler=sampler, trials=trials, repeats=3))
+def tune(url: str, gpu, problems: list[Problem], sampler: str, trials: int, space=EIGHT_WARPS_FAIL) -> None:
+    tuner = Tuner(space, optuna_storage(url), Recorder(open_engine(url)), gpu, DEVICE, FakeTimer(),
+                  CompilePool(0, DEVICE), TuneSettings(sampler=sampler, trials=trials, repeats=3))
     for p in problems:
         tuner.tune(p)
 
@@ -75,7 +74,7 @@ def filled(tmp_path_factory) -> str:
     tune(url, h100, [Problem(1, 64, 128, "float16"), Problem(4, 64, 128, "float16")], "random", 8)
     tune(url, h200, [Problem(1, 64, 96, "float16"), Problem(4, 64, 96, "float16")], "tpe", 6)
     tune(url, h100, [Problem(2, 64, 96, "float16")], "tpe", 1)
-    tune(url, h100, [Problem(1, 64, 80, "float16")], "tpe", 3, NothingRunsSpace())
+    tune(url, h100, [Problem(1, 64, 80, "float16")], "tpe", 3, NOTHING_RUNS)
     engine = open_engine(url)
     Recorder(engine).add_exported_table("h100", "tables/h100.json", build_table(best_results(engine, "h100")))
     return url
@@ -117,10 +116,11 @@ def test_filled_database_gives_every_section(filled, tmp_path):
     assert said.startswith(f"wrote {out}") and "8 studies" in said and "GPUs h100, h200" in said
     page = read_page(out)
     assert page.count(PLOTLY_JS_BANNER) == 1
-    for text in ("h100: baseline latency / tuned latency", "h200: baseline latency / tuned latency",
+    for wanted in ("h100: baseline latency / tuned latency", "h200: baseline latency / tuned latency",
                  "Studies in the database, by sampler", "Across GPUs", "tables/h100.json", OUT_OF_RESOURCES,
-                 "Optimization history", "Parameter importance", "Parallel coordinates of the timed configs", "PRUNED"):
-        assert text in page, text
+                 "Optimization history", "Parameter importance", "Parallel coordinates of the timed configs",
+                 "PRUNED"):
+        assert wanted in page, wanted
     # No default-config or torch.compile timings in the database: said, not invented.
     assert page.count("Not measured: the database holds no timings of this") == 2
     for name in ("rms_norm_linear|h100|float16|M=1|K=64|N=96", "rms_norm_linear|h200|float16|M=4|K=64|N=96"):
@@ -163,9 +163,9 @@ def test_bench_csvs_fill_the_default_and_torch_compile_heatmaps(filled, tmp_path
     assert code == 0, said
     page = read_page(out)
     assert "Not measured" not in page
-    for text in ("h100: default latency / tuned latency", "h100: torch_compile latency / tuned latency",
+    for wanted in ("h100: default latency / tuned latency", "h100: torch_compile latency / tuned latency",
                  "bench_search.py: tpe and random replayed against the full grid"):
-        assert text in page, text
+        assert wanted in page, wanted
     # The CSVs do not name their GPU: with two GPUs stored, --gpu must say which one measured them.
     code, said = dashboard("--storage", filled, "--out", str(out), "--bench-csv", compare)
     assert code != 0 and "pass --gpu" in said
@@ -329,7 +329,8 @@ def test_page_renders_in_a_headless_browser(kind, request, tmp_path):
     finally:
         driver.quit()
     assert not errors, errors
-    assert seconds < 10
+    # Headless Chromium draws WebGL (the parallel coordinates) in software; a desktop browser is faster still.
+    assert seconds < 15
     (tmp_path / f"{kind}.png").write_bytes(png)
     colours = Image.open(io.BytesIO(png)).convert("RGB").getcolors(maxcolors=1 << 24)
     # Text alone anti-aliases into a few dozen greys; heatmaps and plots bring hundreds of colours.
