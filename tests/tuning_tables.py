@@ -1,6 +1,8 @@
 """Small lookup tables written by the tests, in the format of autotune/table.py, for the running torch/Triton."""
+import atexit
 import functools
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,4 +38,5 @@ def write(data: dict, path: Path) -> str:
 def interpreter_table() -> str:
     """A float32 table for the tiny test models (hidden size 64), fast in the interpreter."""
     folder = Path(tempfile.mkdtemp(prefix="nanovllm-tables-"))
+    atexit.register(shutil.rmtree, folder, True)
     return write(table([entry(64, n, {1: INTERPRETER_CONFIG}) for n in (128, 256, 512)]), folder / "cpu.json")
