@@ -30,10 +30,11 @@ def trace(path: Path, kernels: list[tuple[str, float]]) -> str:
 def test_compare_profiles_splits_time_and_launches_by_category(tmp_path):
     baseline = trace(tmp_path / "a.json", [
         ("_rms_norm_kernel", 10.0), ("nvjet_tst_128x64_64x8_2x1_v_bz_TNT", 100.0), ("_rms_norm_kernel", 10.0),
-        ("sm90_xmma_gemm_bf16bf16_bf16f32", 200.0), ("_paged_decode_attention_kernel", 50.0), ("_silu_and_mul", 5.0)])
+        ("sm90_xmma_gemm_bf16bf16_bf16f32", 200.0), ("_decode_split_kernel", 40.0), ("_decode_merge_kernel", 10.0),
+        ("_silu_and_mul_kernel", 5.0)])
     optimized = trace(tmp_path / "b.json", [
         ("_row_stats_kernel", 4.0), ("_rms_norm_linear_kernel", 90.0), ("_rms_norm_linear_kernel", 180.0),
-        ("_paged_decode_attention_kernel", 50.0), ("_silu_and_mul", 5.0)])
+        ("_decode_split_kernel", 50.0), ("_silu_and_mul_kernel", 5.0)])
     out = tmp_path / "cmp.csv"
     result = run("scripts/compare_profiles.py", baseline, optimized, "--output", str(out))
     assert result.returncode == 0, result.stderr
@@ -45,7 +46,7 @@ def test_compare_profiles_splits_time_and_launches_by_category(tmp_path):
     assert table.loc["other", "baseline_launches"] == 2  # silu and the copy
     assert table.loc["total", "baseline_ms"] == pytest.approx(0.377)
     assert table.loc["total", "optimized_ms"] == pytest.approx(0.331)
-    assert table.loc["attention", "speedup"] == pytest.approx(1.0)
+    assert table.loc["attention", ["speedup", "diff_launches"]].tolist() == pytest.approx([1.0, -1])
 
 
 def test_compare_profiles_reads_nsys_kernel_summaries(tmp_path):
