@@ -6,8 +6,11 @@ import os
 import random
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -130,6 +133,14 @@ def test_filled_database_gives_every_section(filled, tmp_path):
     # Two heatmaps, the samplers, the GPU comparison, the parallel coordinates, history and importance of 6 studies,
     # the history of the single-trial study, nothing of the study where nothing ran.
     assert page.count(FIGURE_DIV) == 2 + 1 + 1 + 1 + 2 * 6 + 1
+
+
+def test_through_cli_py(filled, tmp_path):
+    out = tmp_path / "d.html"
+    r = subprocess.run([sys.executable, "cli.py", "dashboard", "--storage", filled, "--out", str(out)],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"wrote {out}") and out.stat().st_size > 0
 
 
 def test_gpu_filter(filled, tmp_path):
