@@ -95,7 +95,7 @@ def _across_shapes(page: _Page, data: DashboardData, bench: BenchData) -> None:
     for gpu, best in data.best.groupby("gpu"):
         page.figure(figures.speedup_heatmap(_shape_rows(best), "speedup", f"{gpu}: baseline latency / tuned latency"))
 
-    compare = bench.compare.assign(row=bench.compare["shape"] + " K=" + bench.compare["K"].astype(str)
+    compare = bench.compare.assign(row=bench.compare["shape"].astype(str) + " K=" + bench.compare["K"].astype(str)
                                    + " N=" + bench.compare["N"].astype(str))
     for label, column in (("the default config (kernels.config.default_config)", "default_us"),
                           ('torch.compile(mode="max-autotune-no-cudagraphs") of the baseline', "torch_compile_us")):
