@@ -25,16 +25,14 @@ def fake_gpu() -> GpuInfo:
 class FakeTimer:
     """Deterministic latency: best at BLOCK_N=64, BLOCK_K=128, 4 warps, 4 stages, SPLIT_K=2; baseline 1.3x the best."""
 
-    calls = 0
-
     def measure(self, workload: Workload, repeats: int) -> Timing:
-        type(self).calls += 1
         p, c = workload.problem, workload.config
         floor_us = 5.0 + 2 * p.M * p.N * p.K / 1e7
         if c is None:
             median = 1.3 * floor_us
         else:
-            penalty = (abs(math.log2(c.BLOCK_N / 64)) + abs(math.log2(c.BLOCK_K / 128)) + abs(math.log2(c.num_warps / 4))
+            penalty = (abs(math.log2(c.BLOCK_N / 64)) + abs(math.log2(c.BLOCK_K / 128))
+                       + abs(math.log2(c.num_warps / 4))
                        + abs(c.num_stages - 4) * 0.5 + abs(math.log2(c.SPLIT_K / 2)) + (c.GROUP_M == 1) * 0.25
                        + math.log2(c.BLOCK_M / 16) * 0.1)
             median = floor_us * (1 + 0.1 * penalty)

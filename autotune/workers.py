@@ -55,7 +55,11 @@ def _timer() -> Timer:
 def run_job(job: Job, progress: Progress | None = None, timer: Timer | None = None) -> list[StudyOutcome]:
     """Tune the job's studies in order on one device; the leaders of each study warm-start the next M bucket."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    device = torch.device("cpu") if fake_gpu_count() else torch.device("cuda", job.device_index)
+    if fake_gpu_count():
+        # Pretend GPUs share the one real device, if any; without one the kernel runs in the interpreter.
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = torch.device("cuda", job.device_index)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     gpu = detect_gpu(job.device_index)

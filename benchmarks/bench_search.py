@@ -81,7 +81,8 @@ def search_part(problem: Problem, gpu, args, device: torch.device, timer) -> tup
         outcome = grid_tuner.tune(problem)
     study = optuna.load_study(study_name=outcome.study_name, storage=grid_tuner.storage)
     grid_s = time.perf_counter() - t0
-    measured = {Config.from_dict(t.params): t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    measured: dict[Config | None, float] = {Config.from_dict(t.params): t.value for t in complete}
     measured[None] = outcome.baseline_us
     grid_curve = curve(study)
     rows = [dict(shape=f"{problem.N}x{problem.K}", M=problem.M, sampler="grid", seed=0, trial=i + 1, best_us=b)

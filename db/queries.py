@@ -40,6 +40,7 @@ def search_history(engine: Engine, study_name: str) -> pd.DataFrame:
          .where(Run.study_name == study_name, Measurement.phase == "search").order_by(Measurement.trial_number))
     with Session(engine) as s:
         rows = s.execute(q).all()
-    df = pd.DataFrame([tuple(r) for r in rows], columns=["trial_number", "config", "correct", "error", "median_us", "speedup"])
+    df = pd.DataFrame([tuple(r) for r in rows],
+                      columns=["trial_number", "config", "correct", "error", "median_us", "speedup"])
     df["best_so_far_us"] = df["median_us"].where(df["correct"]).cummin()
     return df

@@ -1,4 +1,4 @@
-"""The tuning pipeline on the CPU: the real kernel through Triton's interpreter for correctness,
+"""The tuning pipeline on the DEVICE: the real kernel through Triton's interpreter for correctness,
 and FakeTimer (a test double with a deterministic latency per config) instead of the GPU clock."""
 import dataclasses
 
@@ -17,12 +17,13 @@ from autotune.tuner import Tuner, TuneSettings, study_name
 from db.models import Measurement, Run
 from db.queries import best_results, search_history
 from db.storage import Recorder, open_engine, optuna_storage
-from kernels.config import Config
+from kernels.config import Config, device_smem_limit
 from search_spaces import Problem, get_space
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-CPU = torch.device("cpu")
+# The real kernel runs compiled on a GPU when there is one, else in the interpreter.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SPACE = get_space("rms_norm_linear")
 TINY = Problem(4, 64, 96, "float16")
 
@@ -69,21 +70,21 @@ def db(tmp_path):
 
 def make_tuner(db, space=SPACE, timer=None, **settings) -> Tuner:
     url, engine = db
-    return Tuner(space, optuna_storage(url), Recorder(engine), fake_gpu(), CPU, timer or FakeTimer(),
-                 CompilePool(0, CPU), TuneSettings(**settings))
+    return Tuner(space, optuna_storage(url), Recorder(engine), fake_gpu(), DEVICE, timer or FakeTimer(),
+                 CompilePool(0, DEVICE), TuneSettings(**settings))
 
 
 def fake_optimum(problem: Problem) -> float:
     timer = FakeTimer()
-    ev = Evaluator(SPACE, problem, CPU, timer, l2_bytes=1)
-    return min(timer.measure(ev.workload(c), 1).median_us for c in SPACE.feasible(problem, None))
+    ev = Evaluator(SPACE, problem, DEVICE, timer, l2_bytes=1)
+    return min(timer.measure(ev.workload(c), 1).median_us for c in SPACE.feasible(problem, device_smem_limit(DEVICE)))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("config", [Config(16, 32, 32, 2, 2, 1, 1, 0), Config(16, 64, 32, 4, 3, 1, 2, 1),
                                     Config(32, 32, 64, 4, 3, 8, 1, 1)])
 def test_real_kernel_configs_pass_the_check_through_the_interpreter(dtype, config):
-    ev = Evaluator(SPACE, Problem(20, 64, 80, dtype), CPU, FakeTimer(), l2_bytes=1 << 16)
+    ev = Evaluator(SPACE, Problem(20, 64, 80, dtype), DEVICE, FakeTimer(), l2_bytes=1 << 16)
     ev.time_baseline(3)
     result = ev.evaluate(config, repeats=3)
     assert result.correct and result.error is None
@@ -92,7 +93,7 @@ def test_real_kernel_configs_pass_the_check_through_the_interpreter(dtype, confi
 
 
 def test_inputs_are_random_and_rotate_past_l2():
-    ev = Evaluator(SPACE, TINY, CPU, FakeTimer(), l2_bytes=1 << 16)
+    ev = Evaluator(SPACE, TINY, DEVICE, FakeTimer(), l2_bytes=1 << 16)
     footprint = SPACE.footprint_bytes(TINY)
     assert ev.n_buffers * footprint >= 3 * (1 << 16) and ev.n_buffers > 1
     x0, x1 = ev.inputs[0][0], ev.inputs[1][0]
@@ -100,9 +101,9 @@ def test_inputs_are_random_and_rotate_past_l2():
 
 
 def test_wrong_results_and_launch_failures_become_reasons():
-    wrong = Evaluator(WrongResultSpace(), TINY, CPU, FakeTimer(), l2_bytes=1).evaluate(Config(16, 64, 32), 3)
+    wrong = Evaluator(WrongResultSpace(), TINY, DEVICE, FakeTimer(), l2_bytes=1).evaluate(Config(16, 64, 32), 3)
     assert not wrong.correct and wrong.error.startswith("wrong result") and wrong.timing is None
-    oor = Evaluator(OutOfResourcesSpace(), TINY, CPU, FakeTimer(), l2_bytes=1).evaluate(
+    oor = Evaluator(OutOfResourcesSpace(), TINY, DEVICE, FakeTimer(), l2_bytes=1).evaluate(
         Config(16, 256, 32, num_warps=8), 3)
     assert not oor.correct and "out of resource" in oor.error
 
@@ -126,7 +127,7 @@ def test_tpe_study_stores_every_trial_and_retimes_the_top(db):
     assert len(retime) == 3 and run.status == "finished" and run.baseline_us > 0
     assert run.best_measurement_id == min(retime, key=lambda m: m.median_us).id
     # The first trial is the default config, moved onto this tiny problem's axes (BLOCK_K <= K = 64).
-    default = SPACE.heuristics(TINY, CPU)[0]
+    default = SPACE.heuristics(TINY, DEVICE)[0]
     assert Config.from_dict(study.trials[0].params) == dataclasses.replace(default, BLOCK_K=64, GROUP_M=1)
     assert outcome.best.config == Config.from_dict(min(retime, key=lambda m: m.median_us).config)
     history = search_history(db[1], outcome.study_name)
@@ -135,7 +136,7 @@ def test_tpe_study_stores_every_trial_and_retimes_the_top(db):
 
 def test_grid_is_exhaustive_and_finds_the_optimum(db):
     problem = Problem(1, 64, 64, "float16")
-    n_feasible = len(SPACE.feasible(problem, None))
+    n_feasible = len(SPACE.feasible(problem, device_smem_limit(DEVICE)))
     outcome = make_tuner(db, sampler="grid", trials=10_000, prefetch=4).tune(problem)
     study = optuna.load_study(study_name=outcome.study_name, storage=db[0])
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -216,12 +217,12 @@ def test_warm_start_configs_are_tried_first(db):
 
 
 def test_compile_pool_precompiles_in_worker_processes():
-    with CompilePool(2, CPU) as pool:
+    with CompilePool(2, DEVICE) as pool:
         ok = pool.submit(SPACE.name, TINY, Config(16, 32, 32, 2, 2, 1, 1))
         bad = pool.submit(SPACE.name, TINY, Config(16, 32, 64, 2, 2, 1, SPLIT_K=4))
         assert ok.result(timeout=120) is None
         assert "SPLIT_K" in bad.result(timeout=120)
-    assert CompilePool(0, CPU).submit(SPACE.name, TINY, Config()).result() is None
+    assert CompilePool(0, DEVICE).submit(SPACE.name, TINY, Config()).result() is None
 
 
 def test_a_new_kernel_plugs_in_its_own_space(db):
@@ -267,5 +268,5 @@ def test_an_interrupted_grid_resumes_without_losing_points(db):
     study = optuna.load_study(study_name=outcome.study_name, storage=db[0])
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete) == len(
-        SPACE.feasible(problem, None))
+        SPACE.feasible(problem, device_smem_limit(DEVICE)))
     assert outcome.best.timing.median_us == pytest.approx(fake_optimum(problem))

@@ -1,5 +1,6 @@
-"""cli.py end to end on the CPU: NVC_TEST_FAKE_GPUS pretends GPUs are visible and FakeTimer (a test double)
-times; correctness checks run the real kernel through Triton's interpreter on small shapes."""
+"""cli.py end to end without a GPU clock: NVC_TEST_FAKE_GPUS pretends GPUs are visible and FakeTimer (a test
+double) times; correctness checks run the real kernel on small shapes (through Triton's interpreter on the CPU,
+which conftest selects and subprocesses inherit; compiled on a GPU when there is one)."""
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ SMALL = ["--shapes", "96x64", "--m", "1,4", "--dtype", "float16", "--trials", "5
 
 
 def run_cli(*args: str, fake_gpus: int = 1) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TRITON_INTERPRET="1", **{FAKE_GPUS_ENV: str(fake_gpus)} if fake_gpus else {})
+    env = dict(os.environ, **{FAKE_GPUS_ENV: str(fake_gpus)} if fake_gpus else {})
     if not fake_gpus:
         env.pop(FAKE_GPUS_ENV, None)
     return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -159,7 +160,7 @@ def test_two_workers_on_sqlite_partition_the_studies(tmp_path):
 
 def test_ctrl_c_keeps_every_finished_trial(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    env = dict(os.environ, TRITON_INTERPRET="1", **{FAKE_GPUS_ENV: "1"})
+    env = dict(os.environ, **{FAKE_GPUS_ENV: "1"})
     proc = subprocess.Popen([sys.executable, "cli.py", "tune", "--gpu", "h100", "--shapes", "96x64", "--m", "4",
                              "--dtype", "float16", "--trials", "400", "--storage", url],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -202,7 +203,7 @@ def pg_url():
 def test_two_processes_share_one_study_on_postgresql(pg_url):
     args = [sys.executable, "cli.py", "tune", "--gpu", "h100", "--shapes", "96x64", "--m", "16", "--dtype",
             "float16", "--trials", "16", "--storage", pg_url]
-    env = dict(os.environ, TRITON_INTERPRET="1", **{FAKE_GPUS_ENV: "1"})
+    env = dict(os.environ, **{FAKE_GPUS_ENV: "1"})
     # Both start on an empty database: they race on creating the schema, then on the study.
     procs = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
