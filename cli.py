@@ -119,8 +119,8 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
             table = load_table(table_path)
             click.echo(f"{table_path}: {table.gpu_name} ({table.gpu}), torch {table.torch}, triton {table.triton}, "
                        f"created {table.created}")
-            rows = [dict(kernel=k, dtype=d, K=K, N=N, M=m, config=_short(c)) for (k, K, N, d), buckets
-                    in table.entries.items() for m, c in buckets]
+            rows = [dict(kernel=k, dtype=d, K=K, N=N, M=m, config=_short(c), speedup=x) for (k, K, N, d), buckets
+                    in table.entries.items() for m, c, x in buckets]
             click.echo(pd.DataFrame(rows).to_string(index=False))
             return
         gpu_name = check_gpu_arg(gpu_name) if gpu_name else None

@@ -68,18 +68,28 @@ class LookupTable:
     torch: str
     triton: str
     created: str
-    # (kernel, K, N, dtype) -> ascending M buckets and their configs
-    entries: dict[tuple[str, int, int, str], list[tuple[int, Config]]] = field(default_factory=dict)
+    # (kernel, K, N, dtype) -> ascending M buckets: (M, config, measured speedup over the baseline)
+    entries: dict[tuple[str, int, int, str], list[tuple[int, Config, float]]] = field(default_factory=dict)
 
     def lookup(self, K: int, N: int, M: int, dtype: torch.dtype | str,
                kernel: str = "rms_norm_linear") -> Config | None:
         """The config of the smallest tuned bucket >= M (else the largest); None when (K, N, dtype) is untuned."""
+        bucket = self._bucket(K, N, M, dtype, kernel)
+        return bucket[1] if bucket else None
+
+    def speedup(self, K: int, N: int, M: int, dtype: torch.dtype | str,
+                kernel: str = "rms_norm_linear") -> float | None:
+        """The measured speedup over the baseline of the bucket `lookup` picks (below 1: the baseline won)."""
+        bucket = self._bucket(K, N, M, dtype, kernel)
+        return bucket[2] if bucket else None
+
+    def _bucket(self, K: int, N: int, M: int, dtype: torch.dtype | str, kernel: str):
         name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
         buckets = self.entries.get((kernel, K, N, name))
         if not buckets:
             return None
-        i = bisect_left([m for m, _ in buckets], M)
-        return buckets[min(i, len(buckets) - 1)][1]
+        i = bisect_left([b[0] for b in buckets], M)
+        return buckets[min(i, len(buckets) - 1)]
 
 
 def parse_table(data: object, source: str = "table") -> LookupTable:
@@ -114,9 +124,11 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
                     config.validate(K=e["K"])
                 except (ValueError, TypeError, AttributeError) as err:
                     raise ValueError(f"{source}: {where} M={b['M']}: bad config ({err})") from None
-                buckets.append((b["M"], config))
+                need(isinstance(b["speedup"], (int, float)) and b["speedup"] > 0,
+                     f"{where}: bucket M={b['M']}: speedup {b['speedup']!r}, expected a positive number")
+                buckets.append((b["M"], config, float(b["speedup"])))
             buckets.sort(key=lambda mb: mb[0])
-            need(len({m for m, _ in buckets}) == len(buckets), f"{where}: repeated M bucket")
+            need(len({b[0] for b in buckets}) == len(buckets), f"{where}: repeated M bucket")
             key = (kernel, e["K"], e["N"], e["dtype"])
             need(key not in table.entries, f"{where}: (K={e['K']}, N={e['N']}, {e['dtype']}) appears twice")
             table.entries[key] = buckets

@@ -16,17 +16,18 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 SPACE = get_space("rms_norm_linear")
 
 
-def test_timer_uses_graphs_for_short_kernels_and_events_for_long_ones():
+def test_timer_measures_kernels_not_launches_at_both_ends():
     timer = CudaEventTimer()
     gpu = detect_gpu()
     short = Evaluator(SPACE, Problem(1, 1024, 1024), torch.device("cuda"), timer, gpu.l2_bytes)
     # A 2 MiB weight: many rotating copies keep it from being served out of L2.
     assert short.n_buffers * SPACE.footprint_bytes(short.problem) >= 3 * gpu.l2_bytes or short.n_buffers == 64
     t = short.time_baseline(10)
-    assert 0 < t.median_us < timer.graph_below_us and len(t.samples_us) == 10
+    # 2 MiB of weight at a few TB/s: a handful of microseconds, far below a Python launch of the baseline.
+    assert 0 < t.median_us < 20 and len(t.samples_us) == 10
     long = Evaluator(SPACE, Problem(8192, 4096, 8192), torch.device("cuda"), timer, gpu.l2_bytes)
     t = long.time_baseline(5)
-    assert t.median_us > timer.graph_below_us and t.spread_us >= 0
+    assert t.median_us > 200 and t.spread_us >= 0
     # A bf16 GEMM of 0.55 TFLOP cannot beat 3 PFLOP/s: the events measured the kernel, not the launch.
     assert 2 * 8192 * 4096 * 8192 / (t.median_us * 1e-6) < 3e15
 

@@ -124,6 +124,14 @@ def test_no_table_means_the_heuristic_without_warnings(monkeypatch):
     assert configs[64, 256][7] == default_config(7, 256, 64, torch.device("cpu"), 4)
 
 
+def test_buckets_where_the_baseline_won_run_the_separate_path(tmp_path):
+    data = table([entry(64, 256, {4: INTERPRETER_CONFIG, 16: INTERPRETER_CONFIG})])
+    data["kernels"]["rms_norm_linear"][0]["buckets"][1]["speedup"] = 0.6  # M in 5..16: the baseline was faster
+    configs = resolve(write(data, tmp_path / "t.json"))[64, 256]
+    assert configs[1] == configs[4] == INTERPRETER_CONFIG
+    assert configs[5] is None and configs[16] is None and configs[64] is None
+
+
 def test_table_from_other_software_is_used_with_a_warning(tmp_path):
     path = write(table([entry(64, 256, {1: SMALL}), entry(64, 128, {1: SMALL})], torch_version="2.0.0",
                        triton_version="2.1.0"), tmp_path / "old.json")

@@ -12,7 +12,9 @@ benchmarks/bench_results/throughput_vs_batch_default_v3.csv). Above it (prefill)
 than the Triton one (0.7-0.98x, latency_vs_seqlen.csv) and the separate path runs, on the folded weights.
 
 Bucket rule (the table's, autotune/table.py): a call with M rows runs the config of the smallest tuned
-bucket >= M, else of the largest bucket. Shapes (K, N) that the table lacks run kernels.config.default_config.
+bucket >= M, else of the largest bucket; where that bucket's measured speedup is below 1 (the tuner found the
+separate RMSNorm + cuBLAS faster), the separate path runs. Shapes (K, N) that the table lacks run
+kernels.config.default_config.
 Every M the runtime can run is resolved here into a list indexed by M, so a forward pass (and the CUDA graphs
 captured from it) only indexes a list.
 """
@@ -85,7 +87,7 @@ def configs_by_m(table: LookupTable | None, K: int, N: int, dtype: torch.dtype, 
     """configs[M] for M in 0..max_m: the table's bucket rule, else the default heuristic; None: the separate path."""
     fused = range(1, min(max_m, FUSED_MAX_M) + 1)
     if table is not None and table.lookup(K, N, 1, dtype) is not None:
-        configs = [table.lookup(K, N, m, dtype) for m in fused]
+        configs = [table.lookup(K, N, m, dtype) if table.speedup(K, N, m, dtype) >= 1.0 else None for m in fused]
     else:
         configs = [default_config(m, N, K, device, dtype.itemsize) for m in fused]
     # M = 0 never reaches a layer; its entry keeps the list indexable by M.
