@@ -11,6 +11,7 @@ from random import randint, seed
 import torch
 from transformers import AutoConfig
 
+from benchmarks.common import copy_bandwidth_gbps
 from nanovllm import LLM, SamplingParams
 from nanovllm.utils.random_checkpoint import SHAPES, cached_random_checkpoint
 
@@ -58,20 +59,6 @@ def run_hf(path: str, prompts, output_lens) -> float:
     return num_tokens / elapsed
 
 
-def memory_bandwidth() -> float:
-    """Device memory bandwidth in bytes/s, read + write counted, from copying 1 GiB."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end.record()
-    end.synchronize()
-    return 2 * 10 * src.numel() / (start.elapsed_time(end) / 1e3)
-
-
 def run_decode_latency(path: str, enforce_eager: bool, prompt_len: int = 128, output_len: int = 256) -> None:
     """Batch-1 greedy decode: time per token against the floor of reading every weight once per token."""
     llm = LLM(path, enforce_eager=enforce_eager, max_model_len=prompt_len + output_len, max_num_seqs=1)
@@ -92,7 +79,7 @@ def run_decode_latency(path: str, enforce_eager: bool, prompt_len: int = 128, ou
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p is not embed)
     if embed is model.lm_head.weight:
         weight_bytes += embed.numel() * embed.element_size()
-    floor_s = weight_bytes / memory_bandwidth()
+    floor_s = weight_bytes / (copy_bandwidth_gbps() * 1e9)
     print(f"batch-1 decode: {step_s * 1e3:.2f} ms/token ({1 / step_s:.1f} tok/s); weights {weight_bytes / 1e9:.2f} GB, "
           f"weight-read floor {floor_s * 1e3:.2f} ms/token: {100 * floor_s / step_s:.1f}% of the floor")
 

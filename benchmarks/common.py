@@ -68,16 +68,11 @@ def copies_to_overflow_l2(bytes_per_copy: int) -> int:
     return max(2, min(32, math.ceil(3 * l2 / max(bytes_per_copy, 1))))
 
 
-def measure_ceilings() -> tuple[float, float]:
-    """(copy bandwidth in GB/s counting read + write, bf16 matmul TFLOP/s), measured on random data."""
-    # The matmul goes first: it also lifts the clocks from idle before the copy is timed.
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(20):
-        a @ b
-    mm_us = time_us([lambda: a @ b], repeats=10)
-    del a, b
-    # Eager copies timed with events: a graph of one huge copy measured ~40% low on an H200.
+def copy_bandwidth_gbps() -> float:
+    """Device-to-device copy bandwidth in GB/s, read + write counted.
+
+    Eager copies of 4 GiB timed with events: a CUDA graph of one huge copy measured ~40% low on an H200.
+    """
     src = torch.randn(2 * 2**30, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -87,8 +82,18 @@ def measure_ceilings() -> tuple[float, float]:
         dst.copy_(src)
     end.record()
     end.synchronize()
-    bw = 2 * src.numel() * src.element_size() * 10 / (start.elapsed_time(end) * 1e6)
-    return bw, 2 * 8192**3 / mm_us / 1e6
+    return 2 * src.numel() * src.element_size() * 10 / (start.elapsed_time(end) * 1e6)
+
+
+def measure_ceilings() -> tuple[float, float]:
+    """(copy bandwidth in GB/s counting read + write, bf16 matmul TFLOP/s), measured on random data."""
+    # The matmul goes first: it also lifts the clocks from idle before the copy is timed.
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(20):
+        a @ b
+    mm_us = time_us([lambda: a @ b], repeats=10)
+    return copy_bandwidth_gbps(), 2 * 8192**3 / mm_us / 1e6
 
 
 class CsvWriter:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -16,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from optuna.trial import TrialState
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 import cli
@@ -184,19 +183,6 @@ def test_ctrl_c_keeps_every_finished_trial(tmp_path):
         assert s.scalars(select(Run.status)).all() == ["interrupted"]
 
 
-@pytest.fixture
-def pg_url():
-    base = os.environ.get("NVC_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("NVC_TEST_POSTGRES_URL is not set (.ci/run starts PostgreSQL and sets it)")
-    name = f"nvc_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(resolve_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    yield base.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.mark.postgres

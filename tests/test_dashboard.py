@@ -2,14 +2,12 @@
 GPU clock), an empty one, and 3,000 trials written straight through Optuna and our models."""
 import dataclasses
 import io
-import os
 import random
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -17,7 +15,6 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from autotune.compile_pool import CompilePool
@@ -29,7 +26,7 @@ from dashboard.command import dashboard_command
 from dashboard.data import best_so_far, sampler_curves
 from db.models import Measurement
 from db.queries import best_results
-from db.storage import Recorder, RunKey, open_engine, optuna_storage, resolve_url
+from db.storage import Recorder, RunKey, open_engine, optuna_storage
 from search_spaces import Problem, get_space
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
 
@@ -210,19 +207,6 @@ def test_missing_or_foreign_database_is_one_clear_error(tmp_path):
     assert code != 0 and "not a valid database URL" in said
 
 
-@pytest.fixture
-def pg_url():
-    base = os.environ.get("NVC_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("NVC_TEST_POSTGRES_URL is not set (.ci/run starts PostgreSQL and sets it)")
-    name = f"nvc_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(resolve_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    yield base.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.mark.postgres

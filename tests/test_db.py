@@ -1,14 +1,12 @@
 """Our tables next to Optuna's: created on first use, versioned, refused when the version differs."""
 import hashlib
-import os
-import uuid
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from db.models import SCHEMA_VERSION
 from db.queries import best_results
-from db.storage import Recorder, RunKey, StorageError, open_engine, optuna_storage, resolve_url
+from db.storage import Recorder, RunKey, StorageError, open_engine, optuna_storage
 
 GPU = dict(name="NVIDIA H100 80GB HBM3", short_name="h100", sm_count=132, memory_bytes=80 << 30, driver="550",
            torch="2.11", triton="3.6.0")
@@ -81,20 +79,6 @@ def test_best_results_takes_the_latest_finished_run_of_each_study(tmp_path):
     assert rec.finished_best("s1").median_us == 25.0
 
 
-@pytest.fixture
-def pg_url():
-    base = os.environ.get("NVC_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("NVC_TEST_POSTGRES_URL is not set (.ci/run starts PostgreSQL and sets it)")
-    name = f"nvc_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(resolve_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.mark.postgres
