@@ -11,6 +11,11 @@ the copy bandwidth and beats the separate RMSNorm + cuBLAS GEMM (1.0-1.3x on an 
 benchmarks/bench_results/throughput_vs_batch_default_v3.csv). Above it (prefill), cuBLAS's GEMM is faster
 than the Triton one (0.7-0.98x, latency_vs_seqlen.csv) and the separate path runs, on the folded weights.
 
+The final norm + lm_head stays unfused, decided from the H200 tune of llama-7b (docs/PERF_NOTES.md): the
+fused lm_head site is 1.10x its baseline at M <= 64 (62.6 vs 68.9 us at M=1), about 6 us of a 4.9 ms decode
+step (0.13%), while models with tied embeddings (Qwen3) would need a second vocabulary-sized weight for the
+folded gain.
+
 Bucket rule (the table's, autotune/table.py): a call with M rows runs the config of the smallest tuned
 bucket >= M, else of the largest bucket; where that bucket's measured speedup is below 1 (the tuner found the
 separate RMSNorm + cuBLAS faster), the separate path runs. Shapes (K, N) that the table lacks run
