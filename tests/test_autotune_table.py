@@ -57,6 +57,7 @@ def _broken(edit):
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][0].update(dtype="int8")), "dtype 'int8'"),
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][0].update(buckets=[])), "non-empty 'buckets'"),
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0].pop("speedup")), "each bucket needs"),
+    (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0].update(speedup="fast")), "speedup 'fast'"),
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0]["config"].update(BLOCK_M=24)),
      r"M=64: bad config \(Config.BLOCK_M=24"),
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0]["config"].update(COLOR=1)), "unknown field"),
