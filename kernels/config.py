@@ -35,7 +35,10 @@ class Config:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"Config: unknown field(s) {sorted(unknown)}; expected {sorted(names)}")
-        return cls(**{k: int(v) for k, v in d.items()})
+        for k, v in d.items():
+            if not _is_int(v):
+                raise ValueError(f"Config.{k}={v!r}: expected an int")
+        return cls(**d)
 
     def smem_bytes(self, elem_bytes: int) -> int:
         """Shared memory of the software pipeline: num_stages copies of the A and B tiles."""
@@ -43,6 +46,9 @@ class Config:
 
     def validate(self, K: int | None = None, elem_bytes: int = 2, smem_limit: int | None = None) -> None:
         """Raise ValueError naming the first impossible field; K and smem_limit enable the shape and device checks."""
+        for f in dataclasses.fields(self):
+            if not _is_int(getattr(self, f.name)):
+                raise ValueError(f"Config.{f.name}={getattr(self, f.name)!r}: expected an int")
         for name in _POW2_FIELDS:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0 or v & (v - 1):
@@ -108,13 +114,26 @@ def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int
     else:
         cfg = Config(128, 256, 64, num_warps=8, num_stages=3)
     limit = device_smem_limit(device)
-    # fp32 tiles take twice the shared memory: drop pipeline stages, then narrow N, until they fit.
+    # fp32 tiles take twice the shared memory, and small cards have less (64 KiB on a T4): drop pipeline
+    # stages, then halve BLOCK_N, BLOCK_K and BLOCK_M (never below 16), then run unpipelined.
     while limit is not None and cfg.smem_bytes(elem_bytes) > limit:
         if cfg.num_stages > 2:
             cfg = dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
-        else:
+        elif cfg.BLOCK_N > 16:
             cfg = dataclasses.replace(cfg, BLOCK_N=cfg.BLOCK_N // 2)
+        elif cfg.BLOCK_K > 16:
+            cfg = dataclasses.replace(cfg, BLOCK_K=cfg.BLOCK_K // 2)
+        elif cfg.BLOCK_M > 16:
+            cfg = dataclasses.replace(cfg, BLOCK_M=cfg.BLOCK_M // 2)
+        elif cfg.num_stages > 1:
+            cfg = dataclasses.replace(cfg, num_stages=1)
+        else:
+            break
     return cfg
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _sm_count(device: torch.device) -> int:

@@ -11,6 +11,7 @@ workspace, and a small second kernel reduces them, scales and adds the bias.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -31,7 +32,7 @@ def _rms_norm_linear_kernel(
     stride_xm, stride_xk, stride_rm, stride_rk, stride_wn, stride_wk,
     stride_om, stride_hm,
     HAS_RESIDUAL: tl.constexpr, HAS_NORM_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EVEN_K: tl.constexpr, IEEE: tl.constexpr, SUMSQ_IN_LOOP: tl.constexpr,
+    EVEN_K: tl.constexpr, IEEE: tl.constexpr, SUMSQ_IN_LOOP: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
@@ -49,6 +50,9 @@ def _rms_norm_linear_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:  # some element offset passes 2**31: index in int64
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
     mask_m = offs_m < M
     mask_n = offs_n < N
     # Only one column of programs writes the new residual stream, so each element is written once.
@@ -110,9 +114,12 @@ def _rms_norm_linear_kernel(
 
 @triton.jit
 def _row_stats_kernel(x_ptr, r_ptr, h_ptr, ss_ptr, M, K, stride_xm, stride_xk, stride_rm, stride_rk, stride_hm,
-                      HAS_RESIDUAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                      HAS_RESIDUAL: tl.constexpr, WIDE: tl.constexpr, BLOCK_R: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
     """Per row: h = x + residual (written, rounded to the input dtype) and the fp32 sum of squares of h."""
     offs_m = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
     mask_m = offs_m < M
     sumsq = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -131,11 +138,14 @@ def _row_stats_kernel(x_ptr, r_ptr, h_ptr, ss_ptr, M, K, stride_xm, stride_xk, s
 @triton.jit
 def _split_k_reduce_kernel(
     ws_ptr, ss_ptr, b_ptr, out_ptr, M, N, K, eps, stride_om,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, SS_PARTS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, SS_PARTS: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
     mask_m = offs_m < M
     mask = mask_m[:, None] & (offs_n[None, :] < N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -153,6 +163,13 @@ def _split_k_reduce_kernel(
 def _empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Every buffer the wrapper allocates comes from here, so tests can poison them with NaN."""
     return torch.empty(shape, device=like.device, dtype=dtype)
+
+
+_INT32_LIMIT = 2**31
+
+
+def _max_offset(t: torch.Tensor) -> int:
+    return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
 def _interpreting() -> bool:
@@ -195,31 +212,36 @@ def fused_rms_norm_linear(
     split, in_loop = config.SPLIT_K, bool(config.SUMSQ_IN_LOOP)
     ws = _empty((split, M, N), x, torch.float32) if split > 1 else out
     ss = _empty((split if in_loop else 1, M), x, torch.float32) if split > 1 or not in_loop else out
-    a = x2
-    if not in_loop:
-        # One row per program, in one chunk up to K = 8192: at decode sizes this kernel is pure latency.
-        row_k = min(8192, triton.next_power_of_2(K))
-        _row_stats_kernel[(M,)](
-            x2, r2, h, ss, M, K, x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), h.stride(0),
-            HAS_RESIDUAL=residual is not None, BLOCK_R=1, BLOCK_K=row_k, num_warps=8 if row_k >= 4096 else 4)
-        a = h if residual is not None else x2
-    grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
-    _rms_norm_linear_kernel[grid](
-        a, r2, weight, norm_weight if norm_weight is not None else x2, bias if bias is not None else x2,
-        out, h, ws, ss, M, N, K, float(eps),
-        a.stride(0), a.stride(1), r2.stride(0), r2.stride(1), weight.stride(0), weight.stride(1),
-        out.stride(0), h.stride(0),
-        HAS_RESIDUAL=residual is not None, HAS_NORM_WEIGHT=norm_weight is not None, HAS_BIAS=bias is not None,
-        EVEN_K=K % config.BLOCK_K == 0, IEEE=x.dtype == torch.float32, SUMSQ_IN_LOOP=in_loop,
-        BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
-        GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps, num_stages=config.num_stages,
-    )
-    if split > 1:
-        rb_m, rb_n = 16, 128
-        _split_k_reduce_kernel[(triton.cdiv(M, rb_m), triton.cdiv(N, rb_n))](
-            ws, ss, bias if bias is not None else ws, out, M, N, K, float(eps), out.stride(0),
-            HAS_BIAS=bias is not None, SPLIT_K=split, SS_PARTS=split if in_loop else 1,
-            BLOCK_M=rb_m, BLOCK_N=rb_n, num_warps=4,
+    # Triton indexes in int32; past 2**31 elements (a 151936-wide lm_head at M=16384) it must use int64.
+    wide = max(*(_max_offset(t) for t in (x2, r2, weight, out, h)), split * M * N) >= _INT32_LIMIT
+    # Triton launches on the current device, which need not be x's.
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        a = x2
+        if not in_loop:
+            # One row per program, in one chunk up to K = 8192: at decode sizes this kernel is pure latency.
+            row_k = min(8192, triton.next_power_of_2(K))
+            _row_stats_kernel[(M,)](
+                x2, r2, h, ss, M, K, x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), h.stride(0),
+                HAS_RESIDUAL=residual is not None, WIDE=wide, BLOCK_R=1, BLOCK_K=row_k,
+                num_warps=8 if row_k >= 4096 else 4)
+            a = h if residual is not None else x2
+        grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
+        _rms_norm_linear_kernel[grid](
+            a, r2, weight, norm_weight if norm_weight is not None else x2, bias if bias is not None else x2,
+            out, h, ws, ss, M, N, K, float(eps),
+            a.stride(0), a.stride(1), r2.stride(0), r2.stride(1), weight.stride(0), weight.stride(1),
+            out.stride(0), h.stride(0),
+            HAS_RESIDUAL=residual is not None, HAS_NORM_WEIGHT=norm_weight is not None, HAS_BIAS=bias is not None,
+            EVEN_K=K % config.BLOCK_K == 0, IEEE=x.dtype == torch.float32, SUMSQ_IN_LOOP=in_loop, WIDE=wide,
+            BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
+            GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps, num_stages=config.num_stages,
         )
+        if split > 1:
+            rb_m, rb_n = 16, 128
+            _split_k_reduce_kernel[(triton.cdiv(M, rb_m), triton.cdiv(N, rb_n))](
+                ws, ss, bias if bias is not None else ws, out, M, N, K, float(eps), out.stride(0),
+                HAS_BIAS=bias is not None, SPLIT_K=split, SS_PARTS=split if in_loop else 1, WIDE=wide,
+                BLOCK_M=rb_m, BLOCK_N=rb_n, num_warps=4,
+            )
     out = out.reshape(*lead, N)
     return (out, h.reshape(*lead, K)) if residual is not None else out

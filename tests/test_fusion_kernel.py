@@ -4,6 +4,7 @@ import itertools
 import pytest
 import torch
 
+import kernels.config
 import kernels.rms_norm_linear as rnl
 from kernels.rms_norm_linear import (Config, baseline_rms_norm_linear, fold_norm_weight, fused_rms_norm_linear,
                                      reference_rms_norm_linear)
@@ -190,3 +191,30 @@ def test_wrong_config_type_and_eps():
         fused_rms_norm_linear(**_bad(), config={"BLOCK_M": 16})
     with pytest.raises(ValueError, match="eps: expected a positive"):
         fused_rms_norm_linear(**_bad(), eps=0.0)
+
+
+@pytest.mark.parametrize("config", [Config(16, 32, 64), Config(16, 32, 64, SPLIT_K=2, SUMSQ_IN_LOOP=1)], ids=str)
+def test_int64_indexing_path(monkeypatch, config):
+    """Past 2**31 elements the kernels index in int64; force that path on a small problem."""
+    monkeypatch.setattr(rnl, "_INT32_LIMIT", 0)
+    check(make_inputs(19, 200, 40, torch.float32, bias=True, residual=True, norm_weight=True), torch.float32,
+          config)
+
+
+@pytest.mark.parametrize("M", [1, 64, 300, 4096])
+def test_default_config_fits_a_64_kib_card(monkeypatch, M):
+    monkeypatch.setattr(kernels.config, "device_smem_limit", lambda device: 65536)
+    for elem_bytes in (2, 4):
+        cfg = rnl.default_config(M, 12288, 4096, DEVICE, elem_bytes)
+        cfg.validate(K=4096, elem_bytes=elem_bytes, smem_limit=65536)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: Config(GROUP_M=1.5).validate(), r"GROUP_M=1.5: expected an int"),
+    (lambda: Config(SPLIT_K=True).validate(), r"SPLIT_K=True: expected an int"),
+    (lambda: Config.from_dict({"BLOCK_M": 16.9}), r"BLOCK_M=16.9: expected an int"),
+    (lambda: Config.from_dict({"num_stages": "3"}), r"num_stages='3': expected an int"),
+])
+def test_config_fields_must_be_ints(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
