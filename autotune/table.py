@@ -25,6 +25,7 @@ A table is only valid for the software it names: configs tuned under one Triton 
 from __future__ import annotations
 
 import json
+import warnings
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,14 +43,18 @@ _BUCKET_FIELDS = ("M", "config", "latency_us", "spread_us", "baseline_us", "spee
 
 
 def build_table(best: pd.DataFrame) -> dict:
-    """The table of one GPU from `db.queries.best_results` rows; only the newest software of that GPU is kept."""
+    """The table of one GPU from `db.queries.best_results` rows: the newest finished result of every bucket."""
     if best.empty:
         raise ValueError("no finished tuning results to export (run `cli.py tune` first)")
     if best["gpu"].nunique() != 1:
         raise ValueError(f"results of several GPUs ({', '.join(sorted(best['gpu'].unique()))}); pass --gpu")
-    # A Triton or driver upgrade is a new GPU row; mixing configs tuned under both would mislead.
+    # A driver or Triton upgrade is a new GPU row, while a finished study is not tuned again: keep the newest
+    # result of every bucket (dropping older buckets would silently lose shapes) and say when versions mix.
+    best = best.sort_values("finished_at").groupby(["kernel", "dtype", "K", "N", "M"]).tail(1)
     newest = best.loc[best["finished_at"].idxmax()]
-    best = best[best["gpu_id"] == newest["gpu_id"]]
+    if best["gpu_id"].nunique() > 1:
+        warnings.warn(f"the {newest['gpu']} table mixes results tuned under several driver/torch/triton versions; "
+                      f"its header names the newest (torch {newest['torch']}, triton {newest['triton']})")
     kernels: dict[str, list] = {}
     for (kernel, dtype, K, N), rows in best.groupby(["kernel", "dtype", "K", "N"], sort=True):
         buckets = [{"M": int(r.M), "config": dict(r.config), "latency_us": float(r.median_us),
@@ -112,7 +117,7 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
             where = f"kernels.{kernel}[{i}]"
             need(isinstance(e, dict) and all(isinstance(e.get(k), int) for k in ("K", "N")),
                  f"{where}: expected an object with integer K and N")
-            need(e.get("dtype") in DTYPES, f"{where}: dtype {e.get('dtype')!r}, expected one of {sorted(DTYPES)}")
+            need(isinstance(e.get("dtype"), str) and e["dtype"] in DTYPES, f"{where}: dtype {e.get('dtype')!r}, expected one of {sorted(DTYPES)}")
             need(isinstance(e.get("buckets"), list) and e["buckets"], f"{where}: expected a non-empty 'buckets' list")
             buckets = []
             for b in e["buckets"]:
@@ -122,7 +127,7 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
                 try:
                     config = Config.from_dict(b["config"])
                     config.validate(K=e["K"])
-                except (ValueError, TypeError, AttributeError) as err:
+                except (ValueError, TypeError, AttributeError, OverflowError) as err:
                     raise ValueError(f"{source}: {where} M={b['M']}: bad config ({err})") from None
                 need(isinstance(b["speedup"], (int, float)) and b["speedup"] > 0,
                      f"{where}: bucket M={b['M']}: speedup {b['speedup']!r}, expected a positive number")

@@ -121,6 +121,8 @@ class Tuner:
             # Resumed, or shared with a concurrent worker (PostgreSQL): only the creator enqueues warm starts.
             study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
             created = False
+            if self.storage.url.startswith("sqlite"):
+                _prune_orphans(study)
         feasible = self.space.feasible(problem, device_smem_limit(self.device))
         budget = min(s.trials, len(feasible))
         finished = self.recorder.finished_best(name)
@@ -224,8 +226,13 @@ class Tuner:
             return []
         samples: dict[Config | None, list[float]] = {c: [] for c in [None, *top]}
         for _ in range(s.retime_rounds):
-            for c in samples:
-                samples[c] += evaluator.timer.measure(evaluator.workload(c), s.repeats).samples_us
+            for c in list(samples):
+                try:
+                    samples[c] += evaluator.timer.measure(evaluator.workload(c), s.repeats).samples_us
+                except RuntimeError:  # e.g. out of memory: that config drops out of the ranking
+                    if c is None:
+                        raise
+                    del samples[c]
         baseline = evaluator.baseline = Timing.from_samples(samples.pop(None))
         self.recorder.set_baseline(run_id, baseline.median_us, baseline.spread_us)
         results = [evaluator.result(c, Timing.from_samples(v), baseline) for c, v in samples.items()]
@@ -238,6 +245,14 @@ class Tuner:
             run_id, phase=phase, trial_number=trial_number, config=r.config.to_dict(), correct=r.correct,
             error=r.error, median_us=t.median_us if t else None, spread_us=t.spread_us if t else None,
             repeats=len(t.samples_us) if t else None, tflops=r.tflops, gbps=r.gbps, speedup=r.speedup)
+
+
+def _prune_orphans(study: optuna.Study) -> None:
+    """Trials left RUNNING by a killed process (SQLite has one writer per study, so none is live) are pruned:
+    otherwise they would count against the budget on every rerun."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "pruned", "left running by a killed process")
+        study.tell(t.number, state=TrialState.PRUNED)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: Result | None) -> None:

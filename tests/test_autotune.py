@@ -3,6 +3,7 @@ and FakeTimer (a test double with a deterministic latency per config) instead of
 import dataclasses
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from autotune.compile_pool import CompilePool
 from autotune.objective import Evaluator
+from autotune.table import build_table
 from autotune.testing import FakeTimer, fake_gpu
 from autotune.timer import Timing
 from autotune.tuner import Tuner, TuneSettings, study_name
@@ -179,6 +181,34 @@ def test_rerun_resumes_the_study_and_a_finished_study_is_skipped(db):
     assert third.skipped and third.best.config == second.best.config
     with Session(db[1]) as s:
         assert [r.status for r in s.scalars(select(Run).order_by(Run.id))] == ["finished", "finished"]
+
+
+def test_trials_left_running_by_a_killed_process_do_not_eat_the_budget(db):
+    first = make_tuner(db, trials=5).tune(TINY)
+    study = optuna.load_study(study_name=first.study_name, storage=db[0])
+    for _ in range(3):  # what a kill -9 leaves behind: asked ahead, never told
+        study.ask()
+    make_tuner(db, trials=9).tune(TINY)
+    trials = optuna.load_study(study_name=first.study_name, storage=db[0]).get_trials()
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials) == 9
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert sum(t.user_attrs.get("pruned") == "left running by a killed process" for t in trials) == 3
+
+
+def test_table_keeps_every_bucket_across_software_versions():
+    row = dict(kernel="rms_norm_linear", dtype="bfloat16", K=64, N=96, gpu="h100", gpu_name="NVIDIA H100",
+               config={"BLOCK_M": 16}, median_us=10.0, spread_us=0.1, baseline_us=12.0, speedup=1.2)
+    best = pd.DataFrame([
+        dict(row, M=1, gpu_id=1, torch="2.10", triton="3.5.0", finished_at=pd.Timestamp("2026-01-01")),
+        dict(row, M=16, gpu_id=2, torch="2.11", triton="3.6.0", finished_at=pd.Timestamp("2026-02-01")),
+        dict(row, M=16, gpu_id=1, torch="2.10", triton="3.5.0", finished_at=pd.Timestamp("2026-01-01"),
+             median_us=99.0),
+    ])
+    with pytest.warns(UserWarning, match="mixes results tuned under several"):
+        table = build_table(best)
+    buckets = table["kernels"]["rms_norm_linear"][0]["buckets"]
+    assert [(b["M"], b["latency_us"]) for b in buckets] == [(1, 10.0), (16, 10.0)]
+    assert (table["torch"], table["triton"]) == ("2.11", "3.6.0")
 
 
 def test_ctrl_c_keeps_finished_trials_and_a_rerun_completes(db):
