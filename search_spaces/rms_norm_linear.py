@@ -97,16 +97,19 @@ class RmsNormLinearSpace(SearchSpace):
             # Random, never zeros: a kernel that skips work must not pass by accident. Unit-scale outputs.
             x = torch.randn(problem.M, problem.K, generator=gen, device=device).to(problem.torch_dtype)
             w = torch.randn(problem.N, problem.K, generator=gen, device=device).div_(math.sqrt(problem.K))
-            out.append((x, w.to(problem.torch_dtype)))
+            # The runtime always adds the residual stream (every layer but the first): tune what it runs.
+            r = torch.randn(problem.M, problem.K, generator=gen, device=device).to(problem.torch_dtype)
+            out.append((x, w.to(problem.torch_dtype), r))
         return out
 
     def launcher(self, config: Config | None) -> Callable[[Any], torch.Tensor]:
         if config is None:
-            return lambda inputs: baseline_rms_norm_linear(inputs[0], inputs[1])
-        return lambda inputs: fused_rms_norm_linear(inputs[0], inputs[1], config=config)
+            return lambda inputs: baseline_rms_norm_linear(inputs[0], inputs[1], residual=inputs[2])[0]
+        return lambda inputs: fused_rms_norm_linear(inputs[0], inputs[1], residual=inputs[2], config=config)[0]
 
     def footprint_bytes(self, problem: Problem) -> int:
-        return (problem.M * problem.K + problem.N * problem.K + problem.M * problem.N) * problem.elem_bytes
+        # x, the residual and h = x + residual, the weight, the output
+        return (3 * problem.M * problem.K + problem.N * problem.K + problem.M * problem.N) * problem.elem_bytes
 
     def compile_problem(self, problem: Problem) -> Problem:
         """A small problem that compiles to the same binaries: Triton specializes ints on ==1 and %16 only."""
