@@ -7,7 +7,7 @@ import torch  # noqa
 import triton  # noqa
 import triton.language as tl  # noqa
 
-from benchmarks.common import copies_to_overflow_l2, time_us  # noqa
+from benchmarks.common import copies_to_overflow_l2, copy_bandwidth_gbps, time_us  # noqa
 from kernels.rms_norm_linear import baseline_rms_norm_linear  # noqa
 
 
@@ -75,18 +75,7 @@ def main():
             16: [(16, 64, 128, 4, 4, 1), (16, 128, 128, 4, 4, 1), (16, 64, 256, 4, 3, 1)],
             64: [(64, 64, 128, 4, 4, 1), (64, 128, 64, 4, 4, 1)],
             4096: [(128, 256, 64, 8, 3, 1)]}
-    src = torch.randn(2 * 2**30, device="cuda", dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    e0.record()
-    for _ in range(10):
-        dst.copy_(src)
-    e1.record()
-    e1.synchronize()
-    print(f"copy 4 GiB eager: {2 * 4 * 2**30 * 10 / (e0.elapsed_time(e1) * 1e-3) / 1e9:.0f} GB/s")
-    del src, dst
+    print(f"copy bandwidth: {copy_bandwidth_gbps():.0f} GB/s")
     for M, cl in cfgs.items():
         n = copies_to_overflow_l2(2 * N * K)
         ins = [(torch.randn(M, K, device="cuda", dtype=torch.bfloat16), torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02,
