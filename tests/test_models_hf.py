@@ -82,9 +82,8 @@ def test_greedy_matches_transformers(checkpoint):
         assert out["text"] == llm.tokenizer.decode(out["token_ids"])
 
 
-def test_prefill_logits_close(checkpoint):
-    path, model = checkpoint
-    llm = engine(path)
+def prefill_logits(llm, model):
+    """(ours, transformers') last-position logits of each prompt, prefilled as one batch by the engine."""
     seqs = [Sequence(p) for p in prompts()]
     for seq in seqs:
         llm.scheduler.block_manager.allocate(seq)
@@ -92,8 +91,13 @@ def test_prefill_logits_close(checkpoint):
     ours = llm.model_runner.compute_prefill_logits(seqs)
     for seq, row in zip(seqs, ours):
         with torch.no_grad():
-            theirs = model(torch.tensor([seq.token_ids], device=DEVICE)).logits[0, -1]
-        torch.testing.assert_close(row, theirs, rtol=1e-4, atol=1e-4)
+            yield row, model(torch.tensor([seq.token_ids], device=DEVICE)).logits[0, -1]
+
+
+def test_prefill_logits_close(checkpoint):
+    path, model = checkpoint
+    for ours, theirs in prefill_logits(engine(path), model):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_sharded_checkpoint_loads_through_its_index(tmp_path):
@@ -113,15 +117,8 @@ def test_sharded_checkpoint_loads_through_its_index(tmp_path):
 def test_bfloat16_on_gpu_tracks_float32_transformers(checkpoint):
     path, model = checkpoint
     llm = engine(path, dtype=torch.bfloat16)
-    seqs = [Sequence(p) for p in prompts()]
-    for seq in seqs:
-        llm.scheduler.block_manager.allocate(seq)
-        seq.num_scheduled_tokens = len(seq)
-    ours = llm.model_runner.compute_prefill_logits(seqs)
-    for seq, row in zip(seqs, ours):
-        with torch.no_grad():
-            theirs = model(torch.tensor([seq.token_ids], device=DEVICE)).logits[0, -1]
-        assert torch.cosine_similarity(row, theirs, dim=0) > 0.999
+    for ours, theirs in prefill_logits(llm, model):
+        assert torch.cosine_similarity(ours, theirs, dim=0) > 0.999
     outputs = llm.generate(prompts(), SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True),
                            use_tqdm=False)
     assert [len(o["token_ids"]) for o in outputs] == [MAX_TOKENS] * len(PROMPT_LENS)
