@@ -27,7 +27,8 @@ def _init_worker(device: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _device = torch.device(device)
     if _device.type == "cuda":
-        torch.cuda.set_device(_device)
+        # set_device refuses a bare "cuda" (torch 2.11); the pool is made for one device, 0 if unnamed.
+        torch.cuda.set_device(_device.index or 0)
 
 
 def precompile(kernel: str, problem: Problem, config: dict) -> str | None:

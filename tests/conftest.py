@@ -3,6 +3,7 @@
 TRITON_INTERPRET must be set before any @triton.jit function is defined, so it is set here,
 before the test modules import the kernels.
 """
+import importlib.util
 import os
 import uuid
 
@@ -14,6 +15,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# What opening an unreachable PostgreSQL URL must say: without the driver (the GPU image has none) that is
+# said instead of a connection failure.
+PG_UNREACHABLE = ("cannot use the database" if importlib.util.find_spec("psycopg2")
+                  else "database driver missing")
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from autotune.device import FAKE_GPUS_ENV
 from autotune.table import load_table
 from db.models import ExportedTable, Measurement, Run
 from db.storage import resolve_url
+from tests.conftest import PG_UNREACHABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--shapes", "96x64", "--m", "1,4", "--dtype", "float16", "--trials", "5"]
@@ -115,7 +116,7 @@ def _digest(path: Path) -> str:
     (["tune", "--gpu", "h100", "--shapes", "96x64", "--workers", "3"], "--workers 3: only 1 GPU(s) visible"),
     (["tune", "--gpu", "h100", "--shapes", "96x64", "--trials", "0"], "--trials 0: expected >= 1"),
     (["tune", "--gpu", "h100", "--shapes", "96x64", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
-     "cannot use the database"),
+     PG_UNREACHABLE),
     (["show", "--table", "{corrupt}"], "not valid JSON"),
     (["show", "--gpu", "h100", "--storage", "sqlite:///{absent}"], "no database file"),
     (["export-table", "--gpu", "l4"], "no finished tuning results"),

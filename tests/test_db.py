@@ -7,6 +7,7 @@ from sqlalchemy import create_engine, inspect, text
 from db.models import SCHEMA_VERSION
 from db.queries import best_results
 from db.storage import Recorder, RunKey, StorageError, open_engine, optuna_storage
+from tests.conftest import PG_UNREACHABLE
 
 GPU = dict(name="NVIDIA H100 80GB HBM3", short_name="h100", sm_count=132, memory_bytes=80 << 30, driver="550",
            torch="2.11", triton="3.6.0")
@@ -57,7 +58,7 @@ def test_not_a_database_and_bad_urls_are_one_clear_error(tmp_path):
     assert junk.read_bytes() == b"this is not sqlite" * 100
     with pytest.raises(StorageError, match="not a valid database URL"):
         open_engine("not a url")
-    with pytest.raises(StorageError, match="cannot use the database"):
+    with pytest.raises(StorageError, match=PG_UNREACHABLE):
         open_engine("postgresql://nobody@127.0.0.1:1/none")
     with pytest.raises(StorageError, match="no database file"):
         open_engine(f"sqlite:///{tmp_path / 'absent.db'}", create=False)
