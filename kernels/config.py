@@ -11,6 +11,7 @@ _POW2_FIELDS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")
 _MIN_BLOCK = 16
 _MAX_BLOCK = 512
 _WARPS = (1, 2, 4, 8, 16)
+_MAX_TMA_BOX = 256
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class Config:
     # 1: the sum of squares is accumulated inside the GEMM's K loop (one launch);
     # 0: a row-statistics prologue kernel computes it (and h) and the K loop is a plain GEMM.
     SUMSQ_IN_LOOP: int = 0
+    # The K loop's loads: 0 pointer loads (any GPU); TMA descriptors (sm_90+, kernels/tma_gemm.py) with
+    # 1 a program per output tile or 2 a persistent program per SM walking the tiles.
+    TMA: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -41,8 +45,11 @@ class Config:
         return cls(**d)
 
     def smem_bytes(self, elem_bytes: int) -> int:
-        """Shared memory of the software pipeline: num_stages copies of the A and B tiles."""
-        return max(self.num_stages, 1) * (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * elem_bytes
+        """Shared memory of the software pipeline: num_stages copies of the A and B tiles, and with TMA the
+        output tile staged for its store (in two halves from BLOCK_N = 256)."""
+        pipeline = max(self.num_stages, 1) * (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * elem_bytes
+        staging = self.BLOCK_M * self.BLOCK_N * elem_bytes // (2 if self.BLOCK_N >= 256 else 1) if self.TMA else 0
+        return pipeline + staging
 
     def validate(self, K: int | None = None, elem_bytes: int = 2, smem_limit: int | None = None) -> None:
         """Raise ValueError naming the first impossible field; K and smem_limit enable the shape and device checks."""
@@ -67,6 +74,14 @@ class Config:
             raise ValueError(f"Config.SPLIT_K={self.SPLIT_K}: expected >= 1")
         if self.SUMSQ_IN_LOOP not in (0, 1):
             raise ValueError(f"Config.SUMSQ_IN_LOOP={self.SUMSQ_IN_LOOP}: expected 0 or 1")
+        if self.TMA not in (0, 1, 2):
+            raise ValueError(f"Config.TMA={self.TMA}: expected 0 (pointer loads), 1 or 2 (TMA descriptors)")
+        if self.TMA and (self.SPLIT_K != 1 or self.SUMSQ_IN_LOOP):
+            raise ValueError(f"Config.TMA={self.TMA}: the TMA main loop needs SPLIT_K=1 and SUMSQ_IN_LOOP=0, "
+                             f"got SPLIT_K={self.SPLIT_K}, SUMSQ_IN_LOOP={self.SUMSQ_IN_LOOP}")
+        if self.TMA and max(self.BLOCK_M, self.BLOCK_N, self.BLOCK_K) > _MAX_TMA_BOX:
+            raise ValueError(f"Config.TMA={self.TMA}: a TMA tile is at most {_MAX_TMA_BOX} wide, got "
+                             f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}")
         if K is not None:
             k_blocks = -(-K // self.BLOCK_K)
             if self.SPLIT_K > k_blocks:
@@ -78,7 +93,8 @@ class Config:
             if need > smem_limit:
                 raise ValueError(
                     f"Config.num_stages/BLOCK_*: needs ~{need} bytes of shared memory "
-                    f"(num_stages={self.num_stages} x (BLOCK_M+BLOCK_N) x BLOCK_K x {elem_bytes} B), "
+                    f"(num_stages={self.num_stages} x (BLOCK_M+BLOCK_N) x BLOCK_K x {elem_bytes} B"
+                    f"{', plus the output tile TMA stores through' if self.TMA else ''}), "
                     f"the device allows {smem_limit}")
 
 
@@ -90,13 +106,19 @@ def device_smem_limit(device: torch.device) -> int | None:
     return getattr(props, "shared_memory_per_block_optin", None) or props.shared_memory_per_block
 
 
+def device_has_tma(device: torch.device) -> bool:
+    """sm_90+ (Hopper and later); Triton's interpreter also runs TMA descriptors, so the CPU counts."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int = 2) -> Config:
     """A config that is never a bad choice, for when no tuned table covers the shape.
 
     Chosen from a sweep on an H200 (scripts/calibrate_default.py, docs/PERF_NOTES.md). Decode shapes
     (M <= 64) are weight-read bound: one row block, long contiguous K tiles, deep pipelining, and the
     row statistics from the prologue kernel so the K loop stays a plain, pipelined GEMM. Larger M is
-    compute bound: big tiles and 8 warps.
+    compute bound: big tiles on the persistent TMA main loop where the GPU has TMA (sm_90+) and rows are
+    16-byte aligned (scripts/exp_tma.py measured it 8-15% faster than pointer loads there).
     """
     if M <= 16:
         cfg = Config(16, 64, 256, num_warps=4, num_stages=4) if N <= 8192 else Config(16, 128, 128, num_stages=3)
@@ -109,6 +131,9 @@ def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int
         while tiles * split < _sm_count(device) and split * 2 <= max(1, -(-K // cfg.BLOCK_K) // 8):
             split *= 2
         cfg = dataclasses.replace(cfg, SPLIT_K=split)
+    elif device.type == "cuda" and device_has_tma(device) and (K * elem_bytes) % 16 == 0 and (N * elem_bytes) % 16 == 0:
+        cfg = (Config(128, 128, 64, num_warps=4, num_stages=4, TMA=2) if M <= 256 else
+               Config(128, 256, 64, num_warps=8, num_stages=4, TMA=2))
     elif M <= 256:
         cfg = Config(128, 128 if N <= 8192 else 256, 64, num_warps=8, num_stages=4)
     else:

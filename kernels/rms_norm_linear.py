@@ -12,6 +12,7 @@ workspace, and a small second kernel reduces them, scales and adds the bias.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 
 import torch
@@ -19,7 +20,9 @@ import triton
 import triton.language as tl
 
 from kernels.checks import check_inputs
-from kernels.config import Config, default_config, device_smem_limit
+from kernels.config import Config, default_config, device_has_tma, device_smem_limit
+from kernels.tiles import grouped_tile
+from kernels.tma_gemm import launch_tma_gemm, tma_ready
 from kernels.reference import baseline_rms_norm_linear, fold_norm_weight, reference_rms_norm_linear
 
 __all__ = ["Config", "fused_rms_norm_linear", "fold_norm_weight", "reference_rms_norm_linear",
@@ -37,16 +40,8 @@ def _rms_norm_linear_kernel(
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares."""
-    pid = tl.program_id(0)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     pid_k = tl.program_id(1)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    # Grouped ordering: GROUP_M row blocks share each weight tile while it is still in L2.
-    group = GROUP_M * num_pid_n
-    first_m = (pid // group) * GROUP_M
-    group_m = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % group_m
-    pid_n = (pid % group) // group_m
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -172,6 +167,26 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
+def _tma_problem(x2: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                 norm_weight: torch.Tensor | None) -> str | None:
+    """Why the TMA main loop cannot take these inputs, or None."""
+    if not device_has_tma(x2.device):
+        return f"{x2.device} is sm_{''.join(map(str, torch.cuda.get_device_capability(x2.device)))}; TMA needs sm_90+"
+    if norm_weight is not None:
+        return "norm_weight must be folded into the weight (fold_norm_weight) for TMA"
+    K, N, size = weight.shape[1], weight.shape[0], weight.element_size()
+    if (K * size) % 16 or (N * size) % 16:
+        return f"K={K}, N={N}: rows of h and out must be multiples of 16 bytes for TMA"
+    # With a residual the GEMM reads h, which the prologue writes contiguous; without one it reads x itself.
+    if not tma_ready(weight, *([x2] if residual is None else [])):
+        return "x and weight need unit-stride, 16-byte aligned rows for TMA"
+    return None
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -195,11 +210,18 @@ def fused_rms_norm_linear(
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
-    if config is None:
+    chosen = config is None
+    if chosen:
         config = default_config(M, N, K, x.device, x.element_size())
     elif not isinstance(config, Config):
         raise TypeError(f"config: expected a kernels.Config or None, got {type(config).__name__}")
     config.validate(K=K, elem_bytes=x.element_size(), smem_limit=device_smem_limit(x.device))
+    if config.TMA:
+        problem = _tma_problem(x2, residual, weight, norm_weight)
+        if problem and chosen:
+            config = dataclasses.replace(config, TMA=0)  # the default's choice; pointer loads take any layout
+        elif problem:
+            raise ValueError(f"config: TMA={config.TMA} cannot run here: {problem}")
 
     # The per-column vectors are indexed with unit stride in the kernel; copies only when strided.
     bias = bias.contiguous() if bias is not None else None
@@ -225,6 +247,9 @@ def fused_rms_norm_linear(
                 HAS_RESIDUAL=residual is not None, WIDE=wide, BLOCK_R=1, BLOCK_K=row_k,
                 num_warps=8 if row_k >= 4096 else 4)
             a = h if residual is not None else x2
+        if config.TMA:
+            launch_tma_gemm(a, weight, out, ss, bias, eps, config, _sm_count(x.device))
+            return (out.reshape(*lead, N), h.reshape(*lead, K)) if residual is not None else out.reshape(*lead, N)
         grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
         _rms_norm_linear_kernel[grid](
             a, r2, weight, norm_weight if norm_weight is not None else x2, bias if bias is not None else x2,

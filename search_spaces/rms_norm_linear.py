@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from kernels.config import Config, default_config
+from kernels.config import Config, default_config, device_has_tma
 from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
 
@@ -32,6 +32,11 @@ _PREFILL_MIN_M = 1024
 
 def _pow2_ceil(v: int) -> int:
     return 1 << (v - 1).bit_length()
+
+
+def _tuning_device_has_tma() -> bool:
+    """The tuner times on the current device; without CUDA the interpreter runs TMA descriptors too."""
+    return not torch.cuda.is_available() or device_has_tma(torch.device("cuda", torch.cuda.current_device()))
 
 
 class RmsNormLinearSpace(SearchSpace):
@@ -57,6 +62,8 @@ class RmsNormLinearSpace(SearchSpace):
             "SPLIT_K": split_k,
             # Sum of squares inside the K loop (one launch) or from a row-statistics prologue kernel.
             "SUMSQ_IN_LOOP": [0, 1],
+            # Pointer loads, or TMA descriptors with a program per tile or persistent programs (sm_90+).
+            "TMA": [0, 1, 2],
         }
 
     def violation(self, config: Config, problem: Problem, smem_limit: int | None) -> str | None:
@@ -64,6 +71,11 @@ class RmsNormLinearSpace(SearchSpace):
             config.validate(K=problem.K, elem_bytes=problem.elem_bytes, smem_limit=smem_limit)
         except ValueError as e:
             return str(e)
+        if config.TMA:
+            if (problem.K * problem.elem_bytes) % 16 or (problem.N * problem.elem_bytes) % 16:
+                return f"TMA={config.TMA}: K={problem.K} and N={problem.N} rows must be multiples of 16 bytes"
+            if not _tuning_device_has_tma():
+                return f"TMA={config.TMA}: this GPU has no TMA (needs sm_90+)"
         per_thread = config.BLOCK_M * config.BLOCK_N // (32 * config.num_warps)
         if not _MIN_ACC_PER_THREAD <= per_thread <= _MAX_ACC_PER_THREAD:
             return (f"num_warps={config.num_warps}: {per_thread} accumulator elements per thread for a "
@@ -86,8 +98,10 @@ class RmsNormLinearSpace(SearchSpace):
             picks = [Config(128, 128, 64, 8, 3, 8, 1), Config(128, 256, 64, 8, 3, 8, 1),
                      Config(256, 128, 64, 8, 3, 8, 1), Config(128, 128, 32, 4, 4, 8, 1),
                      Config(64, 128, 64, 4, 4, 8, 1)]
-        # The other source of the sum of squares, for the two most likely tiles.
-        return [default, *picks, *(dataclasses.replace(c, SUMSQ_IN_LOOP=1 - c.SUMSQ_IN_LOOP) for c in picks[:2])]
+        # The other source of the sum of squares and the TMA main loop, for the two most likely tiles.
+        others = [dataclasses.replace(c, SUMSQ_IN_LOOP=1 - c.SUMSQ_IN_LOOP) for c in picks[:2]]
+        others += [dataclasses.replace(c, SPLIT_K=1, TMA=1 if M <= _DECODE_MAX_M else 2) for c in picks[:2]]
+        return [default, *picks, *others]
 
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
         # Generated where they are used: filling a lm_head weight on the CPU would take longer than tuning it.

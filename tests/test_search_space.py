@@ -38,6 +38,18 @@ def test_constraints_drop_impossible_configs_with_reasons():
     assert "num_warps" in SPACE.violation(Config(BLOCK_M=16, BLOCK_N=32, num_warps=8), p, None)
 
 
+def test_tma_configs_need_aligned_rows_a_tma_gpu_and_a_plain_k_loop(monkeypatch):
+    import search_spaces.rms_norm_linear as space_module
+    tma = Config(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, TMA=2)
+    assert SPACE.violation(tma, Problem(16, 4096, 12288), H100_SMEM) is None
+    assert "multiples of 16 bytes" in SPACE.violation(tma, Problem(16, 4096, 12289), H100_SMEM)
+    assert "SPLIT_K=1" in SPACE.violation(Config(BLOCK_K=128, SPLIT_K=2, TMA=1), Problem(16, 4096, 64), None)
+    monkeypatch.setattr(space_module, "_tuning_device_has_tma", lambda: False)
+    assert "no TMA" in SPACE.violation(tma, Problem(16, 4096, 12288), H100_SMEM)
+    feasible = SPACE.feasible(Problem(4096, 4096, 12288), H100_SMEM)
+    assert feasible and not any(c.TMA for c in feasible)
+
+
 def test_feasible_configs_all_validate():
     p = Problem(8, 4096, 12288)
     feasible = SPACE.feasible(p, H100_SMEM)
