@@ -61,12 +61,14 @@ def test_gains_are_folded_once_and_tied_embeddings_untouched(checkpoint):
 
 def test_hot_path_only_indexes_the_configs_resolved_at_load(checkpoint, tmp_path, monkeypatch):
     path, _ = checkpoint
-    small = write(table([entry(64, 256, {4: SMALL, 32: INTERPRETER_CONFIG})]), tmp_path / "t.json")
+    qkv = entry(64, 256, {4: SMALL, 32: INTERPRETER_CONFIG, 128: INTERPRETER_CONFIG})
+    qkv["buckets"][2]["speedup"] = 0.9  # the tuner found the separate path faster from M = 33 on
+    small = write(table([qkv]), tmp_path / "t.json")
     llm = engine(path, tuning_table=small, max_num_batched_tokens=40)
     configs = llm.model_runner.model.model.layers[1].self_attn.qkv_proj.norm_configs
     assert isinstance(configs, list) and len(configs) == 512 + 1  # max(max_num_batched_tokens, max_num_seqs, 512)
-    assert configs[1] == configs[4] == SMALL and configs[5] == configs[32] == configs[64] == INTERPRETER_CONFIG
-    assert configs[tuning.FUSED_MAX_M + 1] is None and configs[512] is None  # cuBLAS is faster there
+    assert configs[1] == configs[4] == SMALL and configs[5] == configs[32] == INTERPRETER_CONFIG
+    assert configs[33] is None and configs[128] is None and configs[512] is None  # cuBLAS is faster there
 
     def fail(*args, **kwargs):
         raise AssertionError("a config was resolved during a forward pass")
@@ -92,7 +94,9 @@ def test_table_covering_part_of_the_model_logs_and_warns_once(tmp_path, caplog):
     assert configs[64, 256][1] == SMALL and configs[64, 256][2] == configs[64, 256][64] == INTERPRETER_CONFIG
     assert configs[64, 128] == [default_config(max(m, 1), 128, 64, torch.device("cpu"), 4) for m in range(65)]
     with pytest.warns(UserWarning, match="no float32 configs"):
-        assert resolve(path, max_m=100)[64, 256][65:] == [None] * 36
+        by_m = resolve(path, max_m=100)
+    # Past the largest bucket the table's config runs where it beat the separate path; the default stops at 64.
+    assert by_m[64, 256][65:] == [INTERPRETER_CONFIG] * 36 and by_m[64, 128][65:] == [None] * 36
 
 
 def test_discovery_order_argument_then_environment_then_shipped_table(tmp_path, monkeypatch):

@@ -6,10 +6,11 @@ Table discovery, first match wins:
 3. tables/<gpu>.json shipped in this repository, <gpu> being the detected card's short name
    (autotune.device.normalize_gpu_name: h100, h200, ...). On a CPU there is no card and no table.
 
-Which M run fused: up to FUSED_MAX_M rows (decode batches), where the fused kernel reads the weight once at
-the copy bandwidth and beats the separate RMSNorm + cuBLAS GEMM (1.0-1.3x on an H200,
-benchmarks/bench_results/throughput_vs_batch_default_v3.csv). Above it (prefill), cuBLAS's GEMM is faster
-than the Triton one (0.7-0.98x, latency_vs_seqlen.csv) and the separate path runs, on the folded weights.
+Which M run fused: with a table, every M whose bucket the tuner measured faster than the separate RMSNorm +
+cuBLAS GEMM (speedup >= 1), prefill included. Without one, up to FUSED_MAX_M rows (decode batches), where
+the default config reads the weight once at the copy bandwidth and beats the separate path (1.0-1.3x on an
+H200, benchmarks/bench_results/throughput_vs_batch_default_v3.csv); above it the default is not measured on
+every card, so the separate path runs, on the folded weights.
 
 The final norm + lm_head stays unfused, decided from the H200 tune of llama-7b (docs/PERF_NOTES.md): the
 fused lm_head site is 1.10x its baseline at M <= 64 (62.6 vs 68.9 us at M=1), about 6 us of a 4.9 ms decode
@@ -90,11 +91,11 @@ def load_checked(path: Path, device: torch.device) -> LookupTable:
 def configs_by_m(table: LookupTable | None, K: int, N: int, dtype: torch.dtype, device: torch.device,
                  max_m: int) -> list[Config | None]:
     """configs[M] for M in 0..max_m: the table's bucket rule, else the default heuristic; None: the separate path."""
-    fused = range(1, min(max_m, FUSED_MAX_M) + 1)
     if table is not None and table.lookup(K, N, 1, dtype) is not None:
-        configs = [table.lookup(K, N, m, dtype) if table.speedup(K, N, m, dtype) >= 1.0 else None for m in fused]
+        configs = [table.lookup(K, N, m, dtype) if table.speedup(K, N, m, dtype) >= 1.0 else None
+                   for m in range(1, max_m + 1)]
     else:
-        configs = [default_config(m, N, K, device, dtype.itemsize) for m in fused]
+        configs = [default_config(m, N, K, device, dtype.itemsize) for m in range(1, min(max_m, FUSED_MAX_M) + 1)]
     # M = 0 never reaches a layer; its entry keeps the list indexable by M.
     return [configs[0]] + configs + [None] * (max_m - len(configs))
 
@@ -114,11 +115,11 @@ def resolve_configs(tuning_table: str | os.PathLike | bool | None, shapes: list[
                 raise ValueError(f"tuning table {path}: its config for K={K}, N={N} cannot run here ({e})") from None
     if table is None:
         logger.info("fused RMSNorm+Linear up to M=%d: no tuning table, heuristic default configs for all %d "
-                    "shapes", FUSED_MAX_M, len(shapes))
+                    "shapes", min(max_m, FUSED_MAX_M), len(shapes))
         return configs
     missing = [(K, N) for K, N in shapes if table.lookup(K, N, 1, dtype) is None]
-    logger.info("fused RMSNorm+Linear up to M=%d: tuning table %s (%s, torch %s, triton %s) covers %d of the "
-                "model's %d %s shapes", FUSED_MAX_M, path, table.gpu, table.torch, table.triton,
+    logger.info("fused RMSNorm+Linear where the table's buckets beat the separate path: tuning table %s (%s, "
+                "torch %s, triton %s) covers %d of the model's %d %s shapes", path, table.gpu, table.torch, table.triton,
                 len(shapes) - len(missing), len(shapes), str(dtype).removeprefix("torch."))
     if missing:
         warnings.warn(f"tuning table {path} has no {str(dtype).removeprefix('torch.')} configs for (K, N) "
