@@ -3,7 +3,8 @@
 Warm starts (heuristic configs, the leaders of the previous M bucket) are moved onto the nearest
 values of the study's axes and enqueued, so TPE starts from known-good configs. The grid sampler is
 the feasible grid itself, enqueued in a seeded shuffle. A sampled config equal to an earlier trial's
-is recognised before it is compiled or timed.
+is recognised before it is compiled or timed. A trial failed because its worker died (its heartbeat stopped)
+was never timed, so, like a pruned one, it neither blocks its config nor fills a grid point.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import random
 import optuna
 from optuna.trial import TrialState
 
+from autotune.heartbeat import failed_by_heartbeat
 from kernels.config import Config
 from search_spaces.base import Problem, SearchSpace
 
@@ -32,8 +34,9 @@ def enqueue_grid(study: optuna.Study, axes: dict[str, list[int]], feasible: list
     """Feasible points not yet in the study, up to the budget, in a seeded shuffle (a smaller budget or
     a timeout then samples the grid fairly; a rerun with a larger budget continues the same order)."""
     trials = study.get_trials(deepcopy=False)
-    # Pruned points (interrupted before timing) go back into the queue.
-    seen = {tuple(sorted(t.params.items())) for t in trials if t.state not in (TrialState.PRUNED, TrialState.WAITING)}
+    # Pruned points (interrupted before timing) and those of dead workers go back into the queue.
+    seen = {tuple(sorted(t.params.items())) for t in trials
+            if t.state not in (TrialState.PRUNED, TrialState.WAITING) and not failed_by_heartbeat(t)}
     seen |= {tuple(sorted(t.system_attrs.get("fixed_params", {}).items()))
              for t in trials if t.state == TrialState.WAITING}
     points = [{k: c.to_dict()[k] for k in axes} for c in feasible]
@@ -48,7 +51,7 @@ def duplicate_of(config: Config, trials: list[optuna.trial.FrozenTrial], number:
     asked (enqueued trials carry their params from the start), and the later of two duplicates yields."""
     params = config.to_dict()
     for t in trials:
-        if t.number >= number or t.state in (TrialState.PRUNED, TrialState.WAITING):
+        if t.number >= number or t.state in (TrialState.PRUNED, TrialState.WAITING) or failed_by_heartbeat(t):
             continue
         given = t.params or t.system_attrs.get("fixed_params", {})
         if given and all(params.get(k) == v for k, v in given.items()):

@@ -3,9 +3,10 @@
 Design choices (see docs for the numbers):
 - A study is one M bucket of one (K, N). Pruning the axes by M keeps each study's space small,
   and the winners of the previous bucket warm-start the next (passed in as `warm_start`).
-- `trials` is the study's budget of finished trials (complete or failed), so a rerun resumes an
-  interrupted study where it stopped and a finished study is not tuned again. Infeasible and
-  duplicate samples are pruned before anything compiles and do not count.
+- `trials` is the study's budget of finished trials (complete, or failed by their config), so a rerun
+  resumes an interrupted study where it stopped and a finished study is not tuned again. Infeasible and
+  duplicate samples are pruned before anything compiles and do not count; nor do trials left running by a
+  killed process (pruned on SQLite, failed by their stopped heartbeat on PostgreSQL: `heartbeat.py`).
 - Trials are asked ahead (TPE's constant liar keeps pending trials apart) and handed to the
   compile pool; the GPU times them in order as their binaries become ready.
 - The best `retime_top` configs are then timed again head to head, interleaved with the baseline
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,6 +29,7 @@ from optuna.trial import TrialState
 from autotune.compile_pool import CompilePool
 from autotune.device import GpuInfo
 from autotune.enqueue import duplicate_of, enqueue_grid, enqueue_warm_starts
+from autotune.heartbeat import Heartbeat, fail_stale_trials, failed_by_heartbeat, reclaim_orphans
 from autotune.interrupt import DeferredInterrupt
 from autotune.objective import Evaluator, Result
 from autotune.timer import Timer, Timing
@@ -35,7 +38,11 @@ from kernels.config import Config, device_smem_limit
 from search_spaces.base import Problem, SearchSpace
 
 SAMPLERS = ("tpe", "random", "grid")
-_COUNTED = (TrialState.COMPLETE, TrialState.FAIL)
+
+
+def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
+    """Timed, or failed by its config; not pruned, running, or failed because its worker died."""
+    return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and not failed_by_heartbeat(t))
 
 
 def study_name(kernel: str, gpu: str, problem: Problem) -> str:
@@ -121,12 +128,11 @@ class Tuner:
             # Resumed, or shared with a concurrent worker (PostgreSQL): only the creator enqueues warm starts.
             study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
             created = False
-            if self.storage.url.startswith("sqlite"):
-                _prune_orphans(study)
+            reclaim_orphans(study, self.storage.url)
         feasible = self.space.feasible(problem, device_smem_limit(self.device))
         budget = min(s.trials, len(feasible))
         finished = self.recorder.finished_best(name)
-        done = len(study.get_trials(deepcopy=False, states=_COUNTED))
+        done = sum(map(counts_against_budget, study.get_trials(deepcopy=False)))
         if self.progress:
             self.progress.study_started(name, max(0, budget - done))
         if finished is not None and done >= budget:
@@ -164,12 +170,12 @@ class Tuner:
         pending: deque = deque()  # (trial, config, compile future), asked ahead of timing
         recorded = None  # the result of pending[0], stored in our tables but maybe not yet told to Optuna
         try:
-            with DeferredInterrupt() as interrupt:
+            with DeferredInterrupt() as interrupt, Heartbeat(self.storage) as heartbeat:
                 while True:
                     while len(pending) < s.prefetch and asks_left > 0 and time.monotonic() < deadline:
                         interrupt.check()
                         asks_left -= 1
-                        asked = self._ask(study, evaluator, axes, budget)
+                        asked = self._ask(study, evaluator, axes, budget, heartbeat)
                         if asked is None:
                             break
                         if asked[1] is not None:
@@ -183,6 +189,7 @@ class Tuner:
                     self._record(run_id, "search", trial.number, result)
                     recorded = result
                     _tell(study, trial, result)
+                    heartbeat.discard(trial._trial_id)
                     pending.popleft()
                     recorded = None
                     if self.progress:
@@ -197,15 +204,20 @@ class Tuner:
                 _tell(study, trial, None)
             raise
 
-    def _ask(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]],
-             budget: int) -> tuple[optuna.Trial, Config | None] | None:
+    def _ask(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
+             heartbeat: Heartbeat) -> tuple[optuna.Trial, Config | None] | None:
         """The next trial and its config (None when pruned as infeasible or duplicate); None once the budget is met."""
+        fail_stale_trials(study)  # a dead worker's trials must not hold budget another worker could fill
         trials = study.get_trials(deepcopy=False)
         # Other workers' running trials count too: together they fill the budget once.
-        if sum(t.state in _COUNTED or t.state == TrialState.RUNNING for t in trials) >= budget:
+        if sum(counts_against_budget(t) or t.state == TrialState.RUNNING for t in trials) >= budget:
             return None
-        trial = study.ask()
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats only work inside optimize(); `heartbeat` drives them for ask and tell.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask()
         try:
+            heartbeat.add(trial._trial_id)
             config = self.space.to_config({k: trial.suggest_categorical(k, v) for k, v in axes.items()})
             reason = self.space.violation(config, evaluator.problem, evaluator.smem_limit)
             reason = reason or duplicate_of(config, study.get_trials(deepcopy=False), trial.number)
@@ -216,6 +228,7 @@ class Tuner:
             return trial, config
         trial.set_user_attr("pruned", reason)
         _tell(study, trial, None)
+        heartbeat.discard(trial._trial_id)
         return trial, None
 
     def _retime(self, study: optuna.Study, evaluator: Evaluator, run_id: int) -> list[tuple[Result, int]]:
@@ -245,14 +258,6 @@ class Tuner:
             run_id, phase=phase, trial_number=trial_number, config=r.config.to_dict(), correct=r.correct,
             error=r.error, median_us=t.median_us if t else None, spread_us=t.spread_us if t else None,
             repeats=len(t.samples_us) if t else None, tflops=r.tflops, gbps=r.gbps, speedup=r.speedup)
-
-
-def _prune_orphans(study: optuna.Study) -> None:
-    """Trials left RUNNING by a killed process (SQLite has one writer per study, so none is live) are pruned:
-    otherwise they would count against the budget on every rerun."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "pruned", "left running by a killed process")
-        study.tell(t.number, state=TrialState.PRUNED)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: Result | None) -> None:

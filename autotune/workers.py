@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from autotune.compile_pool import CompilePool
 from autotune.device import detect_gpu, fake_gpu_count
+from autotune.heartbeat import tuning_storage
 from autotune.objective import Result
 from autotune.timer import CudaEventTimer, Timer
 from autotune.tuner import Progress, StudyOutcome, Tuner, TuneSettings
-from db.storage import Recorder, open_engine, optuna_storage
+from db.storage import Recorder, open_engine
 from search_spaces import Problem, get_space
 
 
@@ -64,7 +65,7 @@ def run_job(job: Job, progress: Progress | None = None, timer: Timer | None = No
         torch.cuda.set_device(device)
     gpu = detect_gpu(job.device_index)
     space = get_space(job.kernel)
-    tuner_args = (space, optuna_storage(job.storage_url), Recorder(open_engine(job.storage_url)), gpu, device,
+    tuner_args = (space, tuning_storage(job.storage_url), Recorder(open_engine(job.storage_url)), gpu, device,
                   timer or _timer())
     outcomes: list[StudyOutcome] = []
     with CompilePool(job.compile_processes, device) as pool:

@@ -130,14 +130,15 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
             conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK_KEY})
 
 
-def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's storage on the same database; its tables are created under the same lock as ours."""
+def optuna_storage(url: str, **options) -> optuna.storages.RDBStorage:
+    """Optuna's storage on the same database; its tables are created under the same lock as ours.
+    `options` go to RDBStorage (the tuner's heartbeat settings: `autotune.heartbeat.tuning_storage`)."""
     url = resolve_url(url)
     try:
         lock_engine = create_engine(url, poolclass=NullPool)
         try:
             with _schema_lock(lock_engine):
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **options)
         finally:
             lock_engine.dispose()
     except (ArgumentError, OperationalError, DatabaseError, RuntimeError) as e:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from autotune.compile_pool import CompilePool
+from autotune.heartbeat import tuning_storage
 from autotune.objective import Evaluator
 from autotune.table import build_table
 from autotune.testing import FakeTimer, fake_gpu
@@ -18,7 +19,7 @@ from autotune.timer import Timing
 from autotune.tuner import Tuner, TuneSettings, study_name
 from db.models import Measurement, Run
 from db.queries import best_results, search_history
-from db.storage import Recorder, open_engine, optuna_storage
+from db.storage import Recorder, open_engine
 from kernels.config import Config, device_smem_limit
 from search_spaces import Problem, get_space
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
@@ -72,7 +73,7 @@ def db(tmp_path):
 
 def make_tuner(db, space=SPACE, timer=None, **settings) -> Tuner:
     url, engine = db
-    return Tuner(space, optuna_storage(url), Recorder(engine), fake_gpu(), DEVICE, timer or FakeTimer(),
+    return Tuner(space, tuning_storage(url), Recorder(engine), fake_gpu(), DEVICE, timer or FakeTimer(),
                  CompilePool(0, DEVICE), TuneSettings(**settings))
 
 
