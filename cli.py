@@ -147,7 +147,7 @@ def list_shapes() -> None:
 
 def _short(c: Config) -> str:
     return (f"{c.BLOCK_M}x{c.BLOCK_N}x{c.BLOCK_K} w{c.num_warps} s{c.num_stages} g{c.GROUP_M} sk{c.SPLIT_K} "
-            f"ssq{c.SUMSQ_IN_LOOP}")
+            f"ssq{c.SUMSQ_IN_LOOP} tma{c.TMA}")
 
 
 def _short_dict(d: dict) -> str:

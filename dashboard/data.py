@@ -141,7 +141,7 @@ def _exported(engine: Engine, gpu: str | None) -> pd.DataFrame:
 
 def short_config(c: dict) -> str:
     return (f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']} w{c['num_warps']} s{c['num_stages']} g{c['GROUP_M']} "
-            f"sk{c['SPLIT_K']} ssq{c.get('SUMSQ_IN_LOOP', 0)}")
+            f"sk{c['SPLIT_K']} ssq{c.get('SUMSQ_IN_LOOP', 0)} tma{c.get('TMA', 0)}")
 
 
 def shape_label(kernel: str, dtype: str, K: int, N: int) -> str:
