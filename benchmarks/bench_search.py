@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autotune.compile_pool import CompilePool  # noqa: E402
+from benchmarks.common import copy_bandwidth_gbps  # noqa: E402
 from autotune.device import detect_gpu  # noqa: E402
 from autotune.objective import Evaluator  # noqa: E402
 from autotune.table import load_table  # noqa: E402
@@ -103,13 +104,6 @@ def search_part(problem: Problem, gpu, args, device: torch.device, timer) -> tup
         summary[f"{sampler}_gap_median_pct"] = round(100 * sorted(finals)[len(finals) // 2], 2)
         summary[f"{sampler}_within_3pct"] = f"{sum(f <= 0.03 for f in finals)}/{len(finals)}"
     return rows, summary
-
-
-def copy_gbps(timer: CudaEventTimer) -> float:
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    t = timer.measure(Workload(Problem(1, 1, 1), None, lambda i: dst.copy_(src), 1), 20)
-    return 2 * src.numel() / (t.median_us * 1e-6) / 1e9
 
 
 def compare_part(args, timer: CudaEventTimer, copy_bw: float) -> list[dict]:
@@ -189,7 +183,7 @@ def main() -> None:
     pd.DataFrame(curves).to_csv(RESULTS / "search_curves.csv", index=False)
 
     timer = CudaEventTimer()
-    copy_bw = copy_gbps(timer)
+    copy_bw = copy_bandwidth_gbps()
     print(f"copy bandwidth {copy_bw:.0f} GB/s (read + write)", flush=True)
     compare = pd.DataFrame(compare_part(args, timer, copy_bw))
     compare.to_csv(RESULTS / "compare.csv", index=False)
