@@ -14,8 +14,9 @@ from pathlib import Path
 import click
 
 from autotune.device import check_gpu_arg, detect_gpu, gpu_count
+from autotune.samplers import SAMPLERS
 from autotune.table import build_table, load_table, write_table
-from autotune.tuner import SAMPLERS, TuneSettings
+from autotune.tuner import TuneSettings
 from autotune.workers import make_jobs, run_workers
 from dashboard.command import dashboard_command
 from db.queries import best_results

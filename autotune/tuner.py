@@ -32,13 +32,11 @@ from autotune.enqueue import duplicate_of, enqueue_grid, enqueue_warm_starts
 from autotune.heartbeat import Heartbeat, fail_stale_trials, failed_by_heartbeat, reclaim_orphans
 from autotune.interrupt import DeferredInterrupt
 from autotune.objective import Evaluator, Result
+from autotune.samplers import SAMPLERS, make_sampler
 from autotune.timer import Timer, Timing
 from db.storage import Recorder, RunKey
 from kernels.config import Config, device_smem_limit
 from search_spaces.base import Problem, SearchSpace
-
-SAMPLERS = ("tpe", "random", "grid")
-
 
 def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
     """Timed, or failed by its config; not pruned, running, or failed because its worker died."""
@@ -47,17 +45,6 @@ def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
 
 def study_name(kernel: str, gpu: str, problem: Problem) -> str:
     return f"{kernel}|{gpu}|{problem.dtype}|M={problem.M}|K={problem.K}|N={problem.N}"
-
-
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=6)
-    if name in ("random", "grid"):
-        # The grid is enqueued as fixed trials (only its feasible points); the sampler is never consulted.
-        # Optuna's GridSampler would also walk the infeasible points, and it calls Study.stop() when
-        # exhausted, which ask-and-tell does not allow.
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"--sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
 
 
 @dataclass(frozen=True)
