@@ -49,11 +49,11 @@ def enqueue_grid(study: optuna.Study, axes: dict[str, list[int]], feasible: list
 def duplicate_of(config: Config, trials: list[optuna.trial.FrozenTrial], number: int) -> str | None:
     """The earlier trial with the same config, if any; a concurrent worker's trial counts as soon as it is
     asked (enqueued trials carry their params from the start), and the later of two duplicates yields."""
-    params = config.to_dict()
     for t in trials:
         if t.number >= number or t.state in (TrialState.PRUNED, TrialState.WAITING) or failed_by_heartbeat(t):
             continue
         given = t.params or t.system_attrs.get("fixed_params", {})
-        if given and all(params.get(k) == v for k, v in given.items()):
+        # A trial stored before an axis existed lacks it: it ran that axis's default, not every value of it.
+        if given and Config(**{**Config().to_dict(), **given}) == config:
             return f"duplicate of trial {t.number}"
     return None

@@ -88,13 +88,21 @@ class LookupTable:
         bucket = self._bucket(K, N, M, dtype, kernel)
         return bucket[2] if bucket else None
 
+    def largest_bucket(self, K: int, N: int, dtype: torch.dtype | str, kernel: str = "rms_norm_linear") -> int | None:
+        """The largest tuned M of (K, N, dtype); None when it is untuned."""
+        buckets = self.entries.get((kernel, K, N, _dtype_name(dtype)))
+        return buckets[-1][0] if buckets else None
+
     def _bucket(self, K: int, N: int, M: int, dtype: torch.dtype | str, kernel: str):
-        name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
-        buckets = self.entries.get((kernel, K, N, name))
+        buckets = self.entries.get((kernel, K, N, _dtype_name(dtype)))
         if not buckets:
             return None
         i = bisect_left([b[0] for b in buckets], M)
         return buckets[min(i, len(buckets) - 1)]
+
+
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    return dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
 
 
 def parse_table(data: object, source: str = "table") -> LookupTable:

@@ -30,12 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autotune.compile_pool import CompilePool  # noqa: E402
-from benchmarks.common import copy_bandwidth_gbps  # noqa: E402
 from autotune.device import detect_gpu  # noqa: E402
 from autotune.objective import Evaluator  # noqa: E402
 from autotune.table import load_table  # noqa: E402
 from autotune.timer import CudaEventTimer, Timing, Workload  # noqa: E402
 from autotune.tuner import Tuner, TuneSettings  # noqa: E402
+from benchmarks.common import copy_bandwidth_gbps  # noqa: E402
 from db.storage import Recorder, open_engine  # noqa: E402
 from kernels.config import Config, default_config  # noqa: E402
 from kernels.reference import baseline_rms_norm_linear  # noqa: E402

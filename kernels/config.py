@@ -12,6 +12,8 @@ _MIN_BLOCK = 16
 _MAX_BLOCK = 512
 _WARPS = (1, 2, 4, 8, 16)
 _MAX_TMA_BOX = 256
+# The TMA pipeline's mbarriers and the like: compiled kernels for sm_90 ran 16-1,064 bytes over the tiles.
+_TMA_BARRIER_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,17 @@ class Config:
 
     def smem_bytes(self, elem_bytes: int) -> int:
         """Shared memory of the software pipeline: num_stages copies of the A and B tiles, and with TMA the
-        output tile staged for its store (in two halves from BLOCK_N = 256)."""
+        output tile staged for its store (in two halves from BLOCK_N = 256) and the pipeline's barriers."""
         pipeline = max(self.num_stages, 1) * (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * elem_bytes
-        staging = self.BLOCK_M * self.BLOCK_N * elem_bytes // (2 if self.BLOCK_N >= 256 else 1) if self.TMA else 0
-        return pipeline + staging
+        if not self.TMA:
+            return pipeline
+        halves = self.BLOCK_N >= 256
+        staging = self.BLOCK_M * self.BLOCK_N * elem_bytes // (2 if halves else 1)
+        if halves and self.num_warps * 16 > self.BLOCK_M:
+            # Warps split along N: splitting the fp32 accumulator into halves goes through shared memory
+            # (64x256 with 8 warps compiled to 32 KiB over the rest for sm_90, triton 3.6).
+            staging += self.BLOCK_M * self.BLOCK_N * 4 // 2
+        return pipeline + staging + _TMA_BARRIER_BYTES
 
     def validate(self, K: int | None = None, elem_bytes: int = 2, smem_limit: int | None = None) -> None:
         """Raise ValueError naming the first impossible field; K and smem_limit enable the shape and device checks."""
@@ -107,18 +116,20 @@ def device_smem_limit(device: torch.device) -> int | None:
 
 
 def device_has_tma(device: torch.device) -> bool:
-    """sm_90+ (Hopper and later); Triton's interpreter also runs TMA descriptors, so the CPU counts."""
-    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
+    """NVIDIA sm_90+ (Hopper and later); Triton's interpreter also runs TMA descriptors, so the CPU counts."""
+    if device.type != "cuda":
+        return True
+    return torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int = 2) -> Config:
+def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int = 2, tma: bool = True) -> Config:
     """A config that is never a bad choice, for when no tuned table covers the shape.
 
     Chosen from a sweep on an H200 (scripts/calibrate_default.py, docs/PERF_NOTES.md). Decode shapes
     (M <= 64) are weight-read bound: one row block, long contiguous K tiles, deep pipelining, and the
     row statistics from the prologue kernel so the K loop stays a plain, pipelined GEMM. Larger M is
     compute bound: big tiles on the persistent TMA main loop where the GPU has TMA (sm_90+) and rows are
-    16-byte aligned (scripts/exp_tma.py measured it 8-15% faster than pointer loads there).
+    16-byte aligned (scripts/exp_tma.py measured it 8-15% faster than pointer loads there), unless tma=False.
     """
     if M <= 16:
         cfg = Config(16, 64, 256, num_warps=4, num_stages=4) if N <= 8192 else Config(16, 128, 128, num_stages=3)
@@ -128,10 +139,11 @@ def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int
         # split K until there are at least as many programs as SMs.
         tiles = -(-M // cfg.BLOCK_M) * -(-N // cfg.BLOCK_N)
         split = 1
-        while tiles * split < _sm_count(device) and split * 2 <= max(1, -(-K // cfg.BLOCK_K) // 8):
+        while tiles * split < sm_count(device) and split * 2 <= max(1, -(-K // cfg.BLOCK_K) // 8):
             split *= 2
         cfg = dataclasses.replace(cfg, SPLIT_K=split)
-    elif device.type == "cuda" and device_has_tma(device) and (K * elem_bytes) % 16 == 0 and (N * elem_bytes) % 16 == 0:
+    elif tma and device.type == "cuda" and device_has_tma(device) and (K * elem_bytes) % 16 == 0 \
+            and (N * elem_bytes) % 16 == 0:
         cfg = (Config(128, 128, 64, num_warps=4, num_stages=4, TMA=2) if M <= 256 else
                Config(128, 256, 64, num_warps=8, num_stages=4, TMA=2))
     elif M <= 256:
@@ -161,7 +173,7 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 132  # an H100/H200, so the interpreter runs what a GPU would

@@ -12,7 +12,6 @@ workspace, and a small second kernel reduces them, scales and adds the bias.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 
 import torch
@@ -20,7 +19,7 @@ import triton
 import triton.language as tl
 
 from kernels.checks import check_inputs
-from kernels.config import Config, default_config, device_has_tma, device_smem_limit
+from kernels.config import Config, default_config, device_has_tma, device_smem_limit, sm_count
 from kernels.tiles import grouped_tile
 from kernels.tma_gemm import launch_tma_gemm, tma_ready
 from kernels.reference import baseline_rms_norm_linear, fold_norm_weight, reference_rms_norm_linear
@@ -183,10 +182,6 @@ def _tma_problem(x2: torch.Tensor, residual: torch.Tensor | None, weight: torch.
     return None
 
 
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-
-
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -218,8 +213,8 @@ def fused_rms_norm_linear(
     config.validate(K=K, elem_bytes=x.element_size(), smem_limit=device_smem_limit(x.device))
     if config.TMA:
         problem = _tma_problem(x2, residual, weight, norm_weight)
-        if problem and chosen:
-            config = dataclasses.replace(config, TMA=0)  # the default's choice; pointer loads take any layout
+        if problem and chosen:  # the default's choice, from the shape alone: pointer loads take any layout
+            config = default_config(M, N, K, x.device, x.element_size(), tma=False)
         elif problem:
             raise ValueError(f"config: TMA={config.TMA} cannot run here: {problem}")
 
@@ -248,7 +243,7 @@ def fused_rms_norm_linear(
                 num_warps=8 if row_k >= 4096 else 4)
             a = h if residual is not None else x2
         if config.TMA:
-            launch_tma_gemm(a, weight, out, ss, bias, eps, config, _sm_count(x.device))
+            launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(x.device))
             return (out.reshape(*lead, N), h.reshape(*lead, K)) if residual is not None else out.reshape(*lead, N)
         grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
         _rms_norm_linear_kernel[grid](

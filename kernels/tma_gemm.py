@@ -21,10 +21,13 @@ _TMA_ALIGN = 16  # bytes: TMA needs 16-byte aligned base addresses and row strid
 
 
 @triton.jit
-def _tma_gemm_kernel(a_desc, w_desc, o_desc, ss_ptr, b_ptr, M, N, K, eps, num_programs,
+def _tma_gemm_kernel(a_desc, w_desc, o_desc, ss_ptr, b_ptr, M, N, K, eps,
                      HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SUBTILE: tl.constexpr):
     start = tl.program_id(0)
+    # Read from the grid, not passed in: an int argument would be specialized (== 1, % 16), and the compile
+    # pool's small problem would then build another binary than the one the tuner times.
+    num_programs = tl.num_programs(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -76,7 +79,7 @@ def launch_tma_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, ss
     tiles = triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N)
     programs = min(num_sms, tiles) if config.TMA == 2 else tiles
     _tma_gemm_kernel[(programs,)](
-        a_desc, w_desc, o_desc, ss, bias if bias is not None else ss, M, N, K, float(eps), programs,
+        a_desc, w_desc, o_desc, ss, bias if bias is not None else ss, M, N, K, float(eps),
         HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
         BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SUBTILE=subtile, num_warps=config.num_warps,
         num_stages=config.num_stages)

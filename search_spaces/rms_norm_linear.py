@@ -84,7 +84,7 @@ class RmsNormLinearSpace(SearchSpace):
 
     def heuristics(self, problem: Problem, device: torch.device) -> list[Config]:
         M, K, N = problem.M, problem.K, problem.N
-        default = default_config(M, N, K, device)
+        default = default_config(M, N, K, device, problem.elem_bytes)
         if M <= _DECODE_MAX_M:
             bm = min(max(16, _pow2_ceil(M)), 64)
             s = default.SPLIT_K

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autotune.table import LookupTable
-from kernels.config import default_config
+from kernels.config import Config, default_config
 from nanovllm import LLM, SamplingParams
 from nanovllm.engine.sequence import Sequence
 from nanovllm.utils import tuning
@@ -95,8 +95,9 @@ def test_table_covering_part_of_the_model_logs_and_warns_once(tmp_path, caplog):
     assert configs[64, 128] == [default_config(max(m, 1), 128, 64, torch.device("cpu"), 4) for m in range(65)]
     with pytest.warns(UserWarning, match="no float32 configs"):
         by_m = resolve(path, max_m=100)
-    # Past the largest bucket the table's config runs where it beat the separate path; the default stops at 64.
-    assert by_m[64, 256][65:] == [INTERPRETER_CONFIG] * 36 and by_m[64, 128][65:] == [None] * 36
+    # Past the largest tuned bucket (16) and decode sizes (64) nothing was measured: the separate path.
+    assert by_m[64, 256][64] == INTERPRETER_CONFIG and by_m[64, 256][65:] == [None] * 36
+    assert by_m[64, 128][65:] == [None] * 36
 
 
 def test_discovery_order_argument_then_environment_then_shipped_table(tmp_path, monkeypatch):
@@ -187,3 +188,13 @@ def test_bfloat16_fused_tracks_unfused_on_gpu(checkpoint):
         outputs = llm.generate(prompts(), GREEDY, use_tqdm=False)
         assert [len(o["token_ids"]) for o in outputs] == [16] * 3
     assert torch.cosine_similarity(logits[0], logits[1], dim=-1).min() > 0.999
+
+
+def test_tma_configs_fall_back_to_the_default_on_a_gpu_without_tma(tmp_path, monkeypatch):
+    tma = Config(16, 32, 64, num_stages=2, TMA=2)
+    path = write(table([entry(64, 256, {1: SMALL, 16: tma}), entry(64, 128, {1: SMALL})]), tmp_path / "t.json")
+    monkeypatch.setattr(tuning, "device_has_tma", lambda device: False)
+    with pytest.warns(UserWarning, match=r"TMA configs for K=64, N=256 need an sm_90\+ GPU"):
+        configs = resolve(path)
+    assert configs[64, 256][1] == SMALL
+    assert configs[64, 256][2:17] == [default_config(m, 256, 64, torch.device("cpu"), 4) for m in range(2, 17)]

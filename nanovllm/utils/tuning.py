@@ -7,7 +7,9 @@ Table discovery, first match wins:
    (autotune.device.normalize_gpu_name: h100, h200, ...). On a CPU there is no card and no table.
 
 Which M run fused: with a table, every M whose bucket the tuner measured faster than the separate RMSNorm +
-cuBLAS GEMM (speedup >= 1), prefill included. Without one, up to FUSED_MAX_M rows (decode batches), where
+cuBLAS GEMM (speedup >= 1), prefill included, up to the shape's largest tuned bucket or FUSED_MAX_M, whichever
+is larger: past that nothing was measured (a decode-only table's split-K config would need a workspace of
+M x N floats per split at prefill sizes), so the separate path runs. Without one, up to FUSED_MAX_M rows (decode batches), where
 the default config reads the weight once at the copy bandwidth and beats the separate path (1.0-1.3x on an
 H200, benchmarks/bench_results/throughput_vs_batch_default_v3.csv); above it the default is not measured on
 every card, so the separate path runs, on the folded weights.
@@ -36,7 +38,7 @@ import triton
 
 from autotune.device import normalize_gpu_name
 from autotune.table import LookupTable, load_table
-from kernels.config import Config, default_config, device_smem_limit
+from kernels.config import Config, default_config, device_has_tma, device_smem_limit
 
 TUNING_TABLE_ENV = "NANOVLLM_TUNING_TABLE"
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
@@ -91,9 +93,16 @@ def load_checked(path: Path, device: torch.device) -> LookupTable:
 def configs_by_m(table: LookupTable | None, K: int, N: int, dtype: torch.dtype, device: torch.device,
                  max_m: int) -> list[Config | None]:
     """configs[M] for M in 0..max_m: the table's bucket rule, else the default heuristic; None: the separate path."""
-    if table is not None and table.lookup(K, N, 1, dtype) is not None:
-        configs = [table.lookup(K, N, m, dtype) if table.speedup(K, N, m, dtype) >= 1.0 else None
+    largest = table.largest_bucket(K, N, dtype) if table is not None else None
+    if largest is not None:
+        limit = max(largest, FUSED_MAX_M)
+        configs = [table.lookup(K, N, m, dtype) if m <= limit and table.speedup(K, N, m, dtype) >= 1.0 else None
                    for m in range(1, max_m + 1)]
+        if not device_has_tma(device) and any(c is not None and c.TMA for c in configs):
+            warnings.warn(f"tuning table: its TMA configs for K={K}, N={N} need an sm_90+ GPU; this one runs the "
+                          "heuristic default configs there", stacklevel=3)
+            configs = [default_config(m, N, K, device, dtype.itemsize) if c is not None and c.TMA else c
+                       for m, c in enumerate(configs, start=1)]
     else:
         configs = [default_config(m, N, K, device, dtype.itemsize) for m in range(1, min(max_m, FUSED_MAX_M) + 1)]
     # M = 0 never reaches a layer; its entry keeps the list indexable by M.
