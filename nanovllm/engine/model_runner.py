@@ -109,18 +109,24 @@ class ModelRunner:
             seq.num_scheduled_tokens = seq_len
         self.run(seqs, is_prefill=True)
 
-    def _tensor(self, data, dtype: torch.dtype) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(data), dtype=dtype)
+    def _upload(self, dtype: torch.dtype, *arrays) -> list[torch.Tensor]:
+        """The arrays on the device, through one host-to-device copy: a step's metadata is a handful of short
+        arrays, and each separate copy costs a pinned allocation and a copy launch while the GPU waits."""
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        host = [np.asarray(a, dtype=np_dtype) for a in arrays]
+        flat = torch.from_numpy(np.concatenate([a.ravel() for a in host]))
         if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t
+            flat = flat.pin_memory().to(self.device, non_blocking=True)
+        sizes = [a.size for a in host]
+        return [part.view(a.shape) for part, a in zip(flat.split(sizes), host)]
 
-    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
+    @staticmethod
+    def _block_tables(seqs: list[Sequence]) -> np.ndarray:
         width = max(len(seq.block_table) for seq in seqs)
         tables = np.full((len(seqs), width), -1, dtype=np.int32)
         for i, seq in enumerate(seqs):
             tables[i, :len(seq.block_table)] = seq.block_table
-        return self._tensor(tables, torch.int32)
+        return tables
 
     def _prepare_prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids, positions, slots, cu_seqlens_q, seq_lens, logits_indices = [], [], [], [0], [], []
@@ -134,19 +140,23 @@ class ModelRunner:
             seq_lens.append(end)
             if end == len(seq):
                 logits_indices.append(cu_seqlens_q[-1] - 1)
-        set_context(is_prefill=True, cu_seqlens_q=self._tensor(cu_seqlens_q, torch.int32),
-                    seq_lens=self._tensor(seq_lens, torch.int32),
-                    slot_mapping=self._tensor(np.concatenate(slots), torch.int64),
-                    block_tables=self._block_tables(seqs), logits_indices=self._tensor(logits_indices, torch.int64))
-        return self._tensor(input_ids, torch.int64), self._tensor(np.concatenate(positions), torch.int64)
+        cu_seqlens_q, seq_lens, block_tables = self._upload(torch.int32, cu_seqlens_q, seq_lens,
+                                                            self._block_tables(seqs))
+        input_ids, positions, slot_mapping, logits_indices = self._upload(
+            torch.int64, input_ids, np.concatenate(positions), np.concatenate(slots), logits_indices)
+        set_context(is_prefill=True, cu_seqlens_q=cu_seqlens_q, seq_lens=seq_lens, slot_mapping=slot_mapping,
+                    block_tables=block_tables, logits_indices=logits_indices)
+        return input_ids, positions
 
     def _prepare_decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
         positions = [len(seq) - 1 for seq in seqs]
         slots = [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
                  for seq, p in zip(seqs, positions)]
-        set_context(is_prefill=False, seq_lens=self._tensor([len(seq) for seq in seqs], torch.int32),
-                    slot_mapping=self._tensor(slots, torch.int64), block_tables=self._block_tables(seqs))
-        return self._tensor([seq.last_token for seq in seqs], torch.int64), self._tensor(positions, torch.int64)
+        seq_lens, block_tables = self._upload(torch.int32, [len(seq) for seq in seqs], self._block_tables(seqs))
+        input_ids, positions, slot_mapping = self._upload(torch.int64, [seq.last_token for seq in seqs], positions,
+                                                          slots)
+        set_context(is_prefill=False, seq_lens=seq_lens, slot_mapping=slot_mapping, block_tables=block_tables)
+        return input_ids, positions
 
     def _prepare_sample(self, seqs: list[Sequence]):
         for seq in seqs:
@@ -154,10 +164,9 @@ class ModelRunner:
                 seq.generator = torch.Generator(self.device).manual_seed(seq.sampling_params.seed)
         generators = [seq.generator for seq in seqs]
         params = [seq.sampling_params for seq in seqs]
-        return (self._tensor([p.temperature for p in params], torch.float32),
-                self._tensor([p.top_k for p in params], torch.int64),
-                self._tensor([p.top_p for p in params], torch.float32),
-                generators if any(g is not None for g in generators) else None)
+        temperatures, top_ps = self._upload(torch.float32, [p.temperature for p in params], [p.top_p for p in params])
+        (top_ks,) = self._upload(torch.int64, [p.top_k for p in params])
+        return temperatures, top_ks, top_ps, generators if any(g is not None for g in generators) else None
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int | None]:
