@@ -23,7 +23,7 @@ from db.queries import best_results
 from db.storage import DEFAULT_URL, Recorder, StorageError, open_engine, optuna_storage
 from kernels.config import Config
 from search_spaces import DTYPES, Problem, get_space
-from search_spaces.shapes import PRESETS, parse_m_buckets, parse_shapes, sites_from_config
+from search_spaces.shapes import PRESETS, SITE_KERNELS, parse_m_buckets, parse_shapes, sites_from_config
 
 _storage_option = click.option("--storage", default=DEFAULT_URL, show_default=True,
                                help="SQLAlchemy URL: sqlite:///file.db or postgresql://user@host/db")
@@ -35,7 +35,7 @@ def _fail(e: Exception) -> click.ClickException:
 
 @click.group()
 def main() -> None:
-    """Autotune fused RMSNorm+Linear kernels per GPU and problem shape."""
+    """Autotune the fused RMSNorm+Linear kernel (and its norm-free GEMM, --kernel linear) per GPU and shape."""
 
 
 @main.command()
@@ -43,7 +43,8 @@ def main() -> None:
 @click.option("--shapes", required=True, help="preset, config.json path or NxK, comma-separated")
 @click.option("--m", "m_spec", default=None, help="M buckets, comma-separated [default: 1,2,4,...,16384]")
 @click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(sorted(DTYPES)))
-@click.option("--kernel", default="rms_norm_linear", show_default=True)
+@click.option("--kernel", default="rms_norm_linear", show_default=True,
+              help="rms_norm_linear (the fused sites) or linear (the plain o_proj and down_proj GEMMs)")
 @click.option("--trials", default=TuneSettings.trials, show_default=True, type=int,
               help="finished trials per study (a rerun resumes up to this)")
 @click.option("--timeout", default=None, type=float, help="seconds per study [default: none]")
@@ -56,7 +57,7 @@ def tune(gpu_name: str, shapes: str, m_spec: str | None, dtype: str, kernel: str
     try:
         gpu_name = check_gpu_arg(gpu_name)
         get_space(kernel)
-        sites = parse_shapes(shapes)
+        sites = parse_shapes(shapes, kernel)
         buckets = parse_m_buckets(m_spec)
         settings = TuneSettings(sampler=sampler, trials=trials, timeout_s=timeout)
         if workers < 1:
@@ -140,10 +141,10 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
 
 @main.command("list-shapes")
 def list_shapes() -> None:
-    """Print the shape presets: the (K, N) of each RMSNorm+Linear site."""
+    """Print the shape presets: NxK of each RMSNorm+Linear site, and of each plain linear (--kernel linear)."""
     for name, cfg in PRESETS.items():
-        sites = ", ".join(f"{s.name} {s.N}x{s.K}" for s in sites_from_config(cfg, name))
-        click.echo(f"{name:12s} {sites}")
+        sites = {k: ", ".join(f"{s.name} {s.N}x{s.K}" for s in sites_from_config(cfg, name, k)) for k in SITE_KERNELS}
+        click.echo(f"{name:12s} {sites['rms_norm_linear']}; linear: {sites['linear']}")
 
 
 def _short(c: Config) -> str:

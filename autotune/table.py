@@ -19,6 +19,9 @@ Format (JSON, format_version 1):
              ...]}]}
     }
 
+"kernels" holds one list per tuned kernel: "rms_norm_linear" (the fused sites) and "linear" (its norm-free GEMM,
+o_proj and down_proj); export writes every kernel the database has results for.
+
 Bucket rule: a problem with M rows uses the smallest tuned bucket >= M, else the largest bucket.
 A table is only valid for the software it names: configs tuned under one Triton can lose under another.
 """
@@ -134,7 +137,7 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
                 need(isinstance(b["M"], int) and b["M"] >= 1, f"{where}: bucket M {b['M']!r}, expected an int >= 1")
                 try:
                     config = Config.from_dict(b["config"])
-                    config.validate(K=e["K"])
+                    config.validate(K=e["K"], norm=kernel != "linear")  # the norm-free GEMM has no SUMSQ_IN_LOOP
                 except (ValueError, TypeError, AttributeError, OverflowError) as err:
                     raise ValueError(f"{source}: {where} M={b['M']}: bad config ({err})") from None
                 need(isinstance(b["speedup"], (int, float)) and b["speedup"] > 0,

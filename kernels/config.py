@@ -1,4 +1,5 @@
-"""The tunable launch parameters of the fused RMSNorm+Linear kernel, their validation and the default heuristic."""
+"""The tunable launch parameters of the fused RMSNorm+Linear kernel (and of its norm-free GEMM, kernels/linear.py),
+their validation and the default heuristic."""
 from __future__ import annotations
 
 import dataclasses
@@ -60,8 +61,10 @@ class Config:
             staging += self.BLOCK_M * self.BLOCK_N * 4 // 2
         return pipeline + staging + _TMA_BARRIER_BYTES
 
-    def validate(self, K: int | None = None, elem_bytes: int = 2, smem_limit: int | None = None) -> None:
-        """Raise ValueError naming the first impossible field; K and smem_limit enable the shape and device checks."""
+    def validate(self, K: int | None = None, elem_bytes: int = 2, smem_limit: int | None = None,
+                 norm: bool = True) -> None:
+        """Raise ValueError naming the first impossible field; K and smem_limit enable the shape and device checks;
+        norm=False checks a config of the norm-free GEMM (kernels/linear.py)."""
         for f in dataclasses.fields(self):
             if not _is_int(getattr(self, f.name)):
                 raise ValueError(f"Config.{f.name}={getattr(self, f.name)!r}: expected an int")
@@ -83,6 +86,9 @@ class Config:
             raise ValueError(f"Config.SPLIT_K={self.SPLIT_K}: expected >= 1")
         if self.SUMSQ_IN_LOOP not in (0, 1):
             raise ValueError(f"Config.SUMSQ_IN_LOOP={self.SUMSQ_IN_LOOP}: expected 0 or 1")
+        if not norm and self.SUMSQ_IN_LOOP:
+            raise ValueError(f"Config.SUMSQ_IN_LOOP={self.SUMSQ_IN_LOOP}: the plain linear kernel has no norm and "
+                             "no sum of squares; expected 0")
         if self.TMA not in (0, 1, 2):
             raise ValueError(f"Config.TMA={self.TMA}: expected 0 (pointer loads), 1 or 2 (TMA descriptors)")
         if self.TMA and (self.SPLIT_K != 1 or self.SUMSQ_IN_LOOP):

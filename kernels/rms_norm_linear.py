@@ -8,6 +8,8 @@ epilogue, before the bias. Where the fp32 sum of squares comes from is a tunable
   feeds a reduction, so this is often the faster of the two (docs/PERF_NOTES.md has the figures).
 With SPLIT_K > 1 each split writes its partial product (and partial sum of squares) to an fp32
 workspace, and a small second kernel reduces them, scales and adds the bias.
+HAS_NORM=False (kernels/linear.py) compiles the same kernels as a plain tuned GEMM, x @ W.T + b: no row
+statistics, no 1/RMS scale. `_launch` is the launch code both wrappers share.
 """
 from __future__ import annotations
 
@@ -33,12 +35,13 @@ def _rms_norm_linear_kernel(
     M, N, K, eps,
     stride_xm, stride_xk, stride_rm, stride_rk, stride_wn, stride_wk,
     stride_om, stride_hm,
-    HAS_RESIDUAL: tl.constexpr, HAS_NORM_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_NORM_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, IEEE: tl.constexpr, SUMSQ_IN_LOOP: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
-    """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares."""
+    """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares.
+    HAS_NORM=False (then SUMSQ_IN_LOOP=0): a plain GEMM, ss_ptr unused."""
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     pid_k = tl.program_id(1)
 
@@ -90,11 +93,14 @@ def _rms_norm_linear_kernel(
         else:
             acc = tl.dot(a, b, acc)
 
-    if not SUMSQ_IN_LOOP:
-        sumsq = tl.load(ss_ptr + offs_m, mask=mask_m, other=0.0)
+    # Constexpr branches: with HAS_NORM=True the kernel compiles to exactly what it was before the flag.
+    if HAS_NORM:
+        if not SUMSQ_IN_LOOP:
+            sumsq = tl.load(ss_ptr + offs_m, mask=mask_m, other=0.0)
     if SPLIT_K == 1:
-        rstd = 1.0 / tl.sqrt(sumsq / K + eps)
-        acc = acc * rstd[:, None]
+        if HAS_NORM:
+            rstd = 1.0 / tl.sqrt(sumsq / K + eps)
+            acc = acc * rstd[:, None]
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
@@ -132,7 +138,7 @@ def _row_stats_kernel(x_ptr, r_ptr, h_ptr, ss_ptr, M, K, stride_xm, stride_xk, s
 @triton.jit
 def _split_k_reduce_kernel(
     ws_ptr, ss_ptr, b_ptr, out_ptr, M, N, K, eps, stride_om,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, SS_PARTS: tl.constexpr, WIDE: tl.constexpr,
+    HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, SS_PARTS: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -146,9 +152,10 @@ def _split_k_reduce_kernel(
     sumsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for s in tl.static_range(SPLIT_K):
         acc += tl.load(ws_ptr + (s * M + offs_m[:, None]) * N + offs_n[None, :], mask=mask, other=0.0)
-    for s in tl.static_range(SS_PARTS):
-        sumsq += tl.load(ss_ptr + s * M + offs_m, mask=mask_m, other=0.0)
-    acc = acc * (1.0 / tl.sqrt(sumsq / K + eps))[:, None]
+    if HAS_NORM:
+        for s in tl.static_range(SS_PARTS):
+            sumsq += tl.load(ss_ptr + s * M + offs_m, mask=mask_m, other=0.0)
+        acc = acc * (1.0 / tl.sqrt(sumsq / K + eps))[:, None]
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -200,41 +207,51 @@ def fused_rms_norm_linear(
     check_inputs(x, weight, bias, norm_weight, residual, interpreting=_interpreting())
     if not eps > 0:
         raise ValueError(f"eps: expected a positive float, got {eps!r}")
-    K = x.shape[-1]
+    K, N, lead = x.shape[-1], weight.shape[0], x.shape[:-1]
+    out, h = _launch(x.reshape(-1, K), weight, bias, config, eps=eps, norm_weight=norm_weight,
+                     residual=residual.reshape(-1, K) if residual is not None else None)
+    out = out.reshape(*lead, N)
+    return (out, h.reshape(*lead, K)) if residual is not None else out
+
+
+def _launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: Config | None, *,
+            eps: float = 1e-6, norm_weight: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+            has_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The launch code of both wrappers (inputs already checked, 2-D): picks or validates the config, allocates,
+    launches. Returns (out, h); h is out itself without a residual. has_norm=False: x2 @ weight.T + bias."""
+    M, K = x2.shape
     N = weight.shape[0]
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, K)
-    M = x2.shape[0]
     chosen = config is None
     if chosen:
-        config = default_config(M, N, K, x.device, x.element_size())
+        config = default_config(M, N, K, x2.device, x2.element_size())
     elif not isinstance(config, Config):
         raise TypeError(f"config: expected a kernels.Config or None, got {type(config).__name__}")
-    config.validate(K=K, elem_bytes=x.element_size(), smem_limit=device_smem_limit(x.device))
+    config.validate(K=K, elem_bytes=x2.element_size(), smem_limit=device_smem_limit(x2.device), norm=has_norm)
     if config.TMA:
         problem = _tma_problem(x2, residual, weight, norm_weight)
         if problem and chosen:  # the default's choice, from the shape alone: pointer loads take any layout
-            config = default_config(M, N, K, x.device, x.element_size(), tma=False)
+            config = default_config(M, N, K, x2.device, x2.element_size(), tma=False)
         elif problem:
             raise ValueError(f"config: TMA={config.TMA} cannot run here: {problem}")
 
     # The per-column vectors are indexed with unit stride in the kernel; copies only when strided.
     bias = bias.contiguous() if bias is not None else None
     norm_weight = norm_weight.contiguous() if norm_weight is not None else None
-    out = _empty((M, N), x, x.dtype)
-    r2 = residual.reshape(-1, K) if residual is not None else x2
-    h = _empty((M, K), x, x.dtype) if residual is not None else out
+    out = _empty((M, N), x2, x2.dtype)
+    r2 = residual if residual is not None else x2
+    h = _empty((M, K), x2, x2.dtype) if residual is not None else out
     if M == 0:
-        return (out.reshape(*lead, N), h.reshape(*lead, K)) if residual is not None else out.reshape(*lead, N)
+        return out, h
     split, in_loop = config.SPLIT_K, bool(config.SUMSQ_IN_LOOP)
-    ws = _empty((split, M, N), x, torch.float32) if split > 1 else out
-    ss = _empty((split if in_loop else 1, M), x, torch.float32) if split > 1 or not in_loop else out
+    ws = _empty((split, M, N), x2, torch.float32) if split > 1 else out
+    # Without the norm there are no row statistics: `out` only fills the unused pointer argument.
+    ss = _empty((split if in_loop else 1, M), x2, torch.float32) if has_norm and (split > 1 or not in_loop) else out
     # Triton indexes in int32; past 2**31 elements (a 151936-wide lm_head at M=16384) it must use int64.
     wide = max(*(_max_offset(t) for t in (x2, r2, weight, out, h)), split * M * N) >= _INT32_LIMIT
     # Triton launches on the current device, which need not be x's.
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
         a = x2
-        if not in_loop:
+        if has_norm and not in_loop:
             # One row per program, in one chunk up to K = 8192: at decode sizes this kernel is pure latency.
             row_k = min(8192, triton.next_power_of_2(K))
             _row_stats_kernel[(M,)](
@@ -243,25 +260,25 @@ def fused_rms_norm_linear(
                 num_warps=8 if row_k >= 4096 else 4)
             a = h if residual is not None else x2
         if config.TMA:
-            launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(x.device))
-            return (out.reshape(*lead, N), h.reshape(*lead, K)) if residual is not None else out.reshape(*lead, N)
+            launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(x2.device), has_norm=has_norm)
+            return out, h
         grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
         _rms_norm_linear_kernel[grid](
             a, r2, weight, norm_weight if norm_weight is not None else x2, bias if bias is not None else x2,
             out, h, ws, ss, M, N, K, float(eps),
             a.stride(0), a.stride(1), r2.stride(0), r2.stride(1), weight.stride(0), weight.stride(1),
             out.stride(0), h.stride(0),
-            HAS_RESIDUAL=residual is not None, HAS_NORM_WEIGHT=norm_weight is not None, HAS_BIAS=bias is not None,
-            EVEN_K=K % config.BLOCK_K == 0, IEEE=x.dtype == torch.float32, SUMSQ_IN_LOOP=in_loop, WIDE=wide,
-            BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
-            GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps, num_stages=config.num_stages,
+            HAS_NORM=has_norm, HAS_RESIDUAL=residual is not None, HAS_NORM_WEIGHT=norm_weight is not None,
+            HAS_BIAS=bias is not None, EVEN_K=K % config.BLOCK_K == 0, IEEE=x2.dtype == torch.float32,
+            SUMSQ_IN_LOOP=in_loop, WIDE=wide, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
+            BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps,
+            num_stages=config.num_stages,
         )
         if split > 1:
             rb_m, rb_n = 16, 128
             _split_k_reduce_kernel[(triton.cdiv(M, rb_m), triton.cdiv(N, rb_n))](
                 ws, ss, bias if bias is not None else ws, out, M, N, K, float(eps), out.stride(0),
-                HAS_BIAS=bias is not None, SPLIT_K=split, SS_PARTS=split if in_loop else 1, WIDE=wide,
-                BLOCK_M=rb_m, BLOCK_N=rb_n, num_warps=4,
+                HAS_NORM=has_norm, HAS_BIAS=bias is not None, SPLIT_K=split, SS_PARTS=split if in_loop else 1,
+                WIDE=wide, BLOCK_M=rb_m, BLOCK_N=rb_n, num_warps=4,
             )
-    out = out.reshape(*lead, N)
-    return (out, h.reshape(*lead, K)) if residual is not None else out
+    return out, h

@@ -1,7 +1,8 @@
 """The Hopper main loop of the fused RMSNorm+Linear (Config.TMA = 1 or 2): tiles loaded through TMA descriptors.
 
 It computes what the pointer kernel computes with SUMSQ_IN_LOOP=0 and SPLIT_K=1: a plain GEMM over h (x,
-or x + residual from the row-statistics prologue), each row scaled by 1/RMS in the epilogue, then the bias.
+or x + residual from the row-statistics prologue), each row scaled by 1/RMS in the epilogue (unless
+HAS_NORM=False: the plain linear of kernels/linear.py), then the bias.
 TMA copies whole tiles into shared memory without the threads computing addresses, and a persistent
 grid (TMA=2: one program per SM walking the tiles) starts the next tile's loads under this tile's
 epilogue. On an H200 this took llama-7b prefill from 0.86-0.92x of cuBLAS to 0.98-1.02x
@@ -22,8 +23,8 @@ _TMA_ALIGN = 16  # bytes: TMA needs 16-byte aligned base addresses and row strid
 
 @triton.jit
 def _tma_gemm_kernel(a_desc, w_desc, o_desc, ss_ptr, b_ptr, M, N, K, eps,
-                     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SUBTILE: tl.constexpr):
+                     HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SUBTILE: tl.constexpr):
     start = tl.program_id(0)
     # Read from the grid, not passed in: an int argument would be specialized (== 1, % 16), and the compile
     # pool's small problem would then build another binary than the one the tuner times.
@@ -47,9 +48,10 @@ def _tma_gemm_kernel(a_desc, w_desc, o_desc, ss_ptr, b_ptr, M, N, K, eps,
                 acc = tl.dot(a, w.T, acc)
         tile_e += num_programs
         pid_m, pid_n = grouped_tile(tile_e, num_pid_m, num_pid_n, GROUP_M)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        sumsq = tl.load(ss_ptr + offs_m, mask=offs_m < M, other=0.0)
-        acc = acc * (1.0 / tl.sqrt(sumsq / K + eps))[:, None]
+        if HAS_NORM:  # constexpr: False is the plain GEMM of kernels/linear.py, ss_ptr unused
+            offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+            sumsq = tl.load(ss_ptr + offs_m, mask=offs_m < M, other=0.0)
+            acc = acc * (1.0 / tl.sqrt(sumsq / K + eps))[:, None]
         if HAS_BIAS:
             offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
             acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
@@ -69,7 +71,9 @@ def tma_ready(*tensors: torch.Tensor) -> bool:
 
 
 def launch_tma_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, ss: torch.Tensor,
-                    bias: torch.Tensor | None, eps: float, config: Config, num_sms: int) -> None:
+                    bias: torch.Tensor | None, eps: float, config: Config, num_sms: int,
+                    has_norm: bool = True) -> None:
+    """out = (a @ weight.T) [* 1/RMS from ss when has_norm] + bias, through TMA descriptors."""
     M, K = a.shape
     N = weight.shape[0]
     subtile = config.BLOCK_N >= 256
@@ -80,6 +84,6 @@ def launch_tma_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, ss
     programs = min(num_sms, tiles) if config.TMA == 2 else tiles
     _tma_gemm_kernel[(programs,)](
         a_desc, w_desc, o_desc, ss, bias if bias is not None else ss, M, N, K, float(eps),
-        HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
-        BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SUBTILE=subtile, num_warps=config.num_warps,
-        num_stages=config.num_stages)
+        HAS_NORM=has_norm, HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32, BLOCK_M=config.BLOCK_M,
+        BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SUBTILE=subtile,
+        num_warps=config.num_warps, num_stages=config.num_stages)

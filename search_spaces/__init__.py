@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from search_spaces.base import DTYPES, Problem, SearchSpace
+from search_spaces.linear import LinearSpace
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
 
 _SPACES: dict[str, SearchSpace] = {}
@@ -18,5 +19,6 @@ def get_space(name: str) -> SearchSpace:
 
 
 register(RmsNormLinearSpace())
+register(LinearSpace())
 
 __all__ = ["DTYPES", "Problem", "SearchSpace", "get_space", "register"]

@@ -41,6 +41,7 @@ def _tuning_device_has_tma() -> bool:
 
 class RmsNormLinearSpace(SearchSpace):
     name = "rms_norm_linear"
+    has_norm = True  # False: the norm-free GEMM (search_spaces/linear.py), whose configs need SUMSQ_IN_LOOP=0
 
     def axes(self, problem: Problem) -> dict[str, list[int]]:
         M, K, N = problem.M, problem.K, problem.N
@@ -68,7 +69,7 @@ class RmsNormLinearSpace(SearchSpace):
 
     def violation(self, config: Config, problem: Problem, smem_limit: int | None) -> str | None:
         try:
-            config.validate(K=problem.K, elem_bytes=problem.elem_bytes, smem_limit=smem_limit)
+            config.validate(K=problem.K, elem_bytes=problem.elem_bytes, smem_limit=smem_limit, norm=self.has_norm)
         except ValueError as e:
             return str(e)
         if config.TMA:

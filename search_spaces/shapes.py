@@ -2,7 +2,9 @@
 
 Every RMSNorm+Linear site of a decoder is one (K, N) with K = hidden_size: the attention
 norm feeding the fused QKV projection, the MLP norm feeding the fused gate/up projection,
-and the final norm feeding lm_head. M (tokens in the batch) is tuned per bucket.
+and the final norm feeding lm_head. The norm-free kernel "linear" has the two plain linears that
+end each block: o_proj (K = heads x head_dim, N = hidden_size) and down_proj (K = intermediate_size,
+N = hidden_size). M (tokens in the batch) is tuned per bucket.
 """
 from __future__ import annotations
 
@@ -33,14 +35,21 @@ _NXK = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 @dataclass(frozen=True)
 class Site:
-    """One RMSNorm+Linear site: weight (N, K)."""
+    """One tuned linear site: weight (N, K)."""
     name: str
     K: int
     N: int
 
 
-def sites_from_config(cfg: dict, source: str = "config") -> list[Site]:
-    """The (K, N) of the QKV, gate/up and lm_head sites of a Hugging Face decoder config."""
+SITE_KERNELS = ("rms_norm_linear", "linear")
+
+
+def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm_linear") -> list[Site]:
+    """The (K, N) of a Hugging Face decoder config's sites of `kernel`: QKV, gate/up and lm_head for the fused
+    kernel, o_proj and down_proj for "linear"."""
+    if kernel not in SITE_KERNELS:
+        raise ValueError(f"kernel {kernel!r}: no model sites known (known: {', '.join(SITE_KERNELS)}); "
+                         "pass --shapes NxK")
     cfg = cfg.get("text_config", cfg)
     need = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
     missing = [k for k in need if not isinstance(cfg.get(k), int)]
@@ -49,26 +58,29 @@ def sites_from_config(cfg: dict, source: str = "config") -> list[Site]:
     hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     kv_heads = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or hidden // heads
+    if kernel == "linear":
+        return [Site("o_proj", heads * head_dim, hidden), Site("down_proj", cfg["intermediate_size"], hidden)]
     return [Site("qkv", hidden, (heads + 2 * kv_heads) * head_dim),
             Site("gate_up", hidden, 2 * cfg["intermediate_size"]),
             Site("lm_head", hidden, cfg["vocab_size"])]
 
 
-def parse_shapes(spec: str) -> list[Site]:
-    """`llama-7b`, a config.json path, `NxK`, or a comma-separated mix; duplicates (K, N) kept once."""
+def parse_shapes(spec: str, kernel: str = "rms_norm_linear") -> list[Site]:
+    """`llama-7b`, a config.json path, `NxK`, or a comma-separated mix; duplicates (K, N) kept once.
+    Presets and config files give `kernel`'s sites (sites_from_config)."""
     if not spec or not spec.strip():
         raise ValueError("--shapes: empty; expected a preset, a config.json path or NxK (e.g. 12288x4096)")
     sites: list[Site] = []
     for item in (s.strip() for s in spec.split(",")):
         if item in PRESETS:
-            sites += sites_from_config(PRESETS[item], item)
+            sites += sites_from_config(PRESETS[item], item, kernel)
         elif (m := _NXK.match(item)) is not None:
             N, K = int(m.group(1)), int(m.group(2))
             if N < 1 or K < 1:
                 raise ValueError(f"--shapes: {item!r} has a zero dimension; expected NxK with N, K >= 1")
             sites.append(Site(f"{N}x{K}", K, N))
         elif item.endswith(".json") or Path(item).is_file():
-            sites += _sites_from_file(Path(item))
+            sites += _sites_from_file(Path(item), kernel)
         else:
             raise ValueError(f"--shapes: {item!r} is not a preset ({', '.join(PRESETS)}), "
                              "an existing config.json path, or NxK (e.g. 12288x4096)")
@@ -78,7 +90,7 @@ def parse_shapes(spec: str) -> list[Site]:
     return list(unique.values())
 
 
-def _sites_from_file(path: Path) -> list[Site]:
+def _sites_from_file(path: Path, kernel: str) -> list[Site]:
     try:
         cfg = json.loads(path.read_text())
     except OSError as e:
@@ -87,7 +99,7 @@ def _sites_from_file(path: Path) -> list[Site]:
         raise ValueError(f"--shapes: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"--shapes: {path} holds a JSON {type(cfg).__name__}; expected a config object")
-    return sites_from_config(cfg, str(path))
+    return sites_from_config(cfg, str(path), kernel)
 
 
 def parse_m_buckets(spec: str | None) -> list[int]:

@@ -101,6 +101,22 @@ def test_tune_show_export_through_the_cli(tmp_path, fake_gpus):
 def test_list_shapes():
     r = CliRunner().invoke(cli.main, ["list-shapes"])
     assert r.exit_code == 0 and "llama-7b" in r.stdout and "qkv 12288x4096" in r.stdout
+    assert "linear: o_proj 4096x4096, down_proj 4096x11008" in r.stdout
+
+
+def test_tune_the_plain_linear_and_export_both_kernels(tmp_path, fake_gpus):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    small = ["--shapes", "96x64", "--m", "1", "--dtype", "float16", "--trials", "3", "--storage", url]
+    runner = CliRunner()
+    for kernel in ("linear", "rms_norm_linear"):
+        r = runner.invoke(cli.main, ["tune", "--gpu", "h100", "--kernel", kernel, *small])
+        assert r.exit_code == 0, r.output
+    out = tmp_path / "h100.json"
+    r = runner.invoke(cli.main, ["export-table", "--out", str(out), "--storage", url])
+    assert r.exit_code == 0 and "2 tuned (shape, M) entries" in r.stdout, r.output
+    table = load_table(out)
+    assert {k for k, *_ in table.entries} == {"linear", "rms_norm_linear"}
+    assert table.lookup(64, 96, 1, torch.float16, "linear").SUMSQ_IN_LOOP == 0
 
 
 def _digest(path: Path) -> str:

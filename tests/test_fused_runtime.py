@@ -11,6 +11,7 @@ from autotune.table import LookupTable
 from kernels.config import Config, default_config
 from nanovllm import LLM, SamplingParams
 from nanovllm.engine.sequence import Sequence
+from nanovllm.layers import linear as linear_layer
 from nanovllm.utils import tuning
 from tests.test_models_hf import DEVICE, engine, hf_greedy, make_checkpoint
 from tests.tuning_tables import INTERPRETER_CONFIG, entry, table, write
@@ -198,3 +199,56 @@ def test_tma_configs_fall_back_to_the_default_on_a_gpu_without_tma(tmp_path, mon
         configs = resolve(path)
     assert configs[64, 256][1] == SMALL
     assert configs[64, 256][2:17] == [default_config(m, 256, 64, torch.device("cpu"), 4) for m in range(2, 17)]
+
+
+# The norm-free GEMM on the tiny model's o_proj and down_proj (both K = 128, N = 64): one program per 64-row tile.
+PLAIN = Config(64, 64, 128, num_warps=4, num_stages=1, GROUP_M=1)
+SMALL_PLAIN = dataclasses.replace(PLAIN, BLOCK_M=16)
+
+
+def plain_table(tmp_path, buckets: dict[int, tuple[Config, float]]) -> str:
+    """The interpreter's fused entries plus "linear" entries for (128, 64): M -> (config, speedup over cuBLAS)."""
+    linear = entry(128, 64, {m: c for m, (c, _) in buckets.items()})
+    for b in linear["buckets"]:
+        b["speedup"] = buckets[b["M"]][1]
+    fused = [entry(64, n, {1: INTERPRETER_CONFIG}) for n in (128, 256, 512)]
+    return write(table(fused, linear=[linear]), tmp_path / "plain.json")
+
+
+def test_plain_linears_run_the_tuned_gemm_and_give_the_same_tokens(checkpoint, tmp_path, monkeypatch):
+    path, model = checkpoint
+    expected = [o["token_ids"] for o in engine(path, fused_norm_linear=False).generate(prompts(), GREEDY,
+                                                                                          use_tqdm=False)]
+    assert expected == [hf_greedy(model, p)[:16] for p in prompts()]
+    calls = []
+    run = linear_layer.tuned_linear
+    monkeypatch.setattr(linear_layer, "tuned_linear", lambda *a, **kw: calls.append(a[0].shape[0]) or run(*a, **kw))
+    llm = engine(path, tuning_table=plain_table(tmp_path, {64: (PLAIN, 1.1)}), max_num_batched_tokens=24)
+    layer = llm.model_runner.model.model.layers[0]
+    assert layer.self_attn.o_proj.linear_configs is layer.mlp.down_proj.linear_configs
+    assert [o["token_ids"] for o in llm.generate(prompts(), GREEDY, use_tqdm=False)] == expected
+    # Chunked prefill (24-row chunks) and decode (3 rows) ran the kernel: 2 sites x 2 layers per step.
+    assert max(calls) == 24 and 3 in calls and len(calls) % 4 == 0
+
+
+def test_plain_linear_configs_follow_the_bucket_rule(checkpoint, tmp_path, caplog):
+    path, _ = checkpoint
+    with caplog.at_level(logging.INFO, logger=tuning.__name__):
+        buckets = {4: (SMALL_PLAIN, 1.2), 16: (PLAIN, 0.9), 32: (PLAIN, 1.1)}
+        llm = engine(path, tuning_table=plain_table(tmp_path, buckets))
+    assert "1 of the model's 1 float32 shapes covered by" in caplog.text
+    configs = llm.model_runner.model.model.layers[1].mlp.down_proj.linear_configs
+    assert configs[0] == configs[1] == configs[4] == SMALL_PLAIN
+    # cuBLAS was faster at M = 5..16; the largest bucket (32) runs up to 64, past which nothing was measured.
+    assert configs[5:17] == [None] * 12 and configs[17:65] == [PLAIN] * 48
+    assert len(configs) > 65 and configs[65:] == [None] * (len(configs) - 65)
+    assert llm.model_runner.model.model.layers[0].self_attn.qkv_proj.linear_configs is None
+    # No "linear" entries, no table, or the unfused runtime: F.linear everywhere.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=tuning.__name__):
+        covered = engine(path).model_runner.model.model.layers[0]
+    assert "0 of the model's 1 float32 shapes covered" in caplog.text
+    assert covered.self_attn.o_proj.linear_configs is None and covered.mlp.down_proj.linear_configs is None
+    assert engine(path, fused_norm_linear=False).model_runner.model.model.layers[0].mlp.down_proj.linear_configs is None
+    assert tuning.resolve_linear_configs((None, None), [(128, 64)], torch.float32, torch.device("cpu"), 8) == {
+        (128, 64): None}

@@ -17,10 +17,12 @@ INTERPRETER_CONFIG = Config(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=4, nu
 
 
 def table(entries: list[dict], gpu: str = "h100", torch_version: str = torch.__version__,
-          triton_version: str = triton.__version__) -> dict:
+          triton_version: str = triton.__version__, linear: list[dict] | None = None) -> dict:
+    """`entries` of the fused kernel; `linear`: entries of the norm-free GEMM (kernel "linear"), if any."""
+    kernels = {"rms_norm_linear": entries, **({"linear": linear} if linear is not None else {})}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "gpu": gpu, "gpu_name": f"NVIDIA {gpu.upper()}",
             "torch": torch_version, "triton": triton_version, "created": "2026-11-27T00:00:00+00:00",
-            "kernels": {"rms_norm_linear": entries}}
+            "kernels": kernels}
 
 
 def entry(K: int, N: int, buckets: dict[int, Config], dtype: str = "float32") -> dict:

@@ -11,7 +11,7 @@ from nanovllm.layers.sampler import Sampler
 from nanovllm.models import MODEL_REGISTRY
 from nanovllm.utils.context import get_context, reset_context, set_context
 from nanovllm.utils.loader import load_model
-from nanovllm.utils.tuning import resolve_configs
+from nanovllm.utils.tuning import open_table, resolve_configs, resolve_linear_configs
 
 # The CPU KV cache takes at most this share of the available RAM.
 CPU_KV_CACHE_RAM_FRACTION = 0.25
@@ -60,9 +60,16 @@ class ModelRunner:
         shapes = sorted({(linear.weight.shape[1], linear.weight.shape[0]) for _, linear in pairs})
         # The most rows one forward pass can have: a prefill step, an eager decode batch or a CUDA-graph batch.
         max_m = max(self.config.max_num_batched_tokens, self.config.max_num_seqs, 512)
-        configs = resolve_configs(self.config.tuning_table, shapes, self.dtype, self.device, max_m)
+        opened = open_table(self.config.tuning_table, self.device)  # read once for both kinds of site
+        configs = resolve_configs(None, shapes, self.dtype, self.device, max_m, opened=opened)
         for norm, linear in pairs:
             fuse_norm_linear(norm, linear, configs[linear.weight.shape[1], linear.weight.shape[0]])
+        # o_proj and down_proj: the norm-free tuned GEMM where the table's "linear" entries say it beat cuBLAS.
+        plain = self.model.plain_linears()
+        shapes = sorted({(linear.weight.shape[1], linear.weight.shape[0]) for linear in plain})
+        linear_configs = resolve_linear_configs(opened, shapes, self.dtype, self.device, max_m)
+        for linear in plain:
+            linear.linear_configs = linear_configs[linear.weight.shape[1], linear.weight.shape[0]]
 
     def _block_bytes(self) -> int:
         attn = self.attention_layers[0]

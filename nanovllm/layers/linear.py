@@ -1,6 +1,11 @@
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kernels.config import Config
+from kernels.linear import linear as tuned_linear
 
 
 class Linear(nn.Module):
@@ -17,12 +22,20 @@ class Linear(nn.Module):
         # Set by fuse_norm_linear once the preceding RMSNorm's gain is folded into the weight: the fused
         # kernel's config for each row count M.
         self.norm_configs = None
+        # Set by ModelRunner on the plain linears (o_proj, down_proj) that a tuning table's "linear" entries cover:
+        # the norm-free tuned GEMM's config for each row count M, None where F.linear (cuBLAS) is faster.
+        self.linear_configs: list[Config | None] | None = None
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         param.data.copy_(loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        # x is (M, K): an O(1) index, resolved at load, so CUDA graphs capture whichever path M takes.
+        config = self.linear_configs[x.shape[0]] if self.linear_configs is not None else None
+        # A CPU without Triton's interpreter cannot run the kernel.
+        if config is None or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            return F.linear(x, self.weight, self.bias)
+        return tuned_linear(x, self.weight, self.bias, config=config)
 
 
 class MergedLinear(Linear):

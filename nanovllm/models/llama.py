@@ -79,6 +79,10 @@ class LlamaDecoderLayer(nn.Module):
         return [(self.input_layernorm, self.self_attn.qkv_proj), (self.post_attention_layernorm,
                                                                    self.mlp.gate_up_proj)]
 
+    def plain_linears(self) -> list[Linear]:
+        """The linears no norm feeds, which may run the norm-free tuned GEMM: o_proj and down_proj."""
+        return [self.self_attn.o_proj, self.mlp.down_proj]
+
     def attention_input(self, hidden_states: torch.Tensor, residual: torch.Tensor | None):
         return norm_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden_states, residual)
 
@@ -137,6 +141,9 @@ class LlamaForCausalLM(nn.Module):
         """Every RMSNorm with the projection it feeds. The final norm stays unfused: it is one norm in 2 x layers + 1,
         and folding it into the LM head would need a second copy of a tied vocabulary matrix."""
         return [pair for layer in self.model.layers for pair in layer.norm_linear_pairs()]
+
+    def plain_linears(self) -> list[Linear]:
+        return [linear for layer in self.model.layers for linear in layer.plain_linears()]
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden_states)

@@ -23,6 +23,9 @@ Bucket rule (the table's, autotune/table.py): a call with M rows runs the config
 bucket >= M, else of the largest bucket; where that bucket's measured speedup is below 1 (the tuner found the
 separate RMSNorm + cuBLAS faster), the separate path runs. Shapes (K, N) that the table lacks run
 kernels.config.default_config.
+The plain linears o_proj and down_proj (resolve_linear_configs) run the norm-free tuned GEMM (kernels/linear.py)
+by the same bucket rule from the table's "linear" entries; a shape those entries lack (or no table) runs F.linear:
+no default config, as nothing measured it against cuBLAS on that card.
 Every M the runtime can run is resolved here into a list indexed by M, so a forward pass (and the CUDA graphs
 captured from it) only indexes a list.
 """
@@ -91,37 +94,53 @@ def load_checked(path: Path, device: torch.device) -> LookupTable:
 
 
 def configs_by_m(table: LookupTable | None, K: int, N: int, dtype: torch.dtype, device: torch.device,
-                 max_m: int) -> list[Config | None]:
-    """configs[M] for M in 0..max_m: the table's bucket rule, else the default heuristic; None: the separate path."""
-    largest = table.largest_bucket(K, N, dtype) if table is not None else None
+                 max_m: int, kernel: str = "rms_norm_linear") -> list[Config | None]:
+    """configs[M] for M in 0..max_m: the table's bucket rule, else the default heuristic; None: the separate path
+    (for kernel "linear", whose callers only ask for shapes the table covers: F.linear)."""
+    largest = table.largest_bucket(K, N, dtype, kernel) if table is not None else None
     if largest is not None:
         limit = max(largest, FUSED_MAX_M)
-        configs = [table.lookup(K, N, m, dtype) if m <= limit and table.speedup(K, N, m, dtype) >= 1.0 else None
-                   for m in range(1, max_m + 1)]
+        configs = [table.lookup(K, N, m, dtype, kernel) if m <= limit and table.speedup(K, N, m, dtype, kernel) >= 1.0
+                   else None for m in range(1, max_m + 1)]
         if not device_has_tma(device) and any(c is not None and c.TMA for c in configs):
-            warnings.warn(f"tuning table: its TMA configs for K={K}, N={N} need an sm_90+ GPU; this one runs the "
-                          "heuristic default configs there", stacklevel=3)
-            configs = [default_config(m, N, K, device, dtype.itemsize) if c is not None and c.TMA else c
-                       for m, c in enumerate(configs, start=1)]
+            # The plain linear's default config was never measured against cuBLAS: F.linear runs instead.
+            fused = kernel == "rms_norm_linear"
+            warnings.warn(f"tuning table: its {kernel} TMA configs for K={K}, N={N} need an sm_90+ GPU; this one runs "
+                          f"{'the heuristic default configs' if fused else 'F.linear'} there", stacklevel=3)
+            configs = [(default_config(m, N, K, device, dtype.itemsize) if fused else None) if c is not None and c.TMA
+                       else c for m, c in enumerate(configs, start=1)]
     else:
         configs = [default_config(m, N, K, device, dtype.itemsize) for m in range(1, min(max_m, FUSED_MAX_M) + 1)]
     # M = 0 never reaches a layer; its entry keeps the list indexable by M.
     return [configs[0]] + configs + [None] * (max_m - len(configs))
 
 
-def resolve_configs(tuning_table: str | os.PathLike | bool | None, shapes: list[tuple[int, int]],
-                    dtype: torch.dtype, device: torch.device, max_m: int) -> dict[tuple[int, int], list[Config | None]]:
-    """(K, N) -> configs[M] for every fused site shape; logs the table used and warns about uncovered shapes."""
+def open_table(tuning_table: str | os.PathLike | bool | None,
+               device: torch.device) -> tuple[Path | None, LookupTable | None]:
+    """(path, table) by the discovery order of the module docstring; (None, None) for no table."""
     path = find_table(tuning_table, device)
-    table = load_checked(path, device) if path is not None else None
-    configs = {(K, N): configs_by_m(table, K, N, dtype, device, max_m) for K, N in shapes}
+    return path, (load_checked(path, device) if path is not None else None)
+
+
+def _check_runnable(configs: dict, path: Path | None, dtype: torch.dtype, device: torch.device, norm: bool) -> None:
     smem = device_smem_limit(device)
     for (K, N), by_m in configs.items():
-        for config in set(by_m) - {None}:
+        for config in set(by_m or ()) - {None}:
             try:
-                config.validate(K=K, elem_bytes=dtype.itemsize, smem_limit=smem)
+                config.validate(K=K, elem_bytes=dtype.itemsize, smem_limit=smem, norm=norm)
             except ValueError as e:
                 raise ValueError(f"tuning table {path}: its config for K={K}, N={N} cannot run here ({e})") from None
+
+
+def resolve_configs(tuning_table: str | os.PathLike | bool | None, shapes: list[tuple[int, int]],
+                    dtype: torch.dtype, device: torch.device, max_m: int, *,
+                    opened: tuple[Path | None, LookupTable | None] | None = None,
+                    ) -> dict[tuple[int, int], list[Config | None]]:
+    """(K, N) -> configs[M] for every fused site shape; logs the table used and warns about uncovered shapes.
+    `opened`: open_table's result, when the caller has it already (then tuning_table is not read)."""
+    path, table = opened if opened is not None else open_table(tuning_table, device)
+    configs = {(K, N): configs_by_m(table, K, N, dtype, device, max_m) for K, N in shapes}
+    _check_runnable(configs, path, dtype, device, norm=True)
     if table is None:
         logger.info("fused RMSNorm+Linear up to M=%d: no tuning table, heuristic default configs for all %d "
                     "shapes", min(max_m, FUSED_MAX_M), len(shapes))
@@ -133,4 +152,20 @@ def resolve_configs(tuning_table: str | os.PathLike | bool | None, shapes: list[
     if missing:
         warnings.warn(f"tuning table {path} has no {str(dtype).removeprefix('torch.')} configs for (K, N) "
                       f"{missing}: those run the heuristic default configs", stacklevel=2)
+    return configs
+
+
+def resolve_linear_configs(opened: tuple[Path | None, LookupTable | None], shapes: list[tuple[int, int]],
+                           dtype: torch.dtype, device: torch.device,
+                           max_m: int) -> dict[tuple[int, int], list[Config | None] | None]:
+    """(K, N) -> configs[M] of the norm-free GEMM for the plain linears (o_proj, down_proj), by the fused sites'
+    bucket rule from the table's "linear" entries; None for a shape they lack: that layer runs F.linear."""
+    path, table = opened
+    covered = [(K, N) for K, N in shapes if table is not None and table.lookup(K, N, 1, dtype, "linear") is not None]
+    configs = {(K, N): configs_by_m(table, K, N, dtype, device, max_m, "linear") if (K, N) in covered else None
+               for K, N in shapes}
+    _check_runnable(configs, path, dtype, device, norm=False)
+    logger.info("tuned GEMM for o_proj/down_proj where the table's \"linear\" buckets beat cuBLAS: %d of the model's "
+                "%d %s shapes covered%s, F.linear elsewhere", len(covered), len(shapes),
+                str(dtype).removeprefix("torch."), f" by {path}" if path is not None else " (no tuning table)")
     return configs
