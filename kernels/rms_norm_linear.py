@@ -21,10 +21,10 @@ import triton
 import triton.language as tl
 
 from kernels.checks import check_inputs
-from kernels.config import Config, default_config, device_has_tma, device_smem_limit, sm_count
-from kernels.tiles import grouped_tile
-from kernels.tma_gemm import launch_tma_gemm, tma_ready
+from kernels.config import Config, default_config, device_smem_limit, sm_count
 from kernels.reference import baseline_rms_norm_linear, fold_norm_weight, reference_rms_norm_linear
+from kernels.tiles import grouped_tile
+from kernels.tma_gemm import launch_tma_gemm, tma_problem
 
 __all__ = ["Config", "fused_rms_norm_linear", "fold_norm_weight", "reference_rms_norm_linear",
            "baseline_rms_norm_linear"]
@@ -173,22 +173,6 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
-def _tma_problem(x2: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-                 norm_weight: torch.Tensor | None) -> str | None:
-    """Why the TMA main loop cannot take these inputs, or None."""
-    if not device_has_tma(x2.device):
-        return f"{x2.device} is sm_{''.join(map(str, torch.cuda.get_device_capability(x2.device)))}; TMA needs sm_90+"
-    if norm_weight is not None:
-        return "norm_weight must be folded into the weight (fold_norm_weight) for TMA"
-    K, N, size = weight.shape[1], weight.shape[0], weight.element_size()
-    if (K * size) % 16 or (N * size) % 16:
-        return f"K={K}, N={N}: rows of h and out must be multiples of 16 bytes for TMA"
-    # With a residual the GEMM reads h, which the prologue writes contiguous; without one it reads x itself.
-    if not tma_ready(weight, *([x2] if residual is None else [])):
-        return "x and weight need unit-stride, 16-byte aligned rows for TMA"
-    return None
-
-
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -228,7 +212,7 @@ def _launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, c
         raise TypeError(f"config: expected a kernels.Config or None, got {type(config).__name__}")
     config.validate(K=K, elem_bytes=x2.element_size(), smem_limit=device_smem_limit(x2.device), norm=has_norm)
     if config.TMA:
-        problem = _tma_problem(x2, residual, weight, norm_weight)
+        problem = tma_problem(x2, residual, weight, norm_weight)
         if problem and chosen:  # the default's choice, from the shape alone: pointer loads take any layout
             config = default_config(M, N, K, x2.device, x2.element_size(), tma=False)
         elif problem:

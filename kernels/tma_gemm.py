@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kernels.config import Config
+from kernels.config import Config, device_has_tma
 from kernels.tiles import grouped_tile
 
 _TMA_ALIGN = 16  # bytes: TMA needs 16-byte aligned base addresses and row strides
@@ -68,6 +68,22 @@ def tma_ready(*tensors: torch.Tensor) -> bool:
     """Whether TMA can address these 2-D tensors: unit inner stride, 16-byte aligned base and rows."""
     return all(t.stride(-1) == 1 and t.data_ptr() % _TMA_ALIGN == 0 and (t.stride(0) * t.element_size()) % _TMA_ALIGN == 0
                for t in tensors)
+
+
+def tma_problem(x2: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                norm_weight: torch.Tensor | None) -> str | None:
+    """Why the TMA main loop cannot take these inputs, or None."""
+    if not device_has_tma(x2.device):
+        return f"{x2.device} is sm_{''.join(map(str, torch.cuda.get_device_capability(x2.device)))}; TMA needs sm_90+"
+    if norm_weight is not None:
+        return "norm_weight must be folded into the weight (fold_norm_weight) for TMA"
+    K, N, size = weight.shape[1], weight.shape[0], weight.element_size()
+    if (K * size) % 16 or (N * size) % 16:
+        return f"K={K}, N={N}: rows of h and out must be multiples of 16 bytes for TMA"
+    # With a residual the GEMM reads h, which the prologue writes contiguous; without one it reads x itself.
+    if not tma_ready(weight, *([x2] if residual is None else [])):
+        return "x and weight need unit-stride, 16-byte aligned rows for TMA"
+    return None
 
 
 def launch_tma_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, ss: torch.Tensor,
