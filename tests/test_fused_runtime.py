@@ -236,19 +236,29 @@ def test_plain_linear_configs_follow_the_bucket_rule(checkpoint, tmp_path, caplo
     with caplog.at_level(logging.INFO, logger=tuning.__name__):
         buckets = {4: (SMALL_PLAIN, 1.2), 16: (PLAIN, 0.9), 32: (PLAIN, 1.1)}
         llm = engine(path, tuning_table=plain_table(tmp_path, buckets))
-    assert "1 of the model's 1 float32 shapes covered by" in caplog.text
+    assert "1 of the model's 1 float32 shapes by" in caplog.text
     configs = llm.model_runner.model.model.layers[1].mlp.down_proj.linear_configs
     assert configs[0] == configs[1] == configs[4] == SMALL_PLAIN
-    # cuBLAS was faster at M = 5..16; the largest bucket (32) runs up to 64, past which nothing was measured.
-    assert configs[5:17] == [None] * 12 and configs[17:65] == [PLAIN] * 48
-    assert len(configs) > 65 and configs[65:] == [None] * (len(configs) - 65)
+    # cuBLAS was faster at M = 5..16; past the largest bucket (32) nothing was measured against cuBLAS.
+    assert configs[5:17] == [None] * 12 and configs[17:33] == [PLAIN] * 16
+    assert len(configs) > 33 and configs[33:] == [None] * (len(configs) - 33)
     assert llm.model_runner.model.model.layers[0].self_attn.qkv_proj.linear_configs is None
     # No "linear" entries, no table, or the unfused runtime: F.linear everywhere.
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=tuning.__name__):
         covered = engine(path).model_runner.model.model.layers[0]
-    assert "0 of the model's 1 float32 shapes covered" in caplog.text
+    assert "0 of the model's 1 float32 shapes" in caplog.text
     assert covered.self_attn.o_proj.linear_configs is None and covered.mlp.down_proj.linear_configs is None
     assert engine(path, fused_norm_linear=False).model_runner.model.model.layers[0].mlp.down_proj.linear_configs is None
     assert tuning.resolve_linear_configs((None, None), [(128, 64)], torch.float32, torch.device("cpu"), 8) == {
         (128, 64): None}
+
+
+def test_a_plain_linear_config_this_card_cannot_run_falls_back_to_f_linear(checkpoint, tmp_path, monkeypatch):
+    path, _ = checkpoint
+    big = Config(64, 128, 128, num_warps=4, num_stages=2, GROUP_M=1)  # 196,608 B of fp32 tiles
+    monkeypatch.setattr(tuning, "device_smem_limit", lambda device: 100_000)  # a smaller card than the tuner's
+    with pytest.warns(UserWarning, match=r"linear config for K=128, N=64 cannot run here .* F\.linear runs there"):
+        llm = engine(path, tuning_table=plain_table(tmp_path, {4: (big, 1.2), 16: (PLAIN, 1.1)}))
+    configs = llm.model_runner.model.model.layers[0].mlp.down_proj.linear_configs
+    assert configs[1:5] == [None] * 4 and configs[5:17] == [PLAIN] * 12

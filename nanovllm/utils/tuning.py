@@ -99,7 +99,9 @@ def configs_by_m(table: LookupTable | None, K: int, N: int, dtype: torch.dtype, 
     (for kernel "linear", whose callers only ask for shapes the table covers: F.linear)."""
     largest = table.largest_bucket(K, N, dtype, kernel) if table is not None else None
     if largest is not None:
-        limit = max(largest, FUSED_MAX_M)
+        # Decode sizes past a fused table's last bucket run what the default would (measured to win there); the
+        # plain linear has no such evidence against cuBLAS, so it stops at its last tuned bucket.
+        limit = max(largest, FUSED_MAX_M) if kernel == "rms_norm_linear" else largest
         configs = [table.lookup(K, N, m, dtype, kernel) if m <= limit and table.speedup(K, N, m, dtype, kernel) >= 1.0
                    else None for m in range(1, max_m + 1)]
         if not device_has_tma(device) and any(c is not None and c.TMA for c in configs):
@@ -122,14 +124,30 @@ def open_table(tuning_table: str | os.PathLike | bool | None,
     return path, (load_checked(path, device) if path is not None else None)
 
 
-def _check_runnable(configs: dict, path: Path | None, dtype: torch.dtype, device: torch.device, norm: bool) -> None:
+def _check_runnable(configs: dict, path: Path | None, dtype: torch.dtype, device: torch.device) -> None:
     smem = device_smem_limit(device)
     for (K, N), by_m in configs.items():
         for config in set(by_m or ()) - {None}:
             try:
-                config.validate(K=K, elem_bytes=dtype.itemsize, smem_limit=smem, norm=norm)
+                config.validate(K=K, elem_bytes=dtype.itemsize, smem_limit=smem)
             except ValueError as e:
                 raise ValueError(f"tuning table {path}: its config for K={K}, N={N} cannot run here ({e})") from None
+
+
+def _runnable_or_none(by_m: list[Config | None] | None, shape: tuple[int, int], path: Path | None,
+                      dtype: torch.dtype, device: torch.device) -> list[Config | None] | None:
+    """The plain linear always has F.linear to fall back on: a config this card cannot run becomes None."""
+    if by_m is None:
+        return None
+    smem, (K, N), refused = device_smem_limit(device), shape, set()
+    for config in set(by_m) - {None}:
+        try:
+            config.validate(K=K, elem_bytes=dtype.itemsize, smem_limit=smem, norm=False)
+        except ValueError as e:
+            refused.add(config)
+            warnings.warn(f"tuning table {path}: its linear config for K={K}, N={N} cannot run here ({e}); "
+                          "F.linear runs there", stacklevel=4)
+    return [None if c in refused else c for c in by_m]
 
 
 def resolve_configs(tuning_table: str | os.PathLike | bool | None, shapes: list[tuple[int, int]],
@@ -140,7 +158,7 @@ def resolve_configs(tuning_table: str | os.PathLike | bool | None, shapes: list[
     `opened`: open_table's result, when the caller has it already (then tuning_table is not read)."""
     path, table = opened if opened is not None else open_table(tuning_table, device)
     configs = {(K, N): configs_by_m(table, K, N, dtype, device, max_m) for K, N in shapes}
-    _check_runnable(configs, path, dtype, device, norm=True)
+    _check_runnable(configs, path, dtype, device)
     if table is None:
         logger.info("fused RMSNorm+Linear up to M=%d: no tuning table, heuristic default configs for all %d "
                     "shapes", min(max_m, FUSED_MAX_M), len(shapes))
@@ -164,8 +182,9 @@ def resolve_linear_configs(opened: tuple[Path | None, LookupTable | None], shape
     covered = [(K, N) for K, N in shapes if table is not None and table.lookup(K, N, 1, dtype, "linear") is not None]
     configs = {(K, N): configs_by_m(table, K, N, dtype, device, max_m, "linear") if (K, N) in covered else None
                for K, N in shapes}
-    _check_runnable(configs, path, dtype, device, norm=False)
+    configs = {shape: _runnable_or_none(by_m, shape, path, dtype, device) for shape, by_m in configs.items()}
+    used = sum(1 for by_m in configs.values() if by_m is not None and any(c is not None for c in by_m))
     logger.info("tuned GEMM for o_proj/down_proj where the table's \"linear\" buckets beat cuBLAS: %d of the model's "
-                "%d %s shapes covered%s, F.linear elsewhere", len(covered), len(shapes),
+                "%d %s shapes%s, F.linear elsewhere", used, len(shapes),
                 str(dtype).removeprefix("torch."), f" by {path}" if path is not None else " (no tuning table)")
     return configs
