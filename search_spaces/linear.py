@@ -6,7 +6,6 @@ fixed to 0) and no residual: the inputs are x and the weight, and the baseline i
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
@@ -32,14 +31,8 @@ class LinearSpace(RmsNormLinearSpace):
         return list(dict.fromkeys(picks))
 
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
-        gen = torch.Generator(device=device).manual_seed(seed)
-        out = []
-        for _ in range(copies):
-            # Random, never zeros: a kernel that skips work must not pass by accident. Unit-scale outputs.
-            x = torch.randn(problem.M, problem.K, generator=gen, device=device).to(problem.torch_dtype)
-            w = torch.randn(problem.N, problem.K, generator=gen, device=device).div_(math.sqrt(problem.K))
-            out.append((x, w.to(problem.torch_dtype)))
-        return out
+        # The fused space's x and weight (same seed, same values); a plain linear has no residual.
+        return [(x, w) for x, w, _ in super().make_inputs(problem, device, copies, seed)]
 
     def launcher(self, config: Config | None) -> Callable[[Any], torch.Tensor]:
         if config is None:
