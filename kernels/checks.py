@@ -44,6 +44,8 @@ def check_inputs(x, weight, bias, norm_weight, residual, interpreting: bool) -> 
         if residual.device != x.device:
             raise ValueError(f"residual: on {residual.device}, but x is on {x.device}")
     _check_vector("bias", bias, weight.shape[0], x)
+    if bias is not None and bias.dtype != x.dtype:  # as F.linear refuses it
+        raise TypeError(f"bias: dtype {bias.dtype} differs from x's {x.dtype}")
     _check_vector("norm_weight", norm_weight, x.shape[-1], x)
     if x.device.type != "cuda" and not interpreting:
         raise ValueError(f"x: on {x.device}; the Triton kernel needs a CUDA tensor (or TRITON_INTERPRET=1)")

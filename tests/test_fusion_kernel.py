@@ -152,6 +152,7 @@ def _bad(**overrides):
     (lambda: _bad(weight=torch.randn(32, 64, device="meta")), ValueError, "weight: on meta"),
     (lambda: _bad(bias=torch.randn(31, device=DEVICE)), ValueError, r"bias: expected shape \(32,\)"),
     (lambda: _bad(bias=torch.ones(32, dtype=torch.int64, device=DEVICE)), TypeError, "bias: expected a floating"),
+    (lambda: _bad(bias=torch.ones(32, dtype=torch.float16, device=DEVICE)), TypeError, "bias: dtype"),
     (lambda: _bad(norm_weight=torch.randn(32, device=DEVICE)), ValueError, r"norm_weight: expected shape \(64,\)"),
     (lambda: _bad(residual=torch.randn(4, 32, device=DEVICE)), ValueError, "residual: expected the shape of x"),
     (lambda: _bad(residual=torch.randn(4, 64, dtype=torch.float16, device=DEVICE)), TypeError, "residual: dtype"),
