@@ -8,6 +8,7 @@ was never timed, so, like a pruned one, it neither blocks its config nor fills a
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import optuna
@@ -54,6 +55,6 @@ def duplicate_of(config: Config, trials: list[optuna.trial.FrozenTrial], number:
             continue
         given = t.params or t.system_attrs.get("fixed_params", {})
         # A trial stored before an axis existed lacks it: it ran that axis's default, not every value of it.
-        if given and Config(**{**Config().to_dict(), **given}) == config:
+        if given and dataclasses.replace(Config(), **given) == config:
             return f"duplicate of trial {t.number}"
     return None

@@ -128,6 +128,11 @@ def device_has_tma(device: torch.device) -> bool:
     return torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 9
 
 
+def tma_rows_aligned(K: int, N: int, elem_bytes: int) -> bool:
+    """Whether rows of K (the inputs) and of N (the output) elements meet TMA's 16-byte stride alignment."""
+    return (K * elem_bytes) % 16 == 0 and (N * elem_bytes) % 16 == 0
+
+
 def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int = 2, tma: bool = True) -> Config:
     """A config that is never a bad choice, for when no tuned table covers the shape.
 
@@ -148,8 +153,7 @@ def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int
         while tiles * split < sm_count(device) and split * 2 <= max(1, -(-K // cfg.BLOCK_K) // 8):
             split *= 2
         cfg = dataclasses.replace(cfg, SPLIT_K=split)
-    elif tma and device.type == "cuda" and device_has_tma(device) and (K * elem_bytes) % 16 == 0 \
-            and (N * elem_bytes) % 16 == 0:
+    elif tma and device.type == "cuda" and device_has_tma(device) and tma_rows_aligned(K, N, elem_bytes):
         cfg = (Config(128, 128, 64, num_warps=4, num_stages=4, TMA=2) if M <= 256 else
                Config(128, 256, 64, num_warps=8, num_stages=4, TMA=2))
     elif M <= 256:

@@ -13,7 +13,7 @@ import torch
 
 from kernels.checks import check_inputs
 from kernels.config import Config
-from kernels.rms_norm_linear import _interpreting, _launch
+from kernels.rms_norm_linear import launch
 
 __all__ = ["linear"]
 
@@ -21,7 +21,7 @@ __all__ = ["linear"]
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            config: Config | None = None) -> torch.Tensor:
     """x @ weight.T + bias, as F.linear; config None: kernels.config.default_config for the shape."""
-    check_inputs(x, weight, bias, None, None, interpreting=_interpreting())
+    check_inputs(x, weight, bias, None, None)
     K, N = x.shape[-1], weight.shape[0]
-    out, _ = _launch(x.reshape(-1, K), weight, bias, config, has_norm=False)
+    out, _ = launch(x.reshape(-1, K), weight, bias, config, has_norm=False)
     return out.reshape(*x.shape[:-1], N)

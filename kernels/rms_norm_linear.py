@@ -9,12 +9,11 @@ epilogue, before the bias. Where the fp32 sum of squares comes from is a tunable
 With SPLIT_K > 1 each split writes its partial product (and partial sum of squares) to an fp32
 workspace, and a small second kernel reduces them, scales and adds the bias.
 HAS_NORM=False (kernels/linear.py) compiles the same kernels as a plain tuned GEMM, x @ W.T + b: no row
-statistics, no 1/RMS scale. `_launch` is the launch code both wrappers share.
+statistics, no 1/RMS scale. `launch` is the launch code both wrappers share.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import triton
@@ -173,10 +172,6 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def fused_rms_norm_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -188,17 +183,17 @@ def fused_rms_norm_linear(
     config: Config | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """rmsnorm(x [+ residual]) @ weight.T + bias; with `residual`, returns (out, x + residual)."""
-    check_inputs(x, weight, bias, norm_weight, residual, interpreting=_interpreting())
+    check_inputs(x, weight, bias, norm_weight, residual)
     if not eps > 0:
         raise ValueError(f"eps: expected a positive float, got {eps!r}")
     K, N, lead = x.shape[-1], weight.shape[0], x.shape[:-1]
-    out, h = _launch(x.reshape(-1, K), weight, bias, config, eps=eps, norm_weight=norm_weight,
+    out, h = launch(x.reshape(-1, K), weight, bias, config, eps=eps, norm_weight=norm_weight,
                      residual=residual.reshape(-1, K) if residual is not None else None)
     out = out.reshape(*lead, N)
     return (out, h.reshape(*lead, K)) if residual is not None else out
 
 
-def _launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: Config | None, *,
+def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: Config | None, *,
             eps: float = 1e-6, norm_weight: torch.Tensor | None = None, residual: torch.Tensor | None = None,
             has_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The launch code of both wrappers (inputs already checked, 2-D): picks or validates the config, allocates,

@@ -5,7 +5,7 @@ or x + residual from the row-statistics prologue), each row scaled by 1/RMS in t
 HAS_NORM=False: the plain linear of kernels/linear.py), then the bias.
 TMA copies whole tiles into shared memory without the threads computing addresses, and a persistent
 grid (TMA=2: one program per SM walking the tiles) starts the next tile's loads under this tile's
-epilogue. On an H200 this took llama-7b prefill from 0.86-0.92x of cuBLAS to 0.98-1.02x
+epilogue. On an H200 this took llama-7b GEMMs at M >= 1024 from 0.76-0.91x of cuBLAS to 0.94-1.02x
 (scripts/exp_tma.py, docs/PERF_NOTES.md). Needs sm_90+ and rows aligned to 16 bytes; the wrapper checks.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kernels.config import Config, device_has_tma
+from kernels.config import Config, device_has_tma, tma_rows_aligned
 from kernels.tiles import grouped_tile
 
 _TMA_ALIGN = 16  # bytes: TMA needs 16-byte aligned base addresses and row strides
@@ -77,8 +77,8 @@ def tma_problem(x2: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
         return f"{x2.device} is sm_{''.join(map(str, torch.cuda.get_device_capability(x2.device)))}; TMA needs sm_90+"
     if norm_weight is not None:
         return "norm_weight must be folded into the weight (fold_norm_weight) for TMA"
-    K, N, size = weight.shape[1], weight.shape[0], weight.element_size()
-    if (K * size) % 16 or (N * size) % 16:
+    K, N = weight.shape[1], weight.shape[0]
+    if not tma_rows_aligned(K, N, weight.element_size()):
         return f"K={K}, N={N}: rows of h and out must be multiples of 16 bytes for TMA"
     # With a residual the GEMM reads h, which the prologue writes contiguous; without one it reads x itself.
     if not tma_ready(weight, *([x2] if residual is None else [])):

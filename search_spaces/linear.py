@@ -6,6 +6,7 @@ fixed to 0) and no residual: the inputs are x and the weight, and the baseline i
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import torch
@@ -26,9 +27,7 @@ class LinearSpace(RmsNormLinearSpace):
 
     def heuristics(self, problem: Problem, device: torch.device) -> list[Config]:
         # The fused space's picks with the sum of squares moved out of the loop (there is none), once each.
-        picks = (c if not c.SUMSQ_IN_LOOP else Config(**{**c.to_dict(), "SUMSQ_IN_LOOP": 0})
-                 for c in super().heuristics(problem, device))
-        return list(dict.fromkeys(picks))
+        return list(dict.fromkeys(dataclasses.replace(c, SUMSQ_IN_LOOP=0) for c in super().heuristics(problem, device)))
 
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
         # The fused space's x and weight (same seed, same values); a plain linear has no residual.

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from kernels.config import Config, default_config, device_has_tma
+from kernels.config import Config, default_config, device_has_tma, tma_rows_aligned
 from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
 
@@ -73,7 +73,7 @@ class RmsNormLinearSpace(SearchSpace):
         except ValueError as e:
             return str(e)
         if config.TMA:
-            if (problem.K * problem.elem_bytes) % 16 or (problem.N * problem.elem_bytes) % 16:
+            if not tma_rows_aligned(problem.K, problem.N, problem.elem_bytes):
                 return f"TMA={config.TMA}: K={problem.K} and N={problem.N} rows must be multiples of 16 bytes"
             if not _tuning_device_has_tma():
                 return f"TMA={config.TMA}: this GPU has no TMA (needs sm_90+)"

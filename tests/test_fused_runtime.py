@@ -80,7 +80,7 @@ def test_hot_path_only_indexes_the_configs_resolved_at_load(checkpoint, tmp_path
 
 
 def resolve(tuning_table, shapes=((64, 256), (64, 128)), max_m=64, device=torch.device("cpu")):
-    return tuning.resolve_configs(tuning_table, list(shapes), torch.float32, device, max_m)
+    return tuning.resolve_configs(tuning.open_table(tuning_table, device), list(shapes), torch.float32, device, max_m)
 
 
 def test_table_covering_part_of_the_model_logs_and_warns_once(tmp_path, caplog):

@@ -61,7 +61,7 @@ class ModelRunner:
         # The most rows one forward pass can have: a prefill step, an eager decode batch or a CUDA-graph batch.
         max_m = max(self.config.max_num_batched_tokens, self.config.max_num_seqs, 512)
         opened = open_table(self.config.tuning_table, self.device)  # read once for both kinds of site
-        configs = resolve_configs(None, shapes, self.dtype, self.device, max_m, opened=opened)
+        configs = resolve_configs(opened, shapes, self.dtype, self.device, max_m)
         for norm, linear in pairs:
             fuse_norm_linear(norm, linear, configs[linear.weight.shape[1], linear.weight.shape[0]])
         # o_proj and down_proj: the norm-free tuned GEMM where the table's "linear" entries say it beat cuBLAS.

@@ -1,12 +1,10 @@
 """An RMSNorm and the linear layer it feeds, run as one fused kernel once the norm's gain is in the weight."""
-import os
-
 import torch
 
 from kernels.config import Config
 from kernels.rms_norm_linear import fold_norm_weight, fused_rms_norm_linear
 from nanovllm.layers.layernorm import RMSNorm
-from nanovllm.layers.linear import Linear
+from nanovllm.layers.linear import Linear, triton_runs
 
 
 def fuse_norm_linear(norm: RMSNorm, linear: Linear, configs: list[Config | None]) -> None:
@@ -24,8 +22,8 @@ def norm_linear(norm: RMSNorm, linear: Linear, x: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """linear(norm(x + residual)) and the new residual stream x + residual (x alone when residual is None)."""
     config = linear.norm_configs[x.shape[0]] if linear.norm_configs is not None else None
-    # A CPU without Triton's interpreter cannot run the kernel: the separate path computes the same.
-    if config is None or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    # Where the kernel cannot run, the separate path computes the same.
+    if config is None or not triton_runs(x):
         if residual is None:
             return linear(norm(x)), x
         y, residual = norm(x, residual)

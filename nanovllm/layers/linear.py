@@ -8,6 +8,11 @@ from kernels.config import Config
 from kernels.linear import linear as tuned_linear
 
 
+def triton_runs(x: torch.Tensor) -> bool:
+    """The tuned Triton kernels run on CUDA, and on a CPU only through Triton's interpreter."""
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 class Linear(nn.Module):
     """y = x W^T + b, whose checkpoint tensors are copied in by `weight_loader`."""
 
@@ -32,8 +37,7 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x is (M, K): an O(1) index, resolved at load, so CUDA graphs capture whichever path M takes.
         config = self.linear_configs[x.shape[0]] if self.linear_configs is not None else None
-        # A CPU without Triton's interpreter cannot run the kernel.
-        if config is None or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        if config is None or not triton_runs(x):
             return F.linear(x, self.weight, self.bias)
         return tuned_linear(x, self.weight, self.bias, config=config)
 

@@ -104,13 +104,6 @@ def configs_by_m(table: LookupTable | None, K: int, N: int, dtype: torch.dtype, 
         limit = max(largest, FUSED_MAX_M) if kernel == "rms_norm_linear" else largest
         configs = [table.lookup(K, N, m, dtype, kernel) if m <= limit and table.speedup(K, N, m, dtype, kernel) >= 1.0
                    else None for m in range(1, max_m + 1)]
-        if not device_has_tma(device) and any(c is not None and c.TMA for c in configs):
-            # The plain linear's default config was never measured against cuBLAS: F.linear runs instead.
-            fused = kernel == "rms_norm_linear"
-            warnings.warn(f"tuning table: its {kernel} TMA configs for K={K}, N={N} need an sm_90+ GPU; this one runs "
-                          f"{'the heuristic default configs' if fused else 'F.linear'} there", stacklevel=3)
-            configs = [(default_config(m, N, K, device, dtype.itemsize) if fused else None) if c is not None and c.TMA
-                       else c for m, c in enumerate(configs, start=1)]
     else:
         configs = [default_config(m, N, K, device, dtype.itemsize) for m in range(1, min(max_m, FUSED_MAX_M) + 1)]
     # M = 0 never reaches a layer; its entry keeps the list indexable by M.
@@ -124,41 +117,38 @@ def open_table(tuning_table: str | os.PathLike | bool | None,
     return path, (load_checked(path, device) if path is not None else None)
 
 
-def _check_runnable(configs: dict, path: Path | None, dtype: torch.dtype, device: torch.device) -> None:
-    smem = device_smem_limit(device)
-    for (K, N), by_m in configs.items():
-        for config in set(by_m or ()) - {None}:
-            try:
-                config.validate(K=K, elem_bytes=dtype.itemsize, smem_limit=smem)
-            except ValueError as e:
-                raise ValueError(f"tuning table {path}: its config for K={K}, N={N} cannot run here ({e})") from None
-
-
-def _runnable_or_none(by_m: list[Config | None] | None, shape: tuple[int, int], path: Path | None,
-                      dtype: torch.dtype, device: torch.device) -> list[Config | None] | None:
-    """The plain linear always has F.linear to fall back on: a config this card cannot run becomes None."""
-    if by_m is None:
-        return None
-    smem, (K, N), refused = device_smem_limit(device), shape, set()
+def _unrunnable(by_m: list[Config | None], K: int, dtype: torch.dtype, device: torch.device,
+                norm: bool) -> dict[Config, str]:
+    """The configs of `by_m` this device cannot run, with the reason."""
+    smem, reasons = device_smem_limit(device), {}
     for config in set(by_m) - {None}:
         try:
-            config.validate(K=K, elem_bytes=dtype.itemsize, smem_limit=smem, norm=False)
+            if config.TMA and not device_has_tma(device):
+                raise ValueError(f"Config.TMA={config.TMA}: TMA needs an sm_90+ GPU")
+            config.validate(K=K, elem_bytes=dtype.itemsize, smem_limit=smem, norm=norm)
         except ValueError as e:
-            refused.add(config)
-            warnings.warn(f"tuning table {path}: its linear config for K={K}, N={N} cannot run here ({e}); "
-                          "F.linear runs there", stacklevel=4)
-    return [None if c in refused else c for c in by_m]
+            reasons[config] = str(e)
+    return reasons
 
 
-def resolve_configs(tuning_table: str | os.PathLike | bool | None, shapes: list[tuple[int, int]],
-                    dtype: torch.dtype, device: torch.device, max_m: int, *,
-                    opened: tuple[Path | None, LookupTable | None] | None = None,
-                    ) -> dict[tuple[int, int], list[Config | None]]:
-    """(K, N) -> configs[M] for every fused site shape; logs the table used and warns about uncovered shapes.
-    `opened`: open_table's result, when the caller has it already (then tuning_table is not read)."""
-    path, table = opened if opened is not None else open_table(tuning_table, device)
-    configs = {(K, N): configs_by_m(table, K, N, dtype, device, max_m) for K, N in shapes}
-    _check_runnable(configs, path, dtype, device)
+def resolve_configs(opened: tuple[Path | None, LookupTable | None], shapes: list[tuple[int, int]],
+                    dtype: torch.dtype, device: torch.device, max_m: int) -> dict[tuple[int, int], list[Config | None]]:
+    """(K, N) -> configs[M] for every fused site shape, from open_table's (path, table); logs the table used and
+    warns about uncovered shapes. A TMA config on a GPU without TMA runs the default config instead."""
+    path, table = opened
+    configs = {}
+    for K, N in shapes:
+        by_m = configs_by_m(table, K, N, dtype, device, max_m)
+        if not device_has_tma(device) and any(c is not None and c.TMA for c in by_m):
+            warnings.warn(f"tuning table: its TMA configs for K={K}, N={N} need an sm_90+ GPU; this one runs the "
+                          "heuristic default configs there", stacklevel=2)
+            by_m = [default_config(max(m, 1), N, K, device, dtype.itemsize) if c is not None and c.TMA else c
+                    for m, c in enumerate(by_m)]
+        refused = _unrunnable(by_m, K, dtype, device, norm=True)
+        if refused:
+            raise ValueError(f"tuning table {path}: its config for K={K}, N={N} cannot run here "
+                             f"({next(iter(refused.values()))})")
+        configs[K, N] = by_m
     if table is None:
         logger.info("fused RMSNorm+Linear up to M=%d: no tuning table, heuristic default configs for all %d "
                     "shapes", min(max_m, FUSED_MAX_M), len(shapes))
@@ -177,14 +167,23 @@ def resolve_linear_configs(opened: tuple[Path | None, LookupTable | None], shape
                            dtype: torch.dtype, device: torch.device,
                            max_m: int) -> dict[tuple[int, int], list[Config | None] | None]:
     """(K, N) -> configs[M] of the norm-free GEMM for the plain linears (o_proj, down_proj), by the fused sites'
-    bucket rule from the table's "linear" entries; None for a shape they lack: that layer runs F.linear."""
+    bucket rule from the table's "linear" entries; None for a shape they lack: that layer runs F.linear, as it
+    does at the buckets whose config this device cannot run (F.linear is always there to fall back on)."""
     path, table = opened
-    covered = [(K, N) for K, N in shapes if table is not None and table.lookup(K, N, 1, dtype, "linear") is not None]
-    configs = {(K, N): configs_by_m(table, K, N, dtype, device, max_m, "linear") if (K, N) in covered else None
-               for K, N in shapes}
-    configs = {shape: _runnable_or_none(by_m, shape, path, dtype, device) for shape, by_m in configs.items()}
+    configs: dict[tuple[int, int], list[Config | None] | None] = {}
+    for K, N in shapes:
+        if table is None or table.lookup(K, N, 1, dtype, "linear") is None:
+            configs[K, N] = None
+            continue
+        by_m = configs_by_m(table, K, N, dtype, device, max_m, "linear")
+        refused = _unrunnable(by_m, K, dtype, device, norm=False)
+        for reason in refused.values():
+            warnings.warn(f"tuning table {path}: its linear config for K={K}, N={N} cannot run here ({reason}); "
+                          "F.linear runs there", stacklevel=2)
+        configs[K, N] = [None if c in refused else c for c in by_m]
     used = sum(1 for by_m in configs.values() if by_m is not None and any(c is not None for c in by_m))
     logger.info("tuned GEMM for o_proj/down_proj where the table's \"linear\" buckets beat cuBLAS: %d of the model's "
                 "%d %s shapes%s, F.linear elsewhere", used, len(shapes),
                 str(dtype).removeprefix("torch."), f" by {path}" if path is not None else " (no tuning table)")
     return configs
+
