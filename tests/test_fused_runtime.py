@@ -262,3 +262,14 @@ def test_a_plain_linear_config_this_card_cannot_run_falls_back_to_f_linear(check
         llm = engine(path, tuning_table=plain_table(tmp_path, {4: (big, 1.2), 16: (PLAIN, 1.1)}))
     configs = llm.model_runner.model.model.layers[0].mlp.down_proj.linear_configs
     assert configs[1:5] == [None] * 4 and configs[5:17] == [PLAIN] * 12
+
+
+def test_plain_linear_tma_configs_fall_back_to_f_linear_on_a_gpu_without_tma(checkpoint, tmp_path, monkeypatch):
+    path, _ = checkpoint
+    tma = dataclasses.replace(PLAIN, TMA=2)
+    monkeypatch.setattr(tuning, "device_has_tma", lambda device: False)
+    with pytest.warns(UserWarning, match=r"linear config for K=128, N=64 cannot run here \(Config.TMA=2: TMA needs"):
+        configs = tuning.resolve_linear_configs(
+            tuning.open_table(plain_table(tmp_path, {4: (SMALL_PLAIN, 1.2), 16: (tma, 1.1)}), torch.device("cpu")),
+            [(128, 64)], torch.float32, torch.device("cpu"), 32)
+    assert configs[128, 64][1:5] == [SMALL_PLAIN] * 4 and configs[128, 64][5:] == [None] * 28
