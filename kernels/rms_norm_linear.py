@@ -21,6 +21,7 @@ import triton.language as tl
 
 from kernels.checks import check_inputs
 from kernels.config import Config, default_config, device_smem_limit, sm_count
+from kernels.pdl import pdl_launch_args, pdl_wait
 from kernels.reference import baseline_rms_norm_linear, fold_norm_weight, reference_rms_norm_linear
 from kernels.tiles import grouped_tile
 from kernels.tma_gemm import launch_tma_gemm, tma_problem
@@ -37,10 +38,11 @@ def _rms_norm_linear_kernel(
     HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_NORM_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, IEEE: tl.constexpr, SUMSQ_IN_LOOP: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares.
     HAS_NORM=False (then SUMSQ_IN_LOOP=0): a plain GEMM, ss_ptr unused."""
+    pdl_wait(USE_PDL)
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     pid_k = tl.program_id(1)
 
@@ -114,8 +116,9 @@ def _rms_norm_linear_kernel(
 @triton.jit
 def _row_stats_kernel(x_ptr, r_ptr, h_ptr, ss_ptr, M, K, stride_xm, stride_xk, stride_rm, stride_rk, stride_hm,
                       HAS_RESIDUAL: tl.constexpr, WIDE: tl.constexpr, BLOCK_R: tl.constexpr,
-                      BLOCK_K: tl.constexpr):
+                      BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
     """Per row: h = x + residual (written, rounded to the input dtype) and the fp32 sum of squares of h."""
+    pdl_wait(USE_PDL)
     offs_m = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     if WIDE:
         offs_m = offs_m.to(tl.int64)
@@ -138,8 +141,9 @@ def _row_stats_kernel(x_ptr, r_ptr, h_ptr, ss_ptr, M, K, stride_xm, stride_xk, s
 def _split_k_reduce_kernel(
     ws_ptr, ss_ptr, b_ptr, out_ptr, M, N, K, eps, stride_om,
     HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, SS_PARTS: tl.constexpr, WIDE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     if WIDE:
@@ -227,6 +231,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
     ss = _empty((split if in_loop else 1, M), x2, torch.float32) if has_norm and (split > 1 or not in_loop) else out
     # Triton indexes in int32; past 2**31 elements (a 151936-wide lm_head at M=16384) it must use int64.
     wide = max(*(_max_offset(t) for t in (x2, r2, weight, out, h)), split * M * N) >= _INT32_LIMIT
+    pdl = pdl_launch_args(x2.device)
     # Triton launches on the current device, which need not be x's.
     with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
         a = x2
@@ -236,10 +241,10 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
             _row_stats_kernel[(M,)](
                 x2, r2, h, ss, M, K, x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), h.stride(0),
                 HAS_RESIDUAL=residual is not None, WIDE=wide, BLOCK_R=1, BLOCK_K=row_k,
-                num_warps=8 if row_k >= 4096 else 4)
+                num_warps=8 if row_k >= 4096 else 4, **pdl)
             a = h if residual is not None else x2
         if config.TMA:
-            launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(x2.device), has_norm=has_norm)
+            launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(x2.device), has_norm=has_norm, pdl=pdl)
             return out, h
         grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
         _rms_norm_linear_kernel[grid](
@@ -251,13 +256,13 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
             HAS_BIAS=bias is not None, EVEN_K=K % config.BLOCK_K == 0, IEEE=x2.dtype == torch.float32,
             SUMSQ_IN_LOOP=in_loop, WIDE=wide, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
             BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps,
-            num_stages=config.num_stages,
+            num_stages=config.num_stages, **pdl,
         )
         if split > 1:
             rb_m, rb_n = 16, 128
             _split_k_reduce_kernel[(triton.cdiv(M, rb_m), triton.cdiv(N, rb_n))](
                 ws, ss, bias if bias is not None else ws, out, M, N, K, float(eps), out.stride(0),
                 HAS_NORM=has_norm, HAS_BIAS=bias is not None, SPLIT_K=split, SS_PARTS=split if in_loop else 1,
-                WIDE=wide, BLOCK_M=rb_m, BLOCK_N=rb_n, num_warps=4,
+                WIDE=wide, BLOCK_M=rb_m, BLOCK_N=rb_n, num_warps=4, **pdl,
             )
     return out, h

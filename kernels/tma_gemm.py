@@ -16,6 +16,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.config import Config, device_has_tma, tma_rows_aligned
+from kernels.pdl import pdl_wait
 from kernels.tiles import grouped_tile
 
 _TMA_ALIGN = 16  # bytes: TMA needs 16-byte aligned base addresses and row strides
@@ -24,7 +25,9 @@ _TMA_ALIGN = 16  # bytes: TMA needs 16-byte aligned base addresses and row strid
 @triton.jit
 def _tma_gemm_kernel(a_desc, w_desc, o_desc, ss_ptr, b_ptr, M, N, K, eps,
                      HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SUBTILE: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SUBTILE: tl.constexpr,
+                     USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
     start = tl.program_id(0)
     # Read from the grid, not passed in: an int argument would be specialized (== 1, % 16), and the compile
     # pool's small problem would then build another binary than the one the tuner times.
@@ -88,8 +91,9 @@ def tma_problem(x2: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
 
 def launch_tma_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, ss: torch.Tensor,
                     bias: torch.Tensor | None, eps: float, config: Config, num_sms: int,
-                    has_norm: bool = True) -> None:
-    """out = (a @ weight.T) [* 1/RMS from ss when has_norm] + bias, through TMA descriptors."""
+                    *, has_norm: bool, pdl: dict) -> None:
+    """out = (a @ weight.T) [* 1/RMS from ss when has_norm] + bias, through TMA descriptors.
+    pdl: kernels.pdl.pdl_launch_args of the device (computed once by the caller)."""
     M, K = a.shape
     N = weight.shape[0]
     subtile = config.BLOCK_N >= 256
@@ -102,4 +106,4 @@ def launch_tma_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, ss
         a_desc, w_desc, o_desc, ss, bias if bias is not None else ss, M, N, K, float(eps),
         HAS_NORM=has_norm, HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32, BLOCK_M=config.BLOCK_M,
         BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SUBTILE=subtile,
-        num_warps=config.num_warps, num_stages=config.num_stages)
+        num_warps=config.num_warps, num_stages=config.num_stages, **pdl)

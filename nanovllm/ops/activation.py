@@ -5,11 +5,13 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import pdl_launch_args, pdl_wait
 from nanovllm.ops.validation import FLOAT_DTYPES, check_tensor
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, y_ptr, stride_x, stride_y, I, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, y_ptr, stride_x, stride_y, I, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < I
@@ -29,5 +31,5 @@ def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
     if num_rows > 0 and inter > 0:
         block = min(triton.next_power_of_2(inter), 1024)
         _silu_and_mul_kernel[(num_rows, triton.cdiv(inter, block))](x, y, x.stride(0), y.stride(0), inter,
-                                                                   BLOCK=block)
+                                                                   BLOCK=block, **pdl_launch_args(x.device))
     return y

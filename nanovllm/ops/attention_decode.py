@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import pdl_launch_args, pdl_wait
 from nanovllm.ops.attention_tile import LOG2E, attend_tile
 from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
@@ -32,8 +33,9 @@ def _decode_split_kernel(
     stride_lb, stride_lh, stride_ob, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, USE_WINDOW: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -88,7 +90,9 @@ def _decode_split_kernel(
 @triton.jit
 def _decode_merge_kernel(part_o_ptr, part_lse_ptr, o_ptr, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
                          stride_ob, stride_oh, num_splits,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+                         USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -149,6 +153,7 @@ def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cach
                          device=device)
     part_lse = torch.empty(part_o.shape[:3], dtype=torch.float32, device=device)
     block_d = max(triton.next_power_of_2(head_dim), 16)
+    pdl = pdl_launch_args(device)
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, part_o, part_lse, out,
         scale * LOG2E, sliding_window or 0, num_splits,
@@ -157,12 +162,12 @@ def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cach
         out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(triton.next_power_of_2(group), 16),
         BLOCK_N=BLOCK_N, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None, SINGLE_SPLIT=single,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4, num_stages=2,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4, num_stages=2, **pdl,
     )
     if not single:
         _decode_merge_kernel[(batch, num_q_heads)](
             part_o, part_lse, out, part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0),
             part_lse.stride(1), out.stride(0), out.stride(1), num_splits,
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits), **pdl,
         )
     return out

@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import pdl_launch_args, pdl_wait
 from nanovllm.ops.attention_tile import LOG2E, attend_tile
 from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
@@ -25,8 +26,9 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_ot, stride_oh, stride_kb, stride_ks, stride_kh, stride_bt,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, USE_WINDOW: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
     # The last sequence whose first program id is <= pid.
@@ -135,6 +137,6 @@ def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cac
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(triton.next_power_of_2(head_dim), 16), BLOCK_Q=block_q,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=2,
+        num_warps=num_warps, num_stages=2, **pdl_launch_args(q.device),
     )
     return out

@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import pdl_launch_args, pdl_wait
 from nanovllm.ops.validation import FLOAT_DTYPES, check_kv_cache, check_shape, check_tensor
 
 
@@ -13,7 +14,9 @@ def _store_kvcache_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh, stride_cslot, stride_ch,
     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)  # before the early return too: a kernel further down the chain relies on it
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     # Padded tokens of a captured CUDA graph carry slot -1 and must leave the cache untouched.
@@ -51,4 +54,5 @@ def store_kvcache_triton(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(1), k_cache.stride(2),
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
+        **pdl_launch_args(device),
     )

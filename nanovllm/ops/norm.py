@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import pdl_launch_args, pdl_wait
 from nanovllm.ops.validation import FLOAT_DTYPES, check_shape, check_tensor
 
 
@@ -12,8 +13,9 @@ from nanovllm.ops.validation import FLOAT_DTYPES, check_shape, check_tensor
 def _rms_norm_kernel(
     x_ptr, r_ptr, w_ptr, y_ptr, h_ptr, eps,
     stride_x, stride_r, stride_y, stride_h, N,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -49,5 +51,6 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
             x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
             h.stride(0) if h is not None else 0, hidden,
             HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(max(block // 256, 1), 16),
+            **pdl_launch_args(x.device),
         )
     return y if residual is None else (y, h)

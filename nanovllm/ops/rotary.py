@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import pdl_launch_args, pdl_wait
 from nanovllm.ops.validation import FLOAT_DTYPES, check_shape, check_tensor
 
 
@@ -31,8 +32,9 @@ def _rotary_kernel(
     q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cache_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_qot, stride_qoh, stride_kot, stride_koh, stride_cache,
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HALF: tl.constexpr,
-    BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_HALF)
@@ -72,6 +74,6 @@ def apply_rotary_triton(q: torch.Tensor, k: torch.Tensor, positions: torch.Tenso
             k_out.stride(0), k_out.stride(1), cos_sin_cache.stride(0),
             NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HALF=head_dim // 2,
             BLOCK_HQ=triton.next_power_of_2(num_q_heads), BLOCK_HKV=triton.next_power_of_2(num_kv_heads),
-            BLOCK_HALF=triton.next_power_of_2(head_dim // 2),
+            BLOCK_HALF=triton.next_power_of_2(head_dim // 2), **pdl_launch_args(device),
         )
     return q_out, k_out

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import pdl_launch_args, pdl_wait
 from nanovllm.ops.reference import gumbel_argmax_reference
 from nanovllm.ops.validation import check_shape, check_tensor
 
@@ -22,7 +23,8 @@ CHUNK = 4096
 
 @triton.jit
 def _gumbel_argmax_kernel(logits_ptr, temp_ptr, noise_ptr, val_ptr, idx_ptr, stride_l, stride_n, V, num_chunks,
-                          CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+                          CHUNK: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     t = tl.load(temp_ptr + row)
@@ -62,7 +64,7 @@ def gumbel_argmax_triton(logits: torch.Tensor, temperatures: torch.Tensor, noise
     idxs = torch.empty((batch, num_chunks), dtype=torch.int64, device=logits.device)
     _gumbel_argmax_kernel[(batch, num_chunks)](logits, temperatures, noise, vals, idxs, logits.stride(0),
                                                noise.stride(0), vocab, num_chunks, CHUNK=CHUNK, BLOCK=1024,
-                                               num_warps=4)
+                                               num_warps=4, **pdl_launch_args(logits.device))
     return idxs.gather(1, vals.argmax(dim=1, keepdim=True)).squeeze(1)
 
 

@@ -1,0 +1,46 @@
+"""Programmatic dependent launch (PDL), Hopper and newer.
+
+A decode step is a chain of a few hundred short kernels, and between two of them the GPU idles while the
+next kernel is launched and its programs are placed (~2.5 us each inside a CUDA graph on an H200,
+docs/PERF_NOTES.md). A kernel launched with PDL is placed while the kernel before it is still running and
+waits in `pdl_wait` until that kernel's writes are visible, which hides that gap.
+
+The rule that keeps this correct: a kernel launched with PDL calls `pdl_wait` before it touches global
+memory, reads and writes alike (an earlier kernel may still be reading what it overwrites). Then a kernel
+two steps down the chain is safe too: its predecessor could only finish after passing its own wait.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether kernels on `device` launch with PDL: NVIDIA sm_90+, compiled (the interpreter has no PDL)."""
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return _hopper_or_newer(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _hopper_or_newer(index: int) -> bool:
+    # Read once per device: every kernel launch of a decode step asks.
+    return torch.version.hip is None and torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_launch_args(device: torch.device) -> dict:
+    """Keyword arguments for a launch of a kernel with a `USE_PDL` constexpr that calls `pdl_wait(USE_PDL)`."""
+    return {"USE_PDL": True, "launch_pdl": True} if pdl_enabled(device) else {"USE_PDL": False}
+
+
+@triton.jit
+def pdl_wait(USE_PDL: tl.constexpr):
+    """Wait for the previous kernel's writes, then let the next kernel be placed (it will wait in turn)."""
+    if USE_PDL:
+        gdc_wait()
+        gdc_launch_dependents()
