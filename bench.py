@@ -59,8 +59,10 @@ def run_hf(path: str, prompts, output_lens) -> float:
     return num_tokens / elapsed
 
 
-def run_decode_latency(path: str, enforce_eager: bool, prompt_len: int = 128, output_len: int = 256) -> None:
-    """Batch-1 greedy decode: time per token against the floor of reading every weight once per token."""
+def run_decode_latency(path: str, enforce_eager: bool, prompt_len: int = 128,
+                       output_len: int = 256) -> tuple[float, float]:
+    """Batch-1 greedy decode: time per token against the floor of reading every weight once per token.
+    Returns (seconds per decode step, floor seconds)."""
     llm = LLM(path, enforce_eager=enforce_eager, max_model_len=prompt_len + output_len, max_num_seqs=1)
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=output_len)
     llm.generate([[1] * prompt_len], params, use_tqdm=False)
@@ -82,6 +84,7 @@ def run_decode_latency(path: str, enforce_eager: bool, prompt_len: int = 128, ou
     floor_s = weight_bytes / (copy_bandwidth_gbps() * 1e9)
     print(f"batch-1 decode: {step_s * 1e3:.2f} ms/token ({1 / step_s:.1f} tok/s); weights {weight_bytes / 1e9:.2f} GB, "
           f"weight-read floor {floor_s * 1e3:.2f} ms/token: {100 * floor_s / step_s:.1f}% of the floor")
+    return step_s, floor_s
 
 
 def main() -> None:
