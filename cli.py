@@ -2,6 +2,7 @@
 
     python cli.py tune --gpu h100 --shapes llama-7b
     python cli.py export-table --gpu h100 --out tables/h100.json
+    python cli.py export-table --gpu h200 --merge          # add to tables/h200.json, keeping its other entries
     python cli.py show
     python cli.py list-shapes
     python cli.py dashboard --out dashboard.html
@@ -15,7 +16,7 @@ import click
 
 from autotune.device import check_gpu_arg, detect_gpu, gpu_count
 from autotune.samplers import SAMPLERS
-from autotune.table import build_table, load_table, write_table
+from autotune.table import build_table, load_table, merge_tables, read_table_file, write_table
 from autotune.tuner import TuneSettings
 from autotune.workers import make_jobs, run_workers
 from dashboard.command import dashboard_command
@@ -91,20 +92,25 @@ def tune(gpu_name: str, shapes: str, m_spec: str | None, dtype: str, kernel: str
 @main.command("export-table")
 @click.option("--gpu", "gpu_name", default=None, help="normalized GPU name [default: the only one stored]")
 @click.option("--out", default=None, help="output file [default: tables/<gpu>.json]")
+@click.option("--merge", is_flag=True,
+              help="keep the entries of the table already at --out that the database has no results for")
 @_storage_option
-def export_table(gpu_name: str | None, out: str | None, storage: str) -> None:
+def export_table(gpu_name: str | None, out: str | None, merge: bool, storage: str) -> None:
     """Write the versioned JSON lookup table of one GPU's best configs."""
     try:
         gpu_name = check_gpu_arg(gpu_name) if gpu_name else None
         engine = open_engine(storage, create=False)
         table = build_table(best_results(engine, gpu_name))
         path = Path(out or f"tables/{table['gpu']}.json")
+        merged = merge and path.exists()
+        if merged:
+            table = merge_tables(read_table_file(path), table, f"lookup table {path}")
         write_table(table, path)
         Recorder(engine).add_exported_table(table["gpu"], str(path), table)
     except (ValueError, StorageError, OSError) as e:
         raise _fail(e) from None
     n = sum(len(e["buckets"]) for entries in table["kernels"].values() for e in entries)
-    click.echo(f"wrote {path}: {n} tuned (shape, M) entries for {table['gpu']} "
+    click.echo(f"{'merged into' if merged else 'wrote'} {path}: {n} tuned (shape, M) entries for {table['gpu']} "
                f"(torch {table['torch']}, triton {table['triton']})")
 
 

@@ -20,7 +20,9 @@ Format (JSON, format_version 1):
     }
 
 "kernels" holds one list per tuned kernel: "rms_norm_linear" (the fused sites) and "linear" (its norm-free GEMM,
-o_proj and down_proj); export writes every kernel the database has results for.
+o_proj and down_proj); export writes every kernel the database has results for. `export-table --merge` adds
+them to the table already at --out (merge_tables): the database's (kernel, K, N, dtype) entries replace the
+file's, the file's other entries are kept.
 
 Bucket rule: a problem with M rows uses the smallest tuned bucket >= M, else the largest bucket.
 A table is only valid for the software it names: configs tuned under one Triton can lose under another.
@@ -151,15 +153,53 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
     return table
 
 
-def load_table(path: str | Path) -> LookupTable:
+def read_table_file(path: str | Path) -> object:
+    """The decoded JSON of a table file, not yet validated (parse_table does that)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except OSError as e:
         raise ValueError(f"lookup table {path}: cannot read ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"lookup table {path}: not valid JSON ({e})") from None
-    return parse_table(data, f"lookup table {path}")
+
+
+def load_table(path: str | Path) -> LookupTable:
+    return parse_table(read_table_file(path), f"lookup table {path}")
+
+
+def merge_tables(old: object, new: dict, source: str = "existing table") -> dict:
+    """`new` (just built from a database) added to `old` (a table shipped or exported earlier, checked with
+    parse_table): every (kernel, K, N, dtype) of `new` replaces old's whole entry, old's other entries are kept.
+    The header is the one of the newer table by 'created'."""
+    parse_table(old, source)
+    if old["gpu"] != new["gpu"]:
+        raise ValueError(f"{source}: gpu {old['gpu']!r}, but the results to merge are of {new['gpu']!r}")
+    newest = old if _created(old, source) > _created(new, "new table") else new
+    if (old["torch"], old["triton"]) != (new["torch"], new["triton"]):
+        warnings.warn(f"the merged {new['gpu']} table mixes entries tuned under torch {old['torch']}, triton "
+                      f"{old['triton']} ({source}) and torch {new['torch']}, triton {new['triton']} (the database); "
+                      f"its header names the newest (torch {newest['torch']}, triton {newest['triton']})")
+    kernels = {}
+    for kernel in sorted(old["kernels"].keys() | new["kernels"].keys()):
+        replaced = {_entry_key(e) for e in new["kernels"].get(kernel, [])}
+        kept = [e for e in old["kernels"].get(kernel, []) if _entry_key(e) not in replaced]
+        kernels[kernel] = sorted(kept + new["kernels"].get(kernel, []), key=_entry_key)
+    header = {k: newest[k] for k in ("gpu_name", "torch", "triton", "created")}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "gpu": new["gpu"], **header, "kernels": kernels}
+
+
+def _entry_key(entry: dict) -> tuple[str, int, int]:
+    return entry["dtype"], entry["K"], entry["N"]  # build_table's order within a kernel
+
+
+def _created(table: dict, source: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(table["created"])
+    except ValueError:
+        raise ValueError(f"{source}: 'created' {table['created']!r} is not an ISO 8601 time") from None
+    # build_table writes UTC; a hand-written time without a zone is read as UTC too.
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def write_table(table: dict, path: str | Path) -> None:

@@ -51,7 +51,9 @@ def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm
         raise ValueError(f"kernel {kernel!r}: no model sites known (known: {', '.join(SITE_KERNELS)}); "
                          "pass --shapes NxK")
     cfg = cfg.get("text_config", cfg)
-    need = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+    need = ["hidden_size", "intermediate_size", "num_attention_heads"]
+    if kernel == "rms_norm_linear":
+        need.append("vocab_size")  # lm_head's N; o_proj and down_proj don't depend on it
     missing = [k for k in need if not isinstance(cfg.get(k), int)]
     if missing:
         raise ValueError(f"{source}: missing integer field(s) {missing}; expected a decoder config.json")

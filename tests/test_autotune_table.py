@@ -1,12 +1,13 @@
-"""The lookup table the runtime reads: round trip, bucket rule, dtype key, and clear errors when malformed."""
+"""The lookup table the runtime reads: round trip, bucket rule, dtype key, clear errors when malformed, merging."""
 import copy
 import json
+import warnings
 
 import pytest
 import torch
 
 from autotune.device import check_gpu_arg, normalize_gpu_name
-from autotune.table import FORMAT, FORMAT_VERSION, load_table, parse_table, write_table
+from autotune.table import FORMAT, FORMAT_VERSION, load_table, merge_tables, parse_table, write_table
 from kernels.config import Config
 
 C1 = Config(16, 64, 128, 4, 4, 1, 4).to_dict()
@@ -83,6 +84,43 @@ def test_write_refuses_an_invalid_table_and_keeps_the_old_file(tmp_path):
     with pytest.raises(ValueError):
         write_table(_broken(lambda t: t.pop("gpu")), path)
     assert json.loads(path.read_text()) == TABLE
+
+
+def _fresh(**header):
+    """A table as build_table writes it: one linear entry and a new tuning of TABLE's bfloat16 entry."""
+    linear = {"K": 4096, "N": 4096, "dtype": "bfloat16", "buckets": [bucket(1, C1)]}  # C1: SUMSQ_IN_LOOP 0
+    fused = {"K": 4096, "N": 12288, "dtype": "bfloat16", "buckets": [bucket(16, C64)]}
+    return {**TABLE, "torch": "2.13.0", "created": "2026-12-01T00:00:00+00:00", **header,
+            "kernels": {"linear": [linear], "rms_norm_linear": [fused]}}
+
+
+def test_merge_keeps_the_old_entries_and_replaces_the_overlapping_ones():
+    old, new = copy.deepcopy(TABLE), _fresh()
+    mixed = r"torch 2.11.0, triton 3.6.0 \(existing table\) and torch 2.13.0.* names the newest \(torch 2.13.0"
+    with pytest.warns(UserWarning, match=mixed):
+        merged = merge_tables(old, new)
+    assert old == TABLE  # the inputs are not modified
+    table = parse_table(merged)
+    assert table.lookup(4096, 12288, 1, "float16") == Config.from_dict(C4K)  # only in the old table: kept
+    assert [m for m, *_ in table.entries[("rms_norm_linear", 4096, 12288, "bfloat16")]] == [16]  # replaced whole
+    assert table.lookup(4096, 4096, 1, "bfloat16", "linear").SPLIT_K == 4  # only in the new table
+    assert (merged["torch"], merged["created"]) == ("2.13.0", "2026-12-01T00:00:00+00:00")
+    # An old table created later names the header; with equal versions nothing is said.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merged = merge_tables(TABLE, _fresh(torch="2.11.0", created="2026-11-01T00:00:00", gpu_name="NVIDIA H100 PCIe"))
+    assert (merged["created"], merged["gpu_name"]) == (TABLE["created"], TABLE["gpu_name"])
+
+
+@pytest.mark.parametrize("old, match", [
+    (_broken(lambda t: t.update(gpu="h200")), "existing table: gpu 'h200', but the results to merge are of 'h100'"),
+    (_broken(lambda t: t["kernels"]["rms_norm_linear"][0].pop("K")), r"existing table: kernels.rms_norm_linear\[0\]"),
+    (_broken(lambda t: t.update(created="yesterday")), "'created' 'yesterday' is not an ISO 8601 time"),
+    ([], "existing table: expected a JSON object"),
+])
+def test_merge_refuses_another_gpu_and_malformed_tables(old, match):
+    with pytest.raises(ValueError, match=match):
+        merge_tables(old, _fresh())
 
 
 @pytest.mark.parametrize("name, short", [

@@ -23,6 +23,8 @@ from autotune.device import FAKE_GPUS_ENV
 from autotune.table import load_table
 from db.models import ExportedTable, Measurement, Run
 from db.storage import resolve_url
+from kernels.config import Config
+from tests import tuning_tables
 from tests.conftest import PG_UNREACHABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +119,58 @@ def test_tune_the_plain_linear_and_export_both_kernels(tmp_path, fake_gpus):
     table = load_table(out)
     assert {k for k, *_ in table.entries} == {"linear", "rms_norm_linear"}
     assert table.lookup(64, 96, 1, torch.float16, "linear").SUMSQ_IN_LOOP == 0
+
+
+@pytest.fixture(scope="module")
+def linear_db(tmp_path_factory) -> str:
+    """A database holding only kernel "linear" results of 96x64 (float16, M=1) on an h100."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('merge') / 't.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(FAKE_GPUS_ENV, "1")
+        r = CliRunner().invoke(cli.main, ["tune", "--gpu", "h100", "--kernel", "linear", "--shapes", "96x64",
+                                          "--m", "1", "--dtype", "float16", "--trials", "2", "--storage", url])
+    assert r.exit_code == 0, r.output
+    return url
+
+
+def _shipped(gpu: str = "h100") -> dict:
+    """A table exported from another database: a fused entry the database lacks and a linear entry it has."""
+    kept = tuning_tables.entry(4096, 12288, {1: Config(16, 64, 128, 4, 4, 1, 4)}, "bfloat16")
+    replaced = tuning_tables.entry(64, 96, {1: Config(16, 32, 32, 4, 2), 16: Config(16, 32, 32, 4, 2)}, "float16")
+    return tuning_tables.table([kept], gpu, linear=[replaced])
+
+
+def test_export_merge_keeps_the_shipped_entries_and_replaces_the_tuned_ones(tmp_path, linear_db):
+    out = tmp_path / "h100.json"
+    tuning_tables.write(_shipped(), out)
+    r = CliRunner().invoke(cli.main, ["export-table", "--merge", "--out", str(out), "--storage", linear_db])
+    assert r.exit_code == 0 and r.stdout.startswith(f"merged into {out}: 2 tuned"), r.output
+    table = load_table(out)
+    assert table.lookup(4096, 12288, 1, torch.bfloat16) == Config(16, 64, 128, 4, 4, 1, 4)
+    # The database's entry replaced the shipped one whole: its M=16 bucket is gone.
+    assert [m for m, *_ in table.entries[("linear", 64, 96, "float16")]] == [1]
+    # Without an existing file --merge just writes; without --merge the file is replaced as before.
+    fresh = tmp_path / "new.json"
+    r = CliRunner().invoke(cli.main, ["export-table", "--merge", "--out", str(fresh), "--storage", linear_db])
+    assert r.exit_code == 0 and r.stdout.startswith(f"wrote {fresh}: 1 tuned"), r.output
+    r = CliRunner().invoke(cli.main, ["export-table", "--out", str(out), "--storage", linear_db])
+    assert r.exit_code == 0 and r.stdout.startswith(f"wrote {out}: 1 tuned"), r.output
+    assert json.loads(out.read_text())["kernels"] == json.loads(fresh.read_text())["kernels"]
+
+
+@pytest.mark.parametrize("existing, message", [
+    (json.dumps(_shipped("h200")), "gpu 'h200', but the results to merge are of 'h100'"),
+    ('{"format": "nano-vllm-coconut/lookup-table", ', "not valid JSON"),
+    (json.dumps({**_shipped(), "format_version": 2}), "format_version 2"),
+])
+def test_export_merge_refuses_another_gpu_or_a_bad_table_and_keeps_the_file(tmp_path, linear_db, existing, message):
+    out = tmp_path / "h100.json"
+    out.write_text(existing)
+    r = CliRunner().invoke(cli.main, ["export-table", "--merge", "--out", str(out), "--storage", linear_db])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code != 0 and len(lines) == 1 and lines[0].startswith(f"Error: lookup table {out}: "), r.stderr
+    assert message in lines[0] and out.read_text() == existing
+    assert not out.with_name(out.name + ".tmp").exists()
 
 
 def _digest(path: Path) -> str:

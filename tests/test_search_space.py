@@ -101,6 +101,16 @@ def test_config_json_and_nxk_lists(tmp_path):
     assert [(s.N, s.K) for s in mixed] == [(12288, 4096), (96, 64), (22016, 4096), (32000, 4096)]
 
 
+def test_linear_sites_need_no_vocab_size(tmp_path):
+    cfg = dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert [(s.name, s.K, s.N) for s in parse_shapes(str(path), "linear")] == [
+        ("o_proj", 2048, 2048), ("down_proj", 5632, 2048)]
+    with pytest.raises(ValueError, match=r"missing integer field\(s\) \['vocab_size'\]"):
+        sites_from_config(cfg)  # the fused kernel's lm_head does need it
+
+
 @pytest.mark.parametrize("spec, match", [
     ("llama-9b", "not a preset"), ("12288x", "not a preset"), ("0x64", "zero dimension"), ("", "empty"),
     ("missing.json", "cannot read"),
