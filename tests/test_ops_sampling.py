@@ -73,6 +73,21 @@ def test_top_k_and_top_p_restrict_candidates(device):
     assert torch.isin(tokens[rows // 2:], nucleus).all()
 
 
+def test_filtered_told_by_the_caller_draws_what_reading_the_tensors_draws(device):
+    logits = torch.randn(3, 300, generator=torch.Generator().manual_seed(1)).to(device)
+    temperatures = torch.ones(3, device=device)
+    top_ks = torch.tensor([4, -1, -1], device=device)
+    top_ps = torch.tensor([1.0, 0.5, 1.0], device=device)
+
+    def draw(filtered, ks=top_ks, ps=top_ps):
+        gens = [torch.Generator(device=device).manual_seed(i) for i in range(3)]
+        return sample(logits, temperatures, ks, ps, gens, filtered=filtered)
+
+    assert torch.equal(draw(True), draw(None))
+    # Told "no filtering", the parameters are not applied: the flag is what decides.
+    assert torch.equal(draw(False), draw(None, torch.full((3,), -1, device=device), torch.ones(3, device=device)))
+
+
 def test_apply_top_k_top_p_keeps_the_best_token():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [1.0, 3.0, 2.0, 0.0]])
     masked = apply_top_k_top_p(logits, torch.ones(2), torch.tensor([1, 2]), torch.tensor([1.0, 0.01]))

@@ -4,12 +4,13 @@ import numpy as np
 import torch
 
 from nanovllm.config import Config
+from nanovllm.engine.cuda_graph import DecodeGraphs, decode_arrays, decode_views
 from nanovllm.engine.sequence import Sequence
 from nanovllm.layers.attention import Attention
 from nanovllm.layers.fused_norm_linear import fuse_norm_linear
 from nanovllm.layers.sampler import Sampler
 from nanovllm.models import MODEL_REGISTRY
-from nanovllm.utils.context import get_context, reset_context, set_context
+from nanovllm.utils.context import reset_context, set_context
 from nanovllm.utils.loader import load_model
 from nanovllm.utils.tuning import open_table, resolve_configs, resolve_linear_configs
 
@@ -44,7 +45,7 @@ class ModelRunner:
             self._fuse_norm_linear()
         self.sampler = Sampler()
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: DecodeGraphs | None = None
         self.num_kvcache_blocks = self._num_kvcache_blocks()
         if self.num_kvcache_blocks < self.max_blocks_per_seq:
             raise ValueError(
@@ -53,7 +54,8 @@ class ModelRunner:
                 "give the cache more room (gpu_memory_utilization, num_kvcache_blocks)")
         self._bind_kv_cache(self.num_kvcache_blocks)
         if self.device.type == "cuda" and not config.enforce_eager:
-            self._capture_cudagraphs()
+            self.graphs = DecodeGraphs(self.model, config.max_num_seqs, self.block_size, self.max_blocks_per_seq,
+                                       hf_config.vocab_size, self.device)
 
     def _fuse_norm_linear(self) -> None:
         pairs = self.model.norm_linear_pairs()
@@ -156,89 +158,50 @@ class ModelRunner:
         return input_ids, positions
 
     def _prepare_decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = [len(seq) - 1 for seq in seqs]
-        slots = [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
-                 for seq, p in zip(seqs, positions)]
-        seq_lens, block_tables = self._upload(torch.int32, [len(seq) for seq in seqs], self._block_tables(seqs))
-        input_ids, positions, slot_mapping = self._upload(torch.int64, [seq.last_token for seq in seqs], positions,
-                                                          slots)
-        set_context(is_prefill=False, seq_lens=seq_lens, slot_mapping=slot_mapping, block_tables=block_tables)
+        width = max(len(seq.block_table) for seq in seqs)
+        i64, i32 = decode_arrays(seqs, len(seqs), self.block_size, width)
+        (i64,), (i32,) = self._upload(torch.int64, i64), self._upload(torch.int32, i32)
+        input_ids, positions, context = decode_views(i64, i32, len(seqs), width)
+        set_context(is_prefill=False, **context)
         return input_ids, positions
 
-    def _prepare_sample(self, seqs: list[Sequence]):
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        params = [seq.sampling_params for seq in seqs]
+        # All greedy (the benchmarks, checks against HF): one argmax, nothing uploaded, no noise drawn.
+        if all(p.temperature == 0 for p in params):
+            return logits.argmax(dim=-1)
         for seq in seqs:
             if seq.sampling_params.seed is not None and seq.generator is None:
                 seq.generator = torch.Generator(self.device).manual_seed(seq.sampling_params.seed)
         generators = [seq.generator for seq in seqs]
-        params = [seq.sampling_params for seq in seqs]
         temperatures, top_ps = self._upload(torch.float32, [p.temperature for p in params], [p.top_p for p in params])
         (top_ks,) = self._upload(torch.int64, [p.top_k for p in params])
-        return temperatures, top_ks, top_ps, generators if any(g is not None for g in generators) else None
+        # Known here from the parameters; reading it off the tensors would make the host wait for the GPU mid-step.
+        filtered = any(0 < p.top_k < logits.shape[1] or p.top_p < 1.0 for p in params)
+        return self.sampler(logits, temperatures, top_ks, top_ps,
+                            generators if any(g is not None for g in generators) else None, filtered=filtered)
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int | None]:
         """One forward pass; returns each sequence's new token, or None for a chunk that does not end its prompt."""
         if is_prefill:
-            input_ids, positions = self._prepare_prefill(seqs)
+            logits = self._run_model(*self._prepare_prefill(seqs))
             done = [seq.num_computed_tokens + seq.num_scheduled_tokens == len(seq) for seq in seqs]
         else:
-            input_ids, positions = self._prepare_decode(seqs)
+            graphed = self.graphs is not None and len(seqs) <= self.graphs.max_batch
+            logits = self.graphs.run(seqs) if graphed else self._run_model(*self._prepare_decode(seqs))
             done = [True] * len(seqs)
-        logits = self._run_model(input_ids, positions, is_prefill)
         sampled = [seq for seq, d in zip(seqs, done) if d]
-        token_ids = iter(self.sampler(logits, *self._prepare_sample(sampled)).tolist() if sampled else [])
+        token_ids = iter(self._sample(logits, sampled).tolist() if sampled else [])
         reset_context()
         return [next(token_ids) if d else None for d in done]
 
     def compute_prefill_logits(self, seqs: list[Sequence]) -> torch.Tensor:
         """Logits of the last token of each scheduled prompt, without sampling (for checks against other engines)."""
         with torch.inference_mode():
-            input_ids, positions = self._prepare_prefill(seqs)
-            logits = self._run_model(input_ids, positions, is_prefill=True)
+            logits = self._run_model(*self._prepare_prefill(seqs))
         reset_context()
         return logits
 
-    def _run_model(self, input_ids: torch.Tensor, positions: torch.Tensor, is_prefill: bool) -> torch.Tensor:
-        batch = input_ids.size(0)
-        if is_prefill or not self.graphs or batch > self.graph_batch_sizes[-1]:
-            return self.model.compute_logits(self.model(input_ids, positions))
-        graph_batch = next(b for b in self.graph_batch_sizes if b >= batch)
-        ctx, v = get_context(), self.graph_vars
-        v["input_ids"][:batch] = input_ids
-        v["positions"][:batch] = positions
-        v["slot_mapping"].fill_(-1)
-        v["slot_mapping"][:batch] = ctx.slot_mapping
-        # Padding rows read one token of block 0: finite values, and their outputs are dropped.
-        v["seq_lens"].fill_(1)
-        v["seq_lens"][:batch] = ctx.seq_lens
-        v["block_tables"].fill_(0)
-        v["block_tables"][:batch, :ctx.block_tables.size(1)] = ctx.block_tables
-        self.graphs[graph_batch].replay()
-        return self.model.compute_logits(v["outputs"][:batch])
-
-    @torch.inference_mode()
-    def _capture_cudagraphs(self) -> None:
-        sizes = [1, 2, 4, 8] + list(range(16, 513, 16))
-        largest = next(b for b in sizes if b >= min(self.config.max_num_seqs, 512))
-        self.graph_batch_sizes = [b for b in sizes if b <= largest]
-        hidden_size = self.config.hf_config.hidden_size
-        self.graph_vars = v = {
-            "input_ids": torch.zeros(largest, dtype=torch.int64, device=self.device),
-            "positions": torch.zeros(largest, dtype=torch.int64, device=self.device),
-            "slot_mapping": torch.full((largest,), -1, dtype=torch.int64, device=self.device),
-            "seq_lens": torch.ones(largest, dtype=torch.int32, device=self.device),
-            "block_tables": torch.zeros(largest, self.max_blocks_per_seq, dtype=torch.int32, device=self.device),
-            "outputs": torch.zeros(largest, hidden_size, dtype=self.dtype, device=self.device),
-        }
-        pool = None
-        for batch in reversed(self.graph_batch_sizes):
-            set_context(is_prefill=False, slot_mapping=v["slot_mapping"][:batch], seq_lens=v["seq_lens"][:batch],
-                        block_tables=v["block_tables"][:batch])
-            v["outputs"][:batch] = self.model(v["input_ids"][:batch], v["positions"][:batch])  # compiles kernels
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool):
-                v["outputs"][:batch] = self.model(v["input_ids"][:batch], v["positions"][:batch])
-            pool = graph.pool()
-            self.graphs[batch] = graph
-            torch.cuda.synchronize()
-            reset_context()
+    def _run_model(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model.compute_logits(self.model(input_ids, positions))

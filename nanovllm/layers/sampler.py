@@ -6,5 +6,5 @@ from nanovllm import ops
 
 class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor, top_ps: torch.Tensor,
-                generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
-        return ops.sample(logits, temperatures, top_ks, top_ps, generators)
+                generators: list[torch.Generator | None] | None = None, *, filtered: bool | None = None) -> torch.Tensor:
+        return ops.sample(logits, temperatures, top_ks, top_ps, generators, filtered=filtered)

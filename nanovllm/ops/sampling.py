@@ -94,11 +94,12 @@ def _uniform_noise(logits: torch.Tensor, generators: list[torch.Generator | None
 
 
 def sample(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor, top_ps: torch.Tensor,
-           generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
+           generators: list[torch.Generator | None] | None = None, *, filtered: bool | None = None) -> torch.Tensor:
     """Sample one token id per row of logits [B, V] (float32); temperature 0 means greedy.
 
     top_ks [B] (-1: off) and top_ps [B] (1.0: off) restrict the candidates; generators (one per row,
-    or None) make a row's draw reproducible. Returns int64 token ids [B].
+    or None) make a row's draw reproducible. filtered: whether any row has top-k or top-p on, when the caller
+    knows; None reads it off top_ks and top_ps, which waits for the GPU. Returns int64 token ids [B].
     """
     check_tensor("logits", logits, 2, (torch.float32,), logits.device)
     batch = logits.shape[0]
@@ -108,7 +109,9 @@ def sample(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tenso
     check_shape("top_ks", top_ks, (batch,))
     check_tensor("top_ps", top_ps, 1, (torch.float32, torch.float64), logits.device)
     check_shape("top_ps", top_ps, (batch,))
-    if bool(((top_ks > 0) & (top_ks < logits.shape[1])).any() | (top_ps < 1.0).any()):
+    if filtered is None:
+        filtered = bool(((top_ks > 0) & (top_ks < logits.shape[1])).any() | (top_ps < 1.0).any())
+    if filtered:
         logits = apply_top_k_top_p(logits, temperatures, top_ks, top_ps)
     noise = _uniform_noise(logits, generators)
     fn = gumbel_argmax_triton if logits.is_cuda else gumbel_argmax_reference

@@ -1,0 +1,115 @@
+"""CUDA graphs of the decode step, and the layout of a decode step's inputs.
+
+A decode step's inputs are two flat arrays, one per dtype, so that each reaches the GPU in one copy:
+int64 [input_ids | positions | slot_mapping] and int32 [seq_lens | block_tables, row-major], every field
+`batch` rows long. The eager path uploads them as they are; a graph's are padded to its batch size on the host.
+"""
+from bisect import bisect_left
+
+import numpy as np
+import torch
+from torch import nn
+
+from nanovllm.engine.sequence import Sequence
+from nanovllm.utils.context import reset_context, set_context
+
+GRAPH_BATCH_SIZES = [1, 2, 4, 8] + list(range(16, 513, 16))
+
+
+def decode_arrays(seqs: list[Sequence], batch: int, block_size: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The int64 and int32 arrays of a decode step of `seqs`, padded to `batch` rows of `width` table entries.
+
+    Padding rows: token 0 at position 0, slot -1 (the KV-cache write skips it), seq_len 1 and block table 0 (the
+    row reads one finite token of block 0, and its output is dropped). Table entries past a sequence's blocks are 0.
+    """
+    n = len(seqs)
+    i64 = np.zeros(3 * batch, dtype=np.int64)
+    i32 = np.zeros(batch * (1 + width), dtype=np.int32)
+    input_ids, positions, slots = i64.reshape(3, batch)
+    seq_lens, tables = i32[:batch], i32[batch:].reshape(batch, width)
+    last = [len(seq) - 1 for seq in seqs]
+    input_ids[:n] = [seq.last_token for seq in seqs]
+    positions[:n] = last
+    slots[:n] = [seq.block_table[p // block_size] * block_size + p % block_size for seq, p in zip(seqs, last)]
+    slots[n:] = -1
+    seq_lens[:n] = positions[:n] + 1
+    seq_lens[n:] = 1
+    for row, seq in zip(tables, seqs):
+        row[:len(seq.block_table)] = seq.block_table
+    return i64, i32
+
+
+def decode_views(i64: torch.Tensor, i32: torch.Tensor, batch: int,
+                 width: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """input_ids, positions and the context's tensors, as views of flat tensors that begin with decode_arrays'."""
+    input_ids, positions, slot_mapping = i64[:3 * batch].view(3, batch)
+    context = {"slot_mapping": slot_mapping, "seq_lens": i32[:batch],
+               "block_tables": i32[batch:batch * (1 + width)].view(batch, width)}
+    return input_ids, positions, context
+
+
+class DecodeGraphs:
+    """One CUDA graph of the decode step, LM head included, per batch size up to `max_num_seqs` (at most 512).
+
+    Every graph reads its inputs from the same two device buffers, one per dtype, its decode_arrays packed from
+    offset 0: a step's inputs reach the graph in one copy per dtype out of a pinned staging buffer, with no
+    padding or scatter kernels, and the buffers are the size of the largest graph's arrays rather than the sum
+    over all graphs. Sharing is safe because replays run one at a time on one stream and each step's copy
+    rewrites everything its graph reads.
+    """
+
+    def __init__(self, model: nn.Module, max_num_seqs: int, block_size: int, width: int, vocab_size: int,
+                 device: torch.device):
+        largest = next(b for b in GRAPH_BATCH_SIZES if b >= min(max_num_seqs, GRAPH_BATCH_SIZES[-1]))
+        self.batch_sizes = [b for b in GRAPH_BATCH_SIZES if b <= largest]
+        self.max_batch, self.block_size, self.width = largest, block_size, width
+        # Made outside inference mode, so that run() may write into them from anywhere.
+        self.host_buffers = [torch.from_numpy(a).pin_memory() for a in decode_arrays([], largest, block_size, width)]
+        self.device_buffers = [torch.empty_like(host, device=device) for host in self.host_buffers]
+        self.logits = torch.empty(largest, vocab_size, dtype=torch.float32, device=device)  # LMHead's dtype
+        # Marks the end of the last copies out of the staging buffers, which the next step overwrites.
+        self.copied = torch.cuda.Event()
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.inputs: dict[int, tuple[list, dict[str, torch.Tensor]]] = {}
+        self._capture(model)
+
+    def run(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Logits [len(seqs), vocab] of a decode step; a view that the next replay overwrites."""
+        batch = self.batch_sizes[bisect_left(self.batch_sizes, len(seqs))]
+        copies, context = self.inputs[batch]
+        self._upload(copies, decode_arrays(seqs, batch, self.block_size, self.width))
+        set_context(is_prefill=False, **context)
+        self.graphs[batch].replay()
+        return self.logits[:len(seqs)]
+
+    def _upload(self, copies: list, arrays: tuple[np.ndarray, np.ndarray]) -> None:
+        # A non_blocking copy reads the pinned buffer when the stream reaches it, so the host must not rewrite the
+        # buffer before the last step's copies ran. In the engine they always have (each step ends waiting for its
+        # sampled tokens, .tolist(), which comes after the copies on the same stream), so this wait returns at once;
+        # it is there for callers that replay without reading the result back.
+        self.copied.synchronize()
+        for (host_array, host, dev), array in zip(copies, arrays):
+            host_array[:] = array
+            dev.copy_(host, non_blocking=True)
+        self.copied.record()
+
+    @torch.inference_mode()
+    def _capture(self, model: nn.Module) -> None:
+        pool = None
+        # Largest first: the smaller graphs then fit in the memory pool the largest leaves.
+        for batch in reversed(self.batch_sizes):
+            padding = decode_arrays([], batch, self.block_size, self.width)
+            copies = [(host[:a.size].numpy(), host[:a.size], dev[:a.size])
+                      for a, host, dev in zip(padding, self.host_buffers, self.device_buffers)]
+            input_ids, positions, context = decode_views(*self.device_buffers, batch, self.width)
+            self.inputs[batch] = copies, context
+            self._upload(copies, padding)  # the warm-up run below then writes nothing into the KV cache
+            set_context(is_prefill=False, **context)
+            self.logits[:batch] = model.compute_logits(model(input_ids, positions))  # compiles the kernels
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool):
+                self.logits[:batch] = model.compute_logits(model(input_ids, positions))
+            pool = graph.pool()
+            self.graphs[batch] = graph
+            torch.cuda.synchronize()
+            reset_context()
