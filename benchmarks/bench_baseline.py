@@ -150,7 +150,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, nargs="+", default=GRID_BATCH)
     parser.add_argument("--seq_len", type=int, nargs="+", default=GRID_SEQ, help="prompt tokens per sequence")
     parser.add_argument("--output_len", type=int, default=32, help="generated tokens per sequence (>= 2)")
-    parser.add_argument("--variant", choices=VARIANTS + ("all",), default="all")
+    parser.add_argument("--variant", nargs="+", choices=VARIANTS + ("all",), default=["all"],
+                        help="one or more of the variants, in the order given")
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per point (the median is kept)")
     parser.add_argument("--tuning_table", help="lookup table of the tuned variant (default: the GPU's, see LLM())")
     parser.add_argument("--output", default=str(RESULTS / "baseline_metrics.csv"))
@@ -170,7 +171,7 @@ def main() -> None:
     model_name = args.model if args.model in MODELS else os.path.basename(os.path.normpath(args.model))
     writer = CsvWriter(args.output, COLUMNS)
     points = [(b, s) for b in args.batch_size for s in args.seq_len]
-    for variant in VARIANTS if args.variant == "all" else (args.variant,):
+    for variant in VARIANTS if "all" in args.variant else dict.fromkeys(args.variant):
         run_variant(path, model_name, variant, points, args, writer)
     print(f"wrote {args.output}")
     print(speedups(pd.read_csv(args.output)).to_string(float_format=lambda v: f"{v:.3f}"))

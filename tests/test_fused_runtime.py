@@ -223,7 +223,9 @@ def test_plain_linears_run_the_tuned_gemm_and_give_the_same_tokens(checkpoint, t
     calls = []
     run = linear_layer.tuned_linear
     monkeypatch.setattr(linear_layer, "tuned_linear", lambda *a, **kw: calls.append(a[0].shape[0]) or run(*a, **kw))
-    llm = engine(path, tuning_table=plain_table(tmp_path, {64: (PLAIN, 1.1)}), max_num_batched_tokens=24)
+    # Eager, so that decode steps run the layers in Python (a CUDA graph replays what its capture recorded).
+    llm = engine(path, tuning_table=plain_table(tmp_path, {64: (PLAIN, 1.1)}), max_num_batched_tokens=24,
+                 enforce_eager=True)
     layer = llm.model_runner.model.model.layers[0]
     assert layer.self_attn.o_proj.linear_configs is layer.mlp.down_proj.linear_configs
     assert [o["token_ids"] for o in llm.generate(prompts(), GREEDY, use_tqdm=False)] == expected

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nanovllm.ops import apply_rotary, rms_norm, silu_and_mul, store_kvcache
+from nanovllm.ops import apply_rotary_and_store_kvcache, rms_norm, silu_and_mul
 from nanovllm.ops.activation import silu_and_mul_triton
 from nanovllm.ops.kv_cache import store_kvcache_triton
 from nanovllm.ops.norm import rms_norm_triton
@@ -125,12 +125,14 @@ def test_dispatch_runs_references_on_cpu():
     x, weight = rand(3, 32), rand(32)
     torch.testing.assert_close(rms_norm(x, weight, 1e-5), rms_norm_reference(x, weight, 1e-5))
     torch.testing.assert_close(silu_and_mul(x), silu_and_mul_reference(x))
-    q, k = rand(3, 2, 32), rand(3, 1, 32)
+    q, k, v = rand(3, 2, 32), rand(3, 1, 32), rand(3, 1, 32)
     positions, cache = torch.tensor([0, 1, 5]), make_cos_sin_cache(8, 32)
-    torch.testing.assert_close(apply_rotary(q, k, positions, cache), apply_rotary_reference(q, k, positions, cache))
     k_cache, v_cache = torch.zeros(1, 16, 1, 32), torch.zeros(1, 16, 1, 32)
-    store_kvcache(k, k, k_cache, v_cache, torch.tensor([2, -1, 4]))
-    assert torch.equal(k_cache[0, 2], k[0]) and torch.equal(v_cache[0, 4], k[2])
+    got_q = apply_rotary_and_store_kvcache(q, k, v, positions, cache, k_cache, v_cache, torch.tensor([2, -1, 4]))
+    expected_q, expected_k = apply_rotary_reference(q, k, positions, cache)
+    assert torch.equal(got_q, expected_q)
+    assert torch.equal(k_cache[0, 2], expected_k[0]) and torch.equal(v_cache[0, 4], v[2])
+    assert torch.count_nonzero(k_cache[0, [0, 1, 3, *range(5, 16)]]) == 0
 
 
 def test_bad_arguments_name_the_argument(device):

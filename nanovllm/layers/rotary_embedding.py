@@ -4,8 +4,6 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from nanovllm import ops
-
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
 
@@ -37,7 +35,8 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, params: dict) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Neox-style rotary embedding from a float32 [max_position, head_dim] table of cos | sin."""
+    """The float32 [max_position, head_dim] table of cos | sin of a Neox-style rotary embedding. Attention applies it
+    in the kernel that writes the KV cache (ops.apply_rotary_and_store_kvcache)."""
 
     def __init__(self, head_dim: int, max_position: int, params: dict):
         super().__init__()
@@ -46,6 +45,3 @@ class RotaryEmbedding(nn.Module):
             inv_freq = _llama3_inv_freq(inv_freq, params)
         freqs = torch.arange(max_position, dtype=torch.float32)[:, None] * inv_freq[None, :]
         self.register_buffer("cos_sin_cache", torch.cat((freqs.cos(), freqs.sin()), dim=-1), persistent=False)
-
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        return ops.apply_rotary(q, k, positions, self.cos_sin_cache)

@@ -31,8 +31,8 @@ class LlamaAttention(nn.Module):
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
         self.o_proj = Linear(self.q_size, config.hidden_size, o_bias)
-        self.rotary_emb = RotaryEmbedding(self.head_dim, max_position, rope_parameters(config))
-        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads,
+        rotary_emb = RotaryEmbedding(self.head_dim, max_position, rope_parameters(config))
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads, rotary_emb,
                               sliding_window(config, layer_idx))
         self.q_norm = self.k_norm = None
         if qk_norm:
@@ -46,8 +46,7 @@ class LlamaAttention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
-        o = self.attn(q, k, v)
+        o = self.attn(positions, q, k, v)
         return self.o_proj(o.view(-1, self.q_size))
 
 

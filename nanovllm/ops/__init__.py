@@ -11,20 +11,24 @@ from nanovllm.ops import reference
 from nanovllm.ops.activation import silu_and_mul_triton
 from nanovllm.ops.attention_decode import paged_decode_attention_triton
 from nanovllm.ops.attention_prefill import paged_prefill_attention_triton
-from nanovllm.ops.kv_cache import store_kvcache_triton
 from nanovllm.ops.norm import rms_norm_triton
-from nanovllm.ops.rotary import apply_rotary_triton
+from nanovllm.ops.rotary_kvcache import apply_rotary_and_store_kvcache_triton
 from nanovllm.ops.sampling import sample
 
-__all__ = ["store_kvcache", "paged_prefill_attention", "paged_decode_attention", "rms_norm", "apply_rotary",
+__all__ = ["apply_rotary_and_store_kvcache", "paged_prefill_attention", "paged_decode_attention", "rms_norm",
            "silu_and_mul", "sample"]
 
 
-def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                  slot_mapping: torch.Tensor) -> None:
-    """Write k, v [T, Hkv, D] into the caches at slot_mapping [T] (slot -1: skip the token)."""
-    fn = store_kvcache_triton if k.is_cuda else reference.store_kvcache_reference
-    fn(k, v, k_cache, v_cache, slot_mapping)
+def apply_rotary_and_store_kvcache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                                   cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                   slot_mapping: torch.Tensor) -> torch.Tensor:
+    """Rotates q [T, Hq, D] and k [T, Hkv, D] (Neox-style rotate_half, bit-exact with HF Llama) and writes k and v
+    into the caches at slot_mapping [T] (slot -1: skip the token); returns the rotated q as a new tensor.
+
+    The rotated k exists only in the cache. The caches have q's dtype: the attention ops read them with q.
+    """
+    fn = apply_rotary_and_store_kvcache_triton if q.is_cuda else reference.apply_rotary_and_store_kvcache_reference
+    return fn(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
 
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -52,13 +56,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     """HF RMSNorm of x [T, H]; with a residual, normalizes h = x + residual and returns (y, h)."""
     fn = rms_norm_triton if x.is_cuda else reference.rms_norm_reference
     return fn(x, weight, eps, residual)
-
-
-def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
-                 cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neox-style (rotate_half) rotary embedding; returns new tensors, bit-exact with HF Llama."""
-    fn = apply_rotary_triton if q.is_cuda else reference.apply_rotary_reference
-    return fn(q, k, positions, cos_sin_cache)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,15 @@ def apply_rotary_reference(q: torch.Tensor, k: torch.Tensor, positions: torch.Te
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
+def apply_rotary_and_store_kvcache_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                             positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+                                             k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                             slot_mapping: torch.Tensor) -> torch.Tensor:
+    q, k = apply_rotary_reference(q, k, positions, cos_sin_cache)
+    store_kvcache_reference(k, v, k_cache, v_cache, slot_mapping)
+    return q
+
+
 def silu_and_mul_reference(x: torch.Tensor) -> torch.Tensor:
     gate, up = x.chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * up
