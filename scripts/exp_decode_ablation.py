@@ -5,7 +5,8 @@ benchmarks/bench_baseline.py does (CUDA graphs, greedy, median of --repeats runs
 - baseline: separate RMSNorm and cuBLAS GEMMs (fused_norm_linear=False);
 - tuned: the fused kernel and the plain-linear GEMM where the GPU's table says they won;
 - tuned-no-linear: the same table without its "linear" entries (o_proj/down_proj on cuBLAS);
-- tuned-no-pdl: tuned, every Triton kernel launched without programmatic dependent launch.
+- tuned-no-pdl: tuned, every Triton kernel launched without programmatic dependent launch;
+- tuned-fuse16: tuned, but shapes the table lacks run the fused default config only up to 16 rows, not 64.
 
     python scripts/exp_decode_ablation.py --model llama-7b --batch_size 16 32 --seq_len 128 --output abl.csv
 """
@@ -24,11 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels.pdl  # noqa: E402
+import nanovllm.utils.tuning as tuning  # noqa: E402
 from benchmarks.bench_baseline import build, measure  # noqa: E402
 from nanovllm.utils.random_checkpoint import cached_random_checkpoint  # noqa: E402
 from nanovllm.utils.tuning import find_table  # noqa: E402
 
-SETTINGS = ("baseline", "tuned", "tuned-no-linear", "tuned-no-pdl")
+SETTINGS = ("baseline", "tuned", "tuned-no-linear", "tuned-no-pdl", "tuned-fuse16")
 
 
 def without_linear(table: Path) -> str:
@@ -53,12 +55,14 @@ def main() -> None:
     table = find_table(None, torch.device("cuda"))
     if table is None:
         sys.exit("no tuning table for this GPU")
-    tables = {"tuned": str(table), "tuned-no-linear": without_linear(table), "tuned-no-pdl": str(table)}
+    tables = {"tuned": str(table), "tuned-no-linear": without_linear(table), "tuned-no-pdl": str(table),
+              "tuned-fuse16": str(table)}
     points = [(b, s) for b in args.batch_size for s in args.seq_len]
-    hopper = kernels.pdl._hopper_or_newer
+    hopper, fused_max_m = kernels.pdl._hopper_or_newer, tuning.FUSED_MAX_M
     rows = []
     for setting in args.settings:
         kernels.pdl._hopper_or_newer = (lambda index: False) if setting == "tuned-no-pdl" else hopper
+        tuning.FUSED_MAX_M = 16 if setting == "tuned-fuse16" else fused_max_m
         variant = "baseline" if setting == "baseline" else "tuned"
         llm = build(path, variant, points, args.output_len, tables.get(setting))
         for batch, seq_len in points:
