@@ -92,13 +92,14 @@ def test_table_covering_part_of_the_model_logs_and_warns_once(tmp_path, caplog):
         f"tuning table {path} has no float32 configs for (K, N) [(64, 128)]: those run the heuristic default configs"]
     assert f"tuning table {path} (h100, torch {torch.__version__}" in caplog_text
     assert "covers 1 of the model's 2 float32 shapes" in caplog_text
-    assert configs[64, 256][1] == SMALL and configs[64, 256][2] == configs[64, 256][64] == INTERPRETER_CONFIG
-    assert configs[64, 128] == [default_config(max(m, 1), 128, 64, torch.device("cpu"), 4) for m in range(65)]
+    assert configs[64, 256][1] == SMALL and configs[64, 256][2] == configs[64, 256][16] == INTERPRETER_CONFIG
+    # The untuned shape: the default up to FUSED_MAX_M (16) rows, the separate path above.
+    assert configs[64, 128][:17] == [default_config(max(m, 1), 128, 64, torch.device("cpu"), 4) for m in range(17)]
+    assert configs[64, 128][17:] == [None] * 48
     with pytest.warns(UserWarning, match="no float32 configs"):
         by_m = resolve(path, max_m=100)
-    # Past the largest tuned bucket (16) and decode sizes (64) nothing was measured: the separate path.
-    assert by_m[64, 256][64] == INTERPRETER_CONFIG and by_m[64, 256][65:] == [None] * 36
-    assert by_m[64, 128][65:] == [None] * 36
+    # Past the largest tuned bucket (16) nothing was measured: the separate path.
+    assert by_m[64, 256][16] == INTERPRETER_CONFIG and by_m[64, 256][17:] == [None] * 84
 
 
 def test_discovery_order_argument_then_environment_then_shipped_table(tmp_path, monkeypatch):
@@ -143,7 +144,7 @@ def test_table_from_other_software_is_used_with_a_warning(tmp_path):
                        triton_version="2.1.0"), tmp_path / "old.json")
     with pytest.warns(UserWarning, match=r"tuned for torch 2\.0\.0 \(running .*\), triton 2\.1\.0"):
         configs = resolve(path)
-    assert configs[64, 256][3] == configs[64, 128][64] == SMALL
+    assert configs[64, 256][1] == configs[64, 128][16] == SMALL
 
 
 @pytest.mark.parametrize("content, problem", [

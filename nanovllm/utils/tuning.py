@@ -9,10 +9,12 @@ Table discovery, first match wins:
 Which M run fused: with a table, every M whose bucket the tuner measured faster than the separate RMSNorm +
 cuBLAS GEMM (speedup >= 1), prefill included, up to the shape's largest tuned bucket or FUSED_MAX_M, whichever
 is larger: past that nothing was measured (a decode-only table's split-K config would need a workspace of
-M x N floats per split at prefill sizes), so the separate path runs. Without one, up to FUSED_MAX_M rows (decode batches), where
-the default config reads the weight once at the copy bandwidth and beats the separate path (1.0-1.3x on an
-H200, benchmarks/bench_results/throughput_vs_batch_default_v3.csv); above it the default is not measured on
-every card, so the separate path runs, on the folded weights.
+M x N floats per split at prefill sizes), so the separate path runs. Without one (or for a shape the table lacks),
+up to FUSED_MAX_M rows (decode batches), where the default config reads the weight once near the copy bandwidth
+and beats the separate path (1.07-1.33x at M <= 16 on an H200, bench_results/throughput_vs_batch_default_v3.csv).
+Not above: at 17-64 rows the default also won in isolation (1.0-1.12x), but end to end at batch 32 it cost
+mistral-7b and llama-13b 3-7% of a decode step (scripts/exp_decode_ablation.py, docs/PERF_NOTES.md); the separate
+path runs there, on the folded weights.
 
 The final norm + lm_head stays unfused, decided from the H200 tune of llama-7b (docs/PERF_NOTES.md): the
 fused lm_head site is 1.10x its baseline at M <= 64 (62.6 vs 68.9 us at M=1), about 6 us of a 4.9 ms decode
@@ -45,7 +47,7 @@ from kernels.config import Config, default_config, device_has_tma, device_smem_l
 
 TUNING_TABLE_ENV = "NANOVLLM_TUNING_TABLE"
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
-FUSED_MAX_M = 64
+FUSED_MAX_M = 16
 logger = logging.getLogger(__name__)
 
 
