@@ -225,25 +225,26 @@ def test_plain_linears_run_the_tuned_gemm_and_give_the_same_tokens(checkpoint, t
     run = linear_layer.tuned_linear
     monkeypatch.setattr(linear_layer, "tuned_linear", lambda *a, **kw: calls.append(a[0].shape[0]) or run(*a, **kw))
     # Eager, so that decode steps run the layers in Python (a CUDA graph replays what its capture recorded).
-    llm = engine(path, tuning_table=plain_table(tmp_path, {64: (PLAIN, 1.1)}), max_num_batched_tokens=24,
+    llm = engine(path, tuning_table=plain_table(tmp_path, {64: (PLAIN, 1.1)}), max_num_batched_tokens=16,
                  enforce_eager=True)
     layer = llm.model_runner.model.model.layers[0]
     assert layer.self_attn.o_proj.linear_configs is layer.mlp.down_proj.linear_configs
     assert [o["token_ids"] for o in llm.generate(prompts(), GREEDY, use_tqdm=False)] == expected
-    # Chunked prefill (24-row chunks) and decode (3 rows) ran the kernel: 2 sites x 2 layers per step.
-    assert max(calls) == 24 and 3 in calls and len(calls) % 4 == 0
+    # Chunked prefill (16-row chunks, LINEAR_MAX_M) and decode (3 rows) ran the kernel: 2 sites x 2 layers a step.
+    assert max(calls) == tuning.LINEAR_MAX_M == 16 and 3 in calls and len(calls) % 4 == 0
 
 
 def test_plain_linear_configs_follow_the_bucket_rule(checkpoint, tmp_path, caplog):
     path, _ = checkpoint
     with caplog.at_level(logging.INFO, logger=tuning.__name__):
-        buckets = {4: (SMALL_PLAIN, 1.2), 16: (PLAIN, 0.9), 32: (PLAIN, 1.1)}
+        buckets = {4: (SMALL_PLAIN, 1.2), 8: (PLAIN, 0.9), 16: (PLAIN, 1.1), 32: (PLAIN, 1.1)}
         llm = engine(path, tuning_table=plain_table(tmp_path, buckets))
     assert "1 of the model's 1 float32 shapes by" in caplog.text
     configs = llm.model_runner.model.model.layers[1].mlp.down_proj.linear_configs
     assert configs[0] == configs[1] == configs[4] == SMALL_PLAIN
-    # cuBLAS was faster at M = 5..16; past the largest bucket (32) nothing was measured against cuBLAS.
-    assert configs[5:17] == [None] * 12 and configs[17:33] == [PLAIN] * 16
+    # cuBLAS was faster at M = 5..8; past LINEAR_MAX_M (16) the tuned GEMM lost end to end, past the largest
+    # bucket nothing was measured against cuBLAS.
+    assert configs[5:9] == [None] * 4 and configs[9:17] == [PLAIN] * 8 and configs[17:33] == [None] * 16
     assert len(configs) > 33 and configs[33:] == [None] * (len(configs) - 33)
     assert llm.model_runner.model.model.layers[0].self_attn.qkv_proj.linear_configs is None
     # No "linear" entries, no table, or the unfused runtime: F.linear everywhere.

@@ -11,7 +11,8 @@ cuBLAS GEMM (speedup >= 1), prefill included, up to the shape's largest tuned bu
 is larger: past that nothing was measured (a decode-only table's split-K config would need a workspace of
 M x N floats per split at prefill sizes), so the separate path runs. Without one (or for a shape the table lacks),
 up to FUSED_MAX_M rows (decode batches), where the default config reads the weight once near the copy bandwidth
-and beats the separate path (1.07-1.33x at M <= 16 on an H200, bench_results/throughput_vs_batch_default_v3.csv).
+and beats the separate path (1.07-1.33x at M <= 16 on an H200,
+benchmarks/bench_results/throughput_vs_batch_default_v3.csv).
 Not above: at 17-64 rows the default also won in isolation (1.0-1.12x), but end to end at batch 32 it cost
 mistral-7b and llama-13b 3-7% of a decode step (scripts/exp_decode_ablation.py, docs/PERF_NOTES.md); the separate
 path runs there, on the folded weights.
@@ -26,8 +27,8 @@ bucket >= M, else of the largest bucket; where that bucket's measured speedup is
 separate RMSNorm + cuBLAS faster), the separate path runs. Shapes (K, N) that the table lacks run
 kernels.config.default_config.
 The plain linears o_proj and down_proj (resolve_linear_configs) run the norm-free tuned GEMM (kernels/linear.py)
-by the same bucket rule from the table's "linear" entries; a shape those entries lack (or no table) runs F.linear:
-no default config, as nothing measured it against cuBLAS on that card.
+by the same bucket rule from the table's "linear" entries, up to LINEAR_MAX_M rows; a shape those entries lack
+(or no table) runs F.linear: no default config, as nothing measured it against cuBLAS on that card.
 Every M the runtime can run is resolved here into a list indexed by M, so a forward pass (and the CUDA graphs
 captured from it) only indexes a list.
 """
@@ -48,6 +49,9 @@ from kernels.config import Config, default_config, device_has_tma, device_smem_l
 TUNING_TABLE_ENV = "NANOVLLM_TUNING_TABLE"
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
 FUSED_MAX_M = 16
+# Plain-linear buckets past 16 rows lost end to end though they won in the kernel's own timing: llama-7b's M = 32
+# bucket (1.05x alone) cost 0.41 ms a decode step at batch 32 (scripts/exp_decode_ablation.py, docs/PERF_NOTES.md).
+LINEAR_MAX_M = 16
 logger = logging.getLogger(__name__)
 
 
@@ -102,8 +106,8 @@ def configs_by_m(table: LookupTable | None, K: int, N: int, dtype: torch.dtype, 
     largest = table.largest_bucket(K, N, dtype, kernel) if table is not None else None
     if largest is not None:
         # Decode sizes past a fused table's last bucket run what the default would (measured to win there); the
-        # plain linear has no such evidence against cuBLAS, so it stops at its last tuned bucket.
-        limit = max(largest, FUSED_MAX_M) if kernel == "rms_norm_linear" else largest
+        # plain linear has no such evidence against cuBLAS, so it stops at its last tuned bucket (or LINEAR_MAX_M).
+        limit = max(largest, FUSED_MAX_M) if kernel == "rms_norm_linear" else min(largest, LINEAR_MAX_M)
         configs = [table.lookup(K, N, m, dtype, kernel) if m <= limit and table.speedup(K, N, m, dtype, kernel) >= 1.0
                    else None for m in range(1, max_m + 1)]
     else:
