@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from kernels.config import Config
+from kernels.pdl import pdl_off
 from search_spaces.base import Problem
 
 
@@ -57,6 +58,10 @@ class CudaEventTimer:
     def measure(self, workload: Workload, repeats: int) -> Timing:
         if repeats < 1:
             raise ValueError(f"repeats: expected >= 1, got {repeats}")
+        with pdl_off():  # kernels/pdl.py: back-to-back launches of one kernel would flatter it
+            return self._measure(workload, repeats)
+
+    def _measure(self, workload: Workload, repeats: int) -> Timing:
         launch, n = workload.launch, workload.n_buffers
         # Warm up on a side stream, as graph capture requires for libraries that allocate lazily (cuBLAS).
         side = torch.cuda.Stream()

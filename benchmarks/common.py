@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from kernels.pdl import pdl_off
+
 # The (K, N) of the RMSNorm+Linear sites the benchmarks report: the QKV and the gate/up projections.
 MODEL_SHAPES: dict[str, dict[str, tuple[int, int]]] = {
     "llama-7b": {"qkv": (4096, 3 * 4096), "gate_up": (4096, 2 * 11008)},
@@ -33,8 +35,14 @@ def time_us(fns: list[Callable[[], object]], repeats: int = 30, spread: bool = F
     """Median microseconds of one call, timed as CUDA-graph replays that cycle through `fns`.
 
     Each fn works on its own copy of the inputs, enough copies that together they overflow L2, so a
-    weight that fits in L2 is not flattered; replaying a graph keeps launch gaps out of the figure.
+    weight that fits in L2 is not flattered; replaying a graph keeps launch gaps out of the figure. Without
+    PDL, as the tuner times (kernels/pdl.py).
     """
+    with pdl_off():
+        return _time_us(fns, repeats, spread)
+
+
+def _time_us(fns: list[Callable[[], object]], repeats: int, spread: bool):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):

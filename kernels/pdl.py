@@ -8,21 +8,38 @@ waits in `pdl_wait` until that kernel's writes are visible, which hides that gap
 The rule that keeps this correct: a kernel launched with PDL calls `pdl_wait` before it touches global
 memory, reads and writes alike (an earlier kernel may still be reading what it overwrites). Then a kernel
 two steps down the chain is safe too: its predecessor could only finish after passing its own wait.
+
+Timing is done without PDL (`pdl_off`): one kernel launched back to back would overlap each launch with the
+previous one's tail, an overlap a cuBLAS baseline does not get, and inside a model the neighbours differ anyway.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import os
+from collections.abc import Iterator
 
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+_off = 0  # how many pdl_off() blocks are open
+
+
+@contextlib.contextmanager
+def pdl_off() -> Iterator[None]:
+    """Launch every kernel without PDL inside the block (the timers; A/B experiments)."""
+    global _off
+    _off += 1
+    try:
+        yield
+    finally:
+        _off -= 1
+
 
 def pdl_enabled(device: torch.device) -> bool:
     """Whether kernels on `device` launch with PDL: NVIDIA sm_90+, compiled (the interpreter has no PDL)."""
-    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if _off or device.type != "cuda" or triton.knobs.runtime.interpret:
         return False
     return _hopper_or_newer(device.index if device.index is not None else torch.cuda.current_device())
 

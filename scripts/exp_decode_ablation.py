@@ -6,13 +6,15 @@ benchmarks/bench_baseline.py does (CUDA graphs, greedy, median of --repeats runs
 - tuned: the fused kernel and the plain-linear GEMM where the GPU's table says they won;
 - tuned-no-linear: the same table without its "linear" entries (o_proj/down_proj on cuBLAS);
 - tuned-no-pdl: tuned, every Triton kernel launched without programmatic dependent launch;
-- tuned-fuse16: tuned, but shapes the table lacks run the fused default config only up to 16 rows, not 64.
+- tuned-fuse64: tuned, but shapes the table lacks run the fused default config up to 64 rows (the rule before
+  this experiment; now FUSED_MAX_M = 16).
 
     python scripts/exp_decode_ablation.py --model llama-7b --batch_size 16 32 --seq_len 128 --output abl.csv
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
@@ -30,7 +32,7 @@ from benchmarks.bench_baseline import build, measure  # noqa: E402
 from nanovllm.utils.random_checkpoint import cached_random_checkpoint  # noqa: E402
 from nanovllm.utils.tuning import find_table  # noqa: E402
 
-SETTINGS = ("baseline", "tuned", "tuned-no-linear", "tuned-no-pdl", "tuned-fuse16")
+SETTINGS = ("baseline", "tuned", "tuned-no-linear", "tuned-no-pdl", "tuned-fuse64")
 
 
 def without_linear(table: Path) -> str:
@@ -56,19 +58,19 @@ def main() -> None:
     if table is None:
         sys.exit("no tuning table for this GPU")
     tables = {"tuned": str(table), "tuned-no-linear": without_linear(table), "tuned-no-pdl": str(table),
-              "tuned-fuse16": str(table)}
+              "tuned-fuse64": str(table)}
     points = [(b, s) for b in args.batch_size for s in args.seq_len]
-    hopper, fused_max_m = kernels.pdl._hopper_or_newer, tuning.FUSED_MAX_M
+    fused_max_m = tuning.FUSED_MAX_M
     rows = []
     for setting in args.settings:
-        kernels.pdl._hopper_or_newer = (lambda index: False) if setting == "tuned-no-pdl" else hopper
-        tuning.FUSED_MAX_M = 16 if setting == "tuned-fuse16" else fused_max_m
+        tuning.FUSED_MAX_M = 64 if setting == "tuned-fuse64" else fused_max_m
         variant = "baseline" if setting == "baseline" else "tuned"
-        llm = build(path, variant, points, args.output_len, tables.get(setting))
-        for batch, seq_len in points:
-            row = measure(llm, batch, seq_len, args.output_len, args.repeats, None)
-            rows.append({"setting": setting, "batch_size": batch, "seq_len": seq_len, "tpot_ms": row["tpot_ms"]})
-            print(rows[-1], flush=True)
+        with kernels.pdl.pdl_off() if setting == "tuned-no-pdl" else contextlib.nullcontext():
+            llm = build(path, variant, points, args.output_len, tables.get(setting))
+            for batch, seq_len in points:
+                row = measure(llm, batch, seq_len, args.output_len, args.repeats, None)
+                rows.append({"setting": setting, "batch_size": batch, "seq_len": seq_len, "tpot_ms": row["tpot_ms"]})
+                print(rows[-1], flush=True)
         del llm
         gc.collect()
         torch.cuda.empty_cache()

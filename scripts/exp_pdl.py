@@ -9,6 +9,7 @@ the share of the weight-read floor, and writes a CSV.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -24,9 +25,8 @@ def one_run(shape: str, pdl: bool) -> dict:
     from bench import run_decode_latency
     from nanovllm.utils.random_checkpoint import cached_random_checkpoint
 
-    if not pdl:
-        kernels.pdl._hopper_or_newer = lambda index: False
-    step_s, floor_s = run_decode_latency(cached_random_checkpoint(shape), enforce_eager=False)
+    with contextlib.nullcontext() if pdl else kernels.pdl.pdl_off():
+        step_s, floor_s = run_decode_latency(cached_random_checkpoint(shape), enforce_eager=False)
     return {"shape": shape, "pdl": pdl, "ms_per_token": step_s * 1e3, "floor_ms": floor_s * 1e3,
             "pct_of_floor": 100 * floor_s / step_s}
 
