@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nanovllm import LLM, SamplingParams
+from nanovllm.engine.sequence import Sequence
 from tests.test_models_hf import DEVICE, engine as make_engine, make_checkpoint
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
@@ -193,7 +194,34 @@ def test_rejected_requests_leave_the_engine_serving(path, plain):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_decode_matches_eager(path, plain):
     graphed = llm(path)
-    assert graphed.model_runner.graphs
+    assert graphed.model_runner.graphs.graphs
     eager = llm(path, enforce_eager=True)
     assert not eager.model_runner.graphs
     assert [o["token_ids"] for o in eager.generate(prompts(), GREEDY, use_tqdm=False)] == plain
+
+
+def _sampling_runner(monkeypatch):
+    """A ModelRunner with only what sampling needs, recording what its sampler is told."""
+    from nanovllm.engine.model_runner import ModelRunner
+    runner = ModelRunner.__new__(ModelRunner)
+    runner.device, told = torch.device("cpu"), []
+    runner.sampler = lambda logits, *tensors, filtered: told.append(filtered) or torch.zeros(len(logits), dtype=torch.long)
+    return runner, told
+
+
+def test_all_greedy_batches_take_one_argmax_without_uploads(monkeypatch):
+    runner, told = _sampling_runner(monkeypatch)
+    monkeypatch.setattr(type(runner), "_upload", lambda *a: pytest.fail("greedy sampling uploaded parameters"))
+    logits = torch.tensor([[0.0, 2.0, 2.0, 1.0], [3.0, -1.0, 0.0, 3.0]])
+    seqs = [Sequence([1], SamplingParams(temperature=0, top_k=1)), Sequence([1], SamplingParams(temperature=0))]
+    # Ties go to the first maximum, as the sampler's greedy rows and HF's argmax do.
+    assert runner._sample(logits, seqs).tolist() == [1, 0] and told == []
+
+
+@pytest.mark.parametrize("top_k, top_p, filtered", [(-1, 1.0, False), (4, 1.0, False), (9, 1.0, False),
+                                                    (3, 1.0, True), (-1, 0.9, True)])
+def test_the_sampler_is_told_from_the_parameters_whether_to_filter(monkeypatch, top_k, top_p, filtered):
+    runner, told = _sampling_runner(monkeypatch)
+    seqs = [Sequence([1], SamplingParams(temperature=0)), Sequence([1], SamplingParams(top_k=top_k, top_p=top_p))]
+    runner._sample(torch.zeros(2, 4), seqs)  # a vocabulary of 4: top_k 4 or more keeps every token
+    assert told == [filtered]

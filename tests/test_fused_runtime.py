@@ -186,7 +186,7 @@ def test_bfloat16_fused_tracks_unfused_on_gpu(checkpoint):
             llm.scheduler.block_manager.allocate(seq)
             seq.num_scheduled_tokens = len(seq)
         logits.append(llm.model_runner.compute_prefill_logits(seqs))
-        assert llm.model_runner.graphs
+        assert llm.model_runner.graphs.graphs
         outputs = llm.generate(prompts(), GREEDY, use_tqdm=False)
         assert [len(o["token_ids"]) for o in outputs] == [16] * 3
     assert torch.cosine_similarity(logits[0], logits[1], dim=-1).min() > 0.999

@@ -29,9 +29,7 @@ CASES = [
                                   USE_WINDOW=True, SINGLE_SPLIT=True, DOT_PRECISION="tf32"),
      dict(num_warps=4, num_stages=2)),
     ("_decode_merge_kernel", dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_S=16), {}),
-    ("_store_kvcache_kernel", dict(NUM_KV_HEADS=8, HEAD_DIM=128, BLOCK_H=8, BLOCK_D=128), {}),
     ("_rms_norm_kernel", dict(HAS_RESIDUAL=True, BLOCK=4096), dict(num_warps=16)),
-    ("_rotary_kernel", dict(NUM_Q_HEADS=32, NUM_KV_HEADS=8, HALF=64, BLOCK_HQ=32, BLOCK_HKV=8, BLOCK_HALF=64), {}),
     ("_rotary_store_kvcache_kernel", dict(NUM_Q_HEADS=32, NUM_KV_HEADS=8, HEAD_DIM=128, BLOCK_HQ=32, BLOCK_HKV=8,
                                           BLOCK_HALF=64, BLOCK_D=128), {}),
     ("_silu_and_mul_kernel", dict(BLOCK=1024), {}),
@@ -49,8 +47,8 @@ CASES = [
 SPILLS_UNCHECKED = {"_rms_norm_linear_kernel"}
 INT32_POINTERS = {"block_tables_ptr", "cu_seqlens_q_ptr", "seq_lens_ptr"}
 INT64_POINTERS = {"slot_ptr", "pos_ptr", "idx_ptr"}
-FP32_POINTERS = {"part_o_ptr", "part_lse_ptr", "cache_ptr", "cos_sin_ptr", "logits_ptr", "temp_ptr", "noise_ptr",
-                 "val_ptr", "ws_ptr", "ss_ptr"}
+FP32_POINTERS = {"part_o_ptr", "part_lse_ptr", "cos_sin_ptr", "logits_ptr", "temp_ptr", "noise_ptr", "val_ptr",
+                 "ws_ptr", "ss_ptr"}
 GLOBAL_ACCESS = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red\.global|cp\.async|prefetch)",
                            re.MULTILINE)
 
@@ -82,15 +80,13 @@ def main() -> None:
     from triton.compiler import ASTSource
 
     from kernels import rms_norm_linear
-    from nanovllm.ops import (activation, attention_decode, attention_prefill, kv_cache, norm, rotary, rotary_kvcache,
-                              sampling)
+    from nanovllm.ops import activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling
 
     ptxas = get_ptxas(90).path
     if not os.path.exists(ptxas):
         print(f"no ptxas at {ptxas}")
         sys.exit(SKIP)
-    modules = [activation, attention_decode, attention_prefill, kv_cache, norm, rotary, rotary_kvcache, sampling,
-               rms_norm_linear]
+    modules = [activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling, rms_norm_linear]
     kernels = {name: getattr(m, name) for m in modules for name in dir(m) if name.endswith("_kernel")}
     for name, constexprs, options in CASES:
         constexprs, options = {**constexprs, "USE_PDL": True}, {**options, "launch_pdl": True}

@@ -48,6 +48,16 @@ def decode_views(i64: torch.Tensor, i32: torch.Tensor, batch: int,
     return input_ids, positions, context
 
 
+def largest_graph_batch(max_num_seqs: int) -> int:
+    return next(b for b in GRAPH_BATCH_SIZES if b >= min(max_num_seqs, GRAPH_BATCH_SIZES[-1]))
+
+
+def logits_bytes(max_num_seqs: int, vocab_size: int, dtype: torch.dtype) -> int:
+    """GPU memory the graphs hold for logits, to leave out of the KV cache: the float32 output buffer, and in the
+    graphs' pool the LM head's output and its float32 copy, at the largest graph's batch."""
+    return largest_graph_batch(max_num_seqs) * vocab_size * (4 + dtype.itemsize + 4)
+
+
 class DecodeGraphs:
     """One CUDA graph of the decode step, LM head included, per batch size up to `max_num_seqs` (at most 512).
 
@@ -60,7 +70,7 @@ class DecodeGraphs:
 
     def __init__(self, model: nn.Module, max_num_seqs: int, block_size: int, width: int, vocab_size: int,
                  device: torch.device):
-        largest = next(b for b in GRAPH_BATCH_SIZES if b >= min(max_num_seqs, GRAPH_BATCH_SIZES[-1]))
+        largest = largest_graph_batch(max_num_seqs)
         self.batch_sizes = [b for b in GRAPH_BATCH_SIZES if b <= largest]
         self.max_batch, self.block_size, self.width = largest, block_size, width
         # Made outside inference mode, so that run() may write into them from anywhere.
@@ -70,16 +80,14 @@ class DecodeGraphs:
         # Marks the end of the last copies out of the staging buffers, which the next step overwrites.
         self.copied = torch.cuda.Event()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.inputs: dict[int, tuple[list, dict[str, torch.Tensor]]] = {}
+        self.copies: dict[int, list] = {}  # per graph: (host array, host tensor, device tensor) per dtype
         self._capture(model)
 
     def run(self, seqs: list[Sequence]) -> torch.Tensor:
         """Logits [len(seqs), vocab] of a decode step; a view that the next replay overwrites."""
         batch = self.batch_sizes[bisect_left(self.batch_sizes, len(seqs))]
-        copies, context = self.inputs[batch]
-        self._upload(copies, decode_arrays(seqs, batch, self.block_size, self.width))
-        set_context(is_prefill=False, **context)
-        self.graphs[batch].replay()
+        self._upload(self.copies[batch], decode_arrays(seqs, batch, self.block_size, self.width))
+        self.graphs[batch].replay()  # reads the views it was captured with, not the Python context
         return self.logits[:len(seqs)]
 
     def _upload(self, copies: list, arrays: tuple[np.ndarray, np.ndarray]) -> None:
@@ -102,7 +110,7 @@ class DecodeGraphs:
             copies = [(host[:a.size].numpy(), host[:a.size], dev[:a.size])
                       for a, host, dev in zip(padding, self.host_buffers, self.device_buffers)]
             input_ids, positions, context = decode_views(*self.device_buffers, batch, self.width)
-            self.inputs[batch] = copies, context
+            self.copies[batch] = copies
             self._upload(copies, padding)  # the warm-up run below then writes nothing into the KV cache
             set_context(is_prefill=False, **context)
             self.logits[:batch] = model.compute_logits(model(input_ids, positions))  # compiles the kernels

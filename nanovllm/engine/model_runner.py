@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from nanovllm.config import Config
-from nanovllm.engine.cuda_graph import DecodeGraphs, decode_arrays, decode_views
+from nanovllm.engine.cuda_graph import DecodeGraphs, decode_arrays, decode_views, logits_bytes
 from nanovllm.engine.sequence import Sequence
 from nanovllm.layers.attention import Attention
 from nanovllm.layers.fused_norm_linear import fuse_norm_linear
@@ -109,6 +109,8 @@ class ModelRunner:
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info()
         budget = total * config.gpu_memory_utilization - (total - free) - activations
+        if not config.enforce_eager:
+            budget -= logits_bytes(config.max_num_seqs, config.hf_config.vocab_size, self.dtype)
         return max(0, int(budget) // self._block_bytes())
 
     def _warmup(self, num_seqs: int, seq_len: int) -> None:

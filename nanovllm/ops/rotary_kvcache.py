@@ -1,8 +1,7 @@
 """Rotary embedding of q and k fused with the paged KV-cache write, one program per token.
 
-The rotated k is written straight into the cache: one kernel instead of rotary + store_kvcache per layer, and k
-never makes a round trip through memory. Bit-identical to apply_rotary_triton followed by store_kvcache_triton,
-since q and k go through the same `_rotate`.
+The rotated k is written straight into the cache: one kernel instead of a rotary and a KV-cache write per layer,
+and k never makes a round trip through memory.
 """
 from __future__ import annotations
 
@@ -11,9 +10,26 @@ import triton
 import triton.language as tl
 
 from kernels.pdl import pdl_launch_args, pdl_wait
-from nanovllm.ops.rotary import _rotate
 from nanovllm.ops.validation import (FLOAT_DTYPES, INDEX_DTYPES, check_attention_heads, check_kv_cache, check_shape,
                                      check_tensor)
+
+
+@triton.jit
+def _rotate(x_ptr, out_ptr, t, stride_xt, stride_xh, stride_ot, stride_oh, cos, sin,
+            NUM_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_HALF)
+    mask = (offs_h[:, None] < NUM_HEADS) & (offs_d[None, :] < HALF)
+    src = x_ptr + t * stride_xt + offs_h[:, None] * stride_xh + offs_d[None, :]
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+    # Round every product to the activation dtype, as HF's q * cos + rotate_half(q) * sin does in that dtype.
+    dtype = out_ptr.dtype.element_ty
+    o1 = ((x1 * cos).to(dtype).to(tl.float32) - (x2 * sin).to(dtype).to(tl.float32)).to(dtype)
+    o2 = ((x2 * cos).to(dtype).to(tl.float32) + (x1 * sin).to(dtype).to(tl.float32)).to(dtype)
+    dst = out_ptr + t * stride_ot + offs_h[:, None] * stride_oh + offs_d[None, :]
+    tl.store(dst, o1, mask=mask)
+    tl.store(dst + HALF, o2, mask=mask)
 
 
 @triton.jit
@@ -58,7 +74,7 @@ def apply_rotary_and_store_kvcache_triton(q: torch.Tensor, k: torch.Tensor, v: t
     device = q.device
     check_tensor("q", q, 3, FLOAT_DTYPES, device)
     check_kv_cache(k_cache, v_cache, device)
-    # _rotate rounds to the dtype it writes, so k rotated straight into the cache rounds as apply_rotary does only
+    # _rotate rounds to the dtype it writes, so k rotated straight into the cache rounds as HF does only
     # if the cache has q's dtype; the attention kernels, which read this cache with this q, need that anyway.
     check_attention_heads(q, k_cache)
     num_tokens, num_q_heads, head_dim = q.shape
