@@ -2,7 +2,7 @@
 
     python cli.py tune --gpu h100 --shapes llama-7b
     python cli.py export-table --gpu h100 --out tables/h100.json
-    python cli.py export-table --gpu h200 --merge          # add to tables/h200.json, keeping its other entries
+    python cli.py export-table --gpu h200 --merge          # add to tables/h200.json, keeping its other buckets
     python cli.py show
     python cli.py list-shapes
     python cli.py dashboard --out dashboard.html
@@ -93,7 +93,7 @@ def tune(gpu_name: str, shapes: str, m_spec: str | None, dtype: str, kernel: str
 @click.option("--gpu", "gpu_name", default=None, help="normalized GPU name [default: the only one stored]")
 @click.option("--out", default=None, help="output file [default: tables/<gpu>.json]")
 @click.option("--merge", is_flag=True,
-              help="keep the entries of the table already at --out that the database has no results for")
+              help="keep the buckets of the table already at --out that the database has no results for")
 @_storage_option
 def export_table(gpu_name: str | None, out: str | None, merge: bool, storage: str) -> None:
     """Write the versioned JSON lookup table of one GPU's best configs."""

@@ -170,11 +170,15 @@ def load_table(path: str | Path) -> LookupTable:
 
 def merge_tables(old: object, new: dict, source: str = "existing table") -> dict:
     """`new` (just built from a database) added to `old` (a table shipped or exported earlier, checked with
-    parse_table): every (kernel, K, N, dtype) of `new` replaces old's whole entry, old's other entries are kept.
-    The header is the one of the newer table by 'created'."""
+    parse_table), bucket by bucket: a (kernel, K, N, dtype, M) that `new` has takes new's result, every other
+    bucket of `old` is kept (a quick re-tune of one M must not drop the others). The header is the one of the
+    newer table by 'created'."""
     parse_table(old, source)
     if old["gpu"] != new["gpu"]:
         raise ValueError(f"{source}: gpu {old['gpu']!r}, but the results to merge are of {new['gpu']!r}")
+    if old["gpu_name"] != new["gpu_name"]:
+        warnings.warn(f"{source} was tuned on {old['gpu_name']!r}, the results to merge on {new['gpu_name']!r}: "
+                      f"both count as {new['gpu']!r}")
     newest = old if _created(old, source) > _created(new, "new table") else new
     if (old["torch"], old["triton"]) != (new["torch"], new["triton"]):
         warnings.warn(f"the merged {new['gpu']} table mixes entries tuned under torch {old['torch']}, triton "
@@ -182,9 +186,12 @@ def merge_tables(old: object, new: dict, source: str = "existing table") -> dict
                       f"its header names the newest (torch {newest['torch']}, triton {newest['triton']})")
     kernels = {}
     for kernel in sorted(old["kernels"].keys() | new["kernels"].keys()):
-        replaced = {_entry_key(e) for e in new["kernels"].get(kernel, [])}
-        kept = [e for e in old["kernels"].get(kernel, []) if _entry_key(e) not in replaced]
-        kernels[kernel] = sorted(kept + new["kernels"].get(kernel, []), key=_entry_key)
+        entries = {_entry_key(e): e for e in old["kernels"].get(kernel, [])}
+        for e in new["kernels"].get(kernel, []):
+            tuned = {b["M"] for b in e["buckets"]}
+            kept = [b for b in entries.get(_entry_key(e), {"buckets": []})["buckets"] if b["M"] not in tuned]
+            entries[_entry_key(e)] = {**e, "buckets": sorted(kept + e["buckets"], key=lambda b: b["M"])}
+        kernels[kernel] = [entries[key] for key in sorted(entries)]
     header = {k: newest[k] for k in ("gpu_name", "torch", "triton", "created")}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "gpu": new["gpu"], **header, "kernels": kernels}
 

@@ -94,7 +94,7 @@ def _fresh(**header):
             "kernels": {"linear": [linear], "rms_norm_linear": [fused]}}
 
 
-def test_merge_keeps_the_old_entries_and_replaces_the_overlapping_ones():
+def test_merge_keeps_the_old_buckets_and_replaces_the_retuned_ones():
     old, new = copy.deepcopy(TABLE), _fresh()
     mixed = r"torch 2.11.0, triton 3.6.0 \(existing table\) and torch 2.13.0.* names the newest \(torch 2.13.0"
     with pytest.warns(UserWarning, match=mixed):
@@ -102,14 +102,22 @@ def test_merge_keeps_the_old_entries_and_replaces_the_overlapping_ones():
     assert old == TABLE  # the inputs are not modified
     table = parse_table(merged)
     assert table.lookup(4096, 12288, 1, "float16") == Config.from_dict(C4K)  # only in the old table: kept
-    assert [m for m, *_ in table.entries[("rms_norm_linear", 4096, 12288, "bfloat16")]] == [16]  # replaced whole
+    # The re-tuned entry gains the new M=16 bucket and keeps its other buckets.
+    assert [m for m, *_ in table.entries[("rms_norm_linear", 4096, 12288, "bfloat16")]] == [1, 16, 64, 4096]
+    assert table.lookup(4096, 12288, 16, "bfloat16") == Config.from_dict(C64)
+    retuned = merge_tables(TABLE, {**_fresh(), "kernels": {"rms_norm_linear": [
+        {"K": 4096, "N": 12288, "dtype": "bfloat16", "buckets": [bucket(64, C1)]}]}})
+    assert parse_table(retuned).lookup(4096, 12288, 64, "bfloat16") == Config.from_dict(C1)  # the database wins
     assert table.lookup(4096, 4096, 1, "bfloat16", "linear").SPLIT_K == 4  # only in the new table
     assert (merged["torch"], merged["created"]) == ("2.13.0", "2026-12-01T00:00:00+00:00")
     # An old table created later names the header; with equal versions nothing is said.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        merged = merge_tables(TABLE, _fresh(torch="2.11.0", created="2026-11-01T00:00:00", gpu_name="NVIDIA H100 PCIe"))
-    assert (merged["created"], merged["gpu_name"]) == (TABLE["created"], TABLE["gpu_name"])
+        merged = merge_tables(TABLE, _fresh(torch="2.11.0", created="2026-11-01T00:00:00"))
+    assert merged["created"] == TABLE["created"]
+    # Another card with the same short name (PCIe vs SXM) merges, with a word.
+    with pytest.warns(UserWarning, match="tuned on 'NVIDIA H100 80GB HBM3', the results to merge on 'NVIDIA H100 PCIe'"):
+        merge_tables(TABLE, _fresh(torch="2.11.0", gpu_name="NVIDIA H100 PCIe"))
 
 
 @pytest.mark.parametrize("old, match", [

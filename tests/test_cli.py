@@ -140,15 +140,16 @@ def _shipped(gpu: str = "h100") -> dict:
     return tuning_tables.table([kept], gpu, linear=[replaced])
 
 
-def test_export_merge_keeps_the_shipped_entries_and_replaces_the_tuned_ones(tmp_path, linear_db):
+def test_export_merge_keeps_the_shipped_buckets_and_replaces_the_tuned_ones(tmp_path, linear_db):
     out = tmp_path / "h100.json"
     tuning_tables.write(_shipped(), out)
     r = CliRunner().invoke(cli.main, ["export-table", "--merge", "--out", str(out), "--storage", linear_db])
-    assert r.exit_code == 0 and r.stdout.startswith(f"merged into {out}: 2 tuned"), r.output
+    assert r.exit_code == 0 and r.stdout.startswith(f"merged into {out}: 3 tuned"), r.output
     table = load_table(out)
     assert table.lookup(4096, 12288, 1, torch.bfloat16) == Config(16, 64, 128, 4, 4, 1, 4)
-    # The database's entry replaced the shipped one whole: its M=16 bucket is gone.
-    assert [m for m, *_ in table.entries[("linear", 64, 96, "float16")]] == [1]
+    # The database's M=1 bucket replaced the shipped one; the shipped M=16 bucket the database lacks is kept.
+    assert [m for m, *_ in table.entries[("linear", 64, 96, "float16")]] == [1, 16]
+    assert table.lookup(64, 96, 1, torch.float16, "linear") != Config(16, 32, 32, 4, 2)
     # Without an existing file --merge just writes; without --merge the file is replaced as before.
     fresh = tmp_path / "new.json"
     r = CliRunner().invoke(cli.main, ["export-table", "--merge", "--out", str(fresh), "--storage", linear_db])
