@@ -1,4 +1,4 @@
-"""Every kernel of a decode step compiles for Hopper (sm_90) in its bf16 launch configuration, with
+"""Every Triton kernel the runtime launches compiles for Hopper (sm_90) in its bf16 launch configuration, with
 programmatic dependent launch as the GPU launches it there, without register spills, and waits for the
 previous kernel (griddepcontrol.wait) before its first global memory access (kernels/pdl.py's rule).
 No GPU needed: Triton's compiler and its bundled ptxas run in a subprocess, away from the interpreter
@@ -41,7 +41,12 @@ CASES = [
      dict(num_warps=4, num_stages=4)),
     ("_split_k_reduce_kernel", dict(HAS_NORM=True, HAS_BIAS=False, SPLIT_K=4, SS_PARTS=1, WIDE=False, BLOCK_M=16,
                                     BLOCK_N=128), dict(num_warps=4)),
+    ("_tma_gemm_kernel", dict(HAS_NORM=True, HAS_BIAS=False, IEEE=False, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64,
+                              GROUP_M=8, SUBTILE=True), dict(num_warps=8, num_stages=4)),
 ]
+# The TMA GEMM's descriptors, for its case above (the output stored in two half tiles).
+DESCRIPTORS = {"a_desc": "tensordesc<bf16[128,64]>", "w_desc": "tensordesc<bf16[256,64]>",
+               "o_desc": "tensordesc<bf16[128,128]>"}
 # Compiled here without the launch-time specializations of M, N and K (== 1, % 16), the GEMM's K loop is not
 # pipelined and spills; what it compiles to at launch is timed by the tuner. It is here for the PDL order only.
 SPILLS_UNCHECKED = {"_rms_norm_linear_kernel"}
@@ -62,6 +67,8 @@ def test_kernels_compile_for_sm90_without_spills():
 
 
 def arg_type(name: str) -> str:
+    if name in DESCRIPTORS:
+        return DESCRIPTORS[name]
     if name in INT32_POINTERS:
         return "*i32"
     if name in INT64_POINTERS:
@@ -79,14 +86,15 @@ def main() -> None:
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
     from triton.compiler import ASTSource
 
-    from kernels import rms_norm_linear
+    from kernels import rms_norm_linear, tma_gemm
     from nanovllm.ops import activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling
 
     ptxas = get_ptxas(90).path
     if not os.path.exists(ptxas):
         print(f"no ptxas at {ptxas}")
         sys.exit(SKIP)
-    modules = [activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling, rms_norm_linear]
+    modules = [activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling, rms_norm_linear,
+               tma_gemm]
     kernels = {name: getattr(m, name) for m in modules for name in dir(m) if name.endswith("_kernel")}
     for name, constexprs, options in CASES:
         constexprs, options = {**constexprs, "USE_PDL": True}, {**options, "launch_pdl": True}
