@@ -13,7 +13,11 @@ runs after one warm-up run:
 - throughput_tokens_per_sec: decode tokens per second, B x (T - 1) / decode time = B / tpot;
 - peak_memory_mb: torch.cuda.max_memory_allocated during the run: the weights, the KV cache (sized for the
   largest point of the grid, so the same for every point of a variant) and the point's activations.
-One engine is built per variant for the whole grid. A point that does not fit the card gets status=oom.
+One engine is built per variant for the whole grid. When the variants' engines fit on the card together, each
+point's runs alternate between them (baseline, tuned, baseline, tuned, ...), so a drift of the GPU over the
+minutes a grid takes hits every variant alike (run one after the other, two engines of identical kernels
+differed by up to 4%: docs/PERF_NOTES.md); a variant's peak then leaves out the other engines' weights and
+caches. Otherwise the variants run one after the other. A point that does not fit the card gets status=oom.
 
     python benchmarks/bench_baseline.py --model llama-7b --batch_size 1 4 8 --seq_len 128 --variant all
 """
@@ -88,10 +92,18 @@ def measure(llm: LLM, batch: int, seq_len: int, output_len: int, repeats: int, p
     runs = [run_once(llm, batch, seq_len, output_len) for _ in range(repeats)]
     peak_mb = torch.cuda.max_memory_allocated() / 2**20
     if profile is not None:
-        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=activities) as prof:
-            run_once(llm, batch, seq_len, output_len)
-        prof.export_chrome_trace(str(profile))
+        write_profile(llm, batch, seq_len, output_len, profile)
+    return summarize(runs, batch, output_len, peak_mb)
+
+
+def write_profile(llm: LLM, batch: int, seq_len: int, output_len: int, path: Path) -> None:
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        run_once(llm, batch, seq_len, output_len)
+    prof.export_chrome_trace(str(path))
+
+
+def summarize(runs: list[tuple[float, float]], batch: int, output_len: int, peak_mb: float) -> dict:
     ttft = statistics.median(p for p, _ in runs)
     decode = statistics.median(d for _, d in runs)
     tpot = decode / (output_len - 1)
@@ -133,6 +145,63 @@ def run_variant(path: str, model_name: str, variant: str, points: list[tuple[int
         torch.cuda.empty_cache()
 
 
+def build_together(path: str, variants: list[str], points: list[tuple[int, int]], args) -> dict | None:
+    """{variant: (engine, bytes it holds)} when every variant's engine fits on the card at once, else None."""
+    engines: dict[str, tuple[LLM, int]] = {}
+    llm = None
+    try:
+        for variant in variants:
+            before = torch.cuda.memory_allocated()
+            llm = build(path, variant, points, args.output_len, args.tuning_table)
+            engines[variant] = llm, torch.cuda.memory_allocated() - before
+            # The next engine needs about as much again, plus the largest point's activations.
+            if len(engines) < len(variants) and torch.cuda.mem_get_info()[0] < 1.2 * engines[variant][1]:
+                raise torch.cuda.OutOfMemoryError("the next engine would not fit")
+    except torch.cuda.OutOfMemoryError:
+        engines, llm = {}, None
+        reset_context()
+        gc.collect()
+        torch.cuda.empty_cache()
+        return None
+    return engines
+
+
+def run_interleaved(engines: dict[str, tuple[LLM, int]], model_name: str, points: list[tuple[int, int]], args,
+                    writer: CsvWriter) -> None:
+    """Every point, smallest first, each repeat running every variant in turn."""
+    bases = {v: {"model_name": model_name, "variant": v, "output_len": args.output_len, "gpu": gpu_name(),
+                 "tuning_table": str(find_table(engine_kwargs(v, args.tuning_table).get("tuning_table", False),
+                                                torch.device("cuda")) or "none")} for v in engines}
+    for batch, seq_len in sorted(points, key=lambda p: (p[0] * p[1], p)):
+        point = {"batch_size": batch, "seq_len": seq_len}
+        runs, peaks = {v: [] for v in engines}, dict.fromkeys(engines, 0)
+        try:
+            for llm, _ in engines.values():
+                run_once(llm, batch, seq_len, args.output_len)  # compiles the kernels of this M
+            for _ in range(args.repeats):
+                for v, (llm, _) in engines.items():
+                    torch.cuda.reset_peak_memory_stats()
+                    runs[v].append(run_once(llm, batch, seq_len, args.output_len))
+                    others = sum(held for o, (_, held) in engines.items() if o != v)
+                    peaks[v] = max(peaks[v], torch.cuda.max_memory_allocated() - others)
+        except torch.cuda.OutOfMemoryError:
+            for v in engines:
+                writer.write({**bases[v], **point, "status": "oom"})
+            print(f"{model_name} B={batch:3d} S={seq_len:5d}: out of memory", flush=True)
+            reset_context()
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
+        for v, (llm, _) in engines.items():
+            if args.profile:
+                write_profile(llm, batch, seq_len, args.output_len,
+                              Path(args.profile) / f"{model_name}_{v}_b{batch}_s{seq_len}.json")
+            row = summarize(runs[v], batch, args.output_len, peaks[v] / 2**20)
+            writer.write({**bases[v], **point, **row})
+            print(f"{model_name} {v:8s} B={batch:3d} S={seq_len:5d}: tpot {row['tpot_ms']:6.2f} ms, "
+                  f"{row['throughput_tokens_per_sec']:8.1f} tok/s, peak {row['peak_memory_mb']:.0f} MB", flush=True)
+
+
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """Decode tokens/s per point and variant, and each fused variant's ratio to the baseline."""
     wide = df[df["status"] == "ok"].pivot_table(index=["model_name", "batch_size", "seq_len"], columns="variant",
@@ -171,8 +240,13 @@ def main() -> None:
     model_name = args.model if args.model in MODELS else os.path.basename(os.path.normpath(args.model))
     writer = CsvWriter(args.output, COLUMNS)
     points = [(b, s) for b in args.batch_size for s in args.seq_len]
-    for variant in VARIANTS if "all" in args.variant else dict.fromkeys(args.variant):
-        run_variant(path, model_name, variant, points, args, writer)
+    variants = list(VARIANTS if "all" in args.variant else dict.fromkeys(args.variant))
+    engines = build_together(path, variants, points, args) if len(variants) > 1 else None
+    if engines is not None:
+        run_interleaved(engines, model_name, points, args, writer)
+    else:
+        for variant in variants:
+            run_variant(path, model_name, variant, points, args, writer)
     print(f"wrote {args.output}")
     print(speedups(pd.read_csv(args.output)).to_string(float_format=lambda v: f"{v:.3f}"))
 

@@ -92,3 +92,38 @@ def test_bench_baseline_says_it_needs_a_gpu():
     result = run("benchmarks/bench_baseline.py", "--model", "llama-7b", "--batch_size", "1", "--seq_len", "128")
     assert result.returncode == 1
     assert result.stderr.strip() == "bench_baseline.py: needs a CUDA GPU (none detected); nothing was measured"
+
+
+def test_bench_baseline_alternates_the_variants_within_each_point(monkeypatch, tmp_path):
+    import argparse
+
+    import benchmarks.bench_baseline as bb
+
+    calls, memory = [], {"allocated": 0}
+
+    def build(path, variant, points, output_len, table):
+        memory["allocated"] += 100  # each engine holds 100 bytes: weights and cache
+        return argparse.Namespace(variant=variant)
+
+    for name, fn in {"memory_allocated": lambda: memory["allocated"], "mem_get_info": lambda: (1000, 2000),
+                     "reset_peak_memory_stats": lambda: None, "empty_cache": lambda: None,
+                     "max_memory_allocated": lambda: memory["allocated"] + 7}.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    monkeypatch.setattr(bb, "build", build)
+    monkeypatch.setattr(bb, "run_once", lambda llm, b, s, o: calls.append((llm.variant, b)) or (0.02, 0.31))
+    monkeypatch.setattr(bb, "gpu_name", lambda: "fake")
+    monkeypatch.setattr(bb, "find_table", lambda table, device: None)
+    args = argparse.Namespace(output_len=32, tuning_table=None, repeats=2, profile=None)
+    engines = bb.build_together("ckpt", ["baseline", "tuned"], [(4, 64), (1, 128)], args)
+    writer = bb.CsvWriter(str(tmp_path / "m.csv"), bb.COLUMNS)
+    bb.run_interleaved(engines, "llama-7b", [(4, 64), (1, 128)], args, writer)
+    # The smaller point first; per point one warm-up each, then the repeats alternate between the variants.
+    assert calls == [(v, b) for b in (1, 4) for v in ("baseline", "tuned") * 3]
+    rows = pd.read_csv(tmp_path / "m.csv")
+    assert len(rows) == 4 and set(rows["status"]) == {"ok"}
+    assert rows["tpot_ms"].round(6).eq(10.0).all() and rows["ttft_ms"].round(6).eq(20.0).all()
+    # A variant's peak leaves out the other engine's 100 bytes.
+    assert rows["peak_memory_mb"].mul(2**20).round().eq(107).all()
+    # No room for a second engine: the caller runs the variants one after the other.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (50, 2000))
+    assert bb.build_together("ckpt", ["baseline", "tuned"], [(1, 128)], args) is None
