@@ -167,13 +167,15 @@ def build_together(path: str, variants: list[str], points: list[tuple[int, int]]
 
 
 def run_interleaved(engines: dict[str, tuple[LLM, int]], model_name: str, points: list[tuple[int, int]], args,
-                    writer: CsvWriter) -> None:
-    """Every point, smallest first, each repeat running every variant in turn."""
+                    writer: CsvWriter) -> list[tuple[int, int]]:
+    """Every point, smallest first, each repeat running every variant in turn. Returns the points left when one
+    ran out of memory: the caller frees these engines and runs those points variant by variant."""
     bases = {v: {"model_name": model_name, "variant": v, "output_len": args.output_len, "gpu": gpu_name(),
                  "tuning_table": str(find_table(engine_kwargs(v, args.tuning_table).get("tuning_table", False),
                                                 torch.device("cuda")) or "none")} for v in engines}
-    for batch, seq_len in sorted(points, key=lambda p: (p[0] * p[1], p)):
-        point = {"batch_size": batch, "seq_len": seq_len}
+    pending = sorted(points, key=lambda p: (p[0] * p[1], p))
+    while pending:
+        batch, seq_len = pending[0]
         runs, peaks = {v: [] for v in engines}, dict.fromkeys(engines, 0)
         try:
             for llm, _ in engines.values():
@@ -185,21 +187,19 @@ def run_interleaved(engines: dict[str, tuple[LLM, int]], model_name: str, points
                     others = sum(held for o, (_, held) in engines.items() if o != v)
                     peaks[v] = max(peaks[v], torch.cuda.max_memory_allocated() - others)
         except torch.cuda.OutOfMemoryError:
-            for v in engines:
-                writer.write({**bases[v], **point, "status": "oom"})
-            print(f"{model_name} B={batch:3d} S={seq_len:5d}: out of memory", flush=True)
-            reset_context()
-            gc.collect()
-            torch.cuda.empty_cache()
-            continue
+            print(f"{model_name} B={batch:3d} S={seq_len:5d}: out of memory with every variant's engine loaded; "
+                  "the rest of the grid runs variant by variant", flush=True)
+            return pending
         for v, (llm, _) in engines.items():
             if args.profile:
                 write_profile(llm, batch, seq_len, args.output_len,
                               Path(args.profile) / f"{model_name}_{v}_b{batch}_s{seq_len}.json")
             row = summarize(runs[v], batch, args.output_len, peaks[v] / 2**20)
-            writer.write({**bases[v], **point, **row})
+            writer.write({**bases[v], "batch_size": batch, "seq_len": seq_len, **row})
             print(f"{model_name} {v:8s} B={batch:3d} S={seq_len:5d}: tpot {row['tpot_ms']:6.2f} ms, "
                   f"{row['throughput_tokens_per_sec']:8.1f} tok/s, peak {row['peak_memory_mb']:.0f} MB", flush=True)
+        pending.pop(0)
+    return []
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
@@ -243,10 +243,13 @@ def main() -> None:
     variants = list(VARIANTS if "all" in args.variant else dict.fromkeys(args.variant))
     engines = build_together(path, variants, points, args) if len(variants) > 1 else None
     if engines is not None:
-        run_interleaved(engines, model_name, points, args, writer)
-    else:
-        for variant in variants:
-            run_variant(path, model_name, variant, points, args, writer)
+        points = run_interleaved(engines, model_name, points, args, writer)
+        engines = None  # frees them (and a step an OOM cut short) before the fallback builds its own
+        reset_context()
+        gc.collect()
+        torch.cuda.empty_cache()
+    for variant in variants if points else []:
+        run_variant(path, model_name, variant, points, args, writer)
     print(f"wrote {args.output}")
     print(speedups(pd.read_csv(args.output)).to_string(float_format=lambda v: f"{v:.3f}"))
 

@@ -116,7 +116,7 @@ def test_bench_baseline_alternates_the_variants_within_each_point(monkeypatch, t
     args = argparse.Namespace(output_len=32, tuning_table=None, repeats=2, profile=None)
     engines = bb.build_together("ckpt", ["baseline", "tuned"], [(4, 64), (1, 128)], args)
     writer = bb.CsvWriter(str(tmp_path / "m.csv"), bb.COLUMNS)
-    bb.run_interleaved(engines, "llama-7b", [(4, 64), (1, 128)], args, writer)
+    assert bb.run_interleaved(engines, "llama-7b", [(4, 64), (1, 128)], args, writer) == []
     # The smaller point first; per point one warm-up each, then the repeats alternate between the variants.
     assert calls == [(v, b) for b in (1, 4) for v in ("baseline", "tuned") * 3]
     rows = pd.read_csv(tmp_path / "m.csv")
@@ -124,6 +124,13 @@ def test_bench_baseline_alternates_the_variants_within_each_point(monkeypatch, t
     assert rows["tpot_ms"].round(6).eq(10.0).all() and rows["ttft_ms"].round(6).eq(20.0).all()
     # A variant's peak leaves out the other engine's 100 bytes.
     assert rows["peak_memory_mb"].mul(2**20).round().eq(107).all()
+    # A point out of memory with both engines loaded: it and the points after it go back to the caller.
+    def run_once(llm, batch, seq_len, output_len):
+        if batch == 4:
+            raise torch.cuda.OutOfMemoryError("fake")
+        return 0.02, 0.31
+    monkeypatch.setattr(bb, "run_once", run_once)
+    assert bb.run_interleaved(engines, "llama-7b", [(4, 64), (1, 128), (8, 64)], args, writer) == [(4, 64), (8, 64)]
     # No room for a second engine: the caller runs the variants one after the other.
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (50, 2000))
     assert bb.build_together("ckpt", ["baseline", "tuned"], [(1, 128)], args) is None
