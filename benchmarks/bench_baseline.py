@@ -111,13 +111,37 @@ def summarize(runs: list[tuple[float, float]], batch: int, output_len: int, peak
             "throughput_tokens_per_sec": batch / tpot, "peak_memory_mb": peak_mb, "status": "ok"}
 
 
+def row_base(model_name: str, variant: str, args) -> dict:
+    """The columns every row of a variant shares."""
+    table = find_table(engine_kwargs(variant, args.tuning_table).get("tuning_table", False), torch.device("cuda"))
+    return {"model_name": model_name, "variant": variant, "output_len": args.output_len, "gpu": gpu_name(),
+            "tuning_table": str(table) if table else "none"}
+
+
+def trace_path(args, model_name: str, variant: str, batch: int, seq_len: int) -> Path | None:
+    return Path(args.profile) / f"{model_name}_{variant}_b{batch}_s{seq_len}.json" if args.profile else None
+
+
+def report(writer: CsvWriter, base: dict, batch: int, seq_len: int, row: dict) -> None:
+    writer.write({**base, "batch_size": batch, "seq_len": seq_len, **row})
+    print(f"{base['model_name']} {base['variant']:8s} B={batch:3d} S={seq_len:5d}: ttft {row['ttft_ms']:8.2f} ms, "
+          f"tpot {row['tpot_ms']:6.2f} ms, {row['throughput_tokens_per_sec']:8.1f} tok/s, "
+          f"peak {row['peak_memory_mb']:.0f} MB", flush=True)
+
+
+def free_gpu() -> None:
+    """Memory of dropped engines back to the card; a step cut short by an OOM leaves its batch's tensors in the
+    context."""
+    reset_context()
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def run_variant(path: str, model_name: str, variant: str, points: list[tuple[int, int]], args,
                 writer: CsvWriter) -> None:
     """Every point of the grid, smallest first; a point that runs out of memory is recorded and the engine rebuilt
     for the points left."""
-    table = find_table(engine_kwargs(variant, args.tuning_table).get("tuning_table", False), torch.device("cuda"))
-    base = {"model_name": model_name, "variant": variant, "output_len": args.output_len, "gpu": gpu_name(),
-            "tuning_table": str(table) if table else "none"}
+    base = row_base(model_name, variant, args)
     pending = sorted(points, key=lambda p: (p[0] * p[1], p))
     while pending:
         llm = None
@@ -125,14 +149,8 @@ def run_variant(path: str, model_name: str, variant: str, points: list[tuple[int
             llm = build(path, variant, pending, args.output_len, args.tuning_table)
             while pending:
                 batch, seq_len = pending[0]
-                trace = None
-                if args.profile:
-                    trace = Path(args.profile) / f"{model_name}_{variant}_b{batch}_s{seq_len}.json"
-                row = measure(llm, batch, seq_len, args.output_len, args.repeats, trace)
-                writer.write({**base, "batch_size": batch, "seq_len": seq_len, **row})
-                print(f"{model_name} {variant:8s} B={batch:3d} S={seq_len:5d}: ttft {row['ttft_ms']:8.2f} ms, "
-                      f"tpot {row['tpot_ms']:6.2f} ms, {row['throughput_tokens_per_sec']:8.1f} tok/s, "
-                      f"peak {row['peak_memory_mb']:.0f} MB", flush=True)
+                trace = trace_path(args, model_name, variant, batch, seq_len)
+                report(writer, base, batch, seq_len, measure(llm, batch, seq_len, args.output_len, args.repeats, trace))
                 pending.pop(0)
         except torch.cuda.OutOfMemoryError:
             # Built for all pending points: the largest may be what did not fit; else the point that was running.
@@ -140,9 +158,7 @@ def run_variant(path: str, model_name: str, variant: str, points: list[tuple[int
             writer.write({**base, "batch_size": batch, "seq_len": seq_len, "status": "oom"})
             print(f"{model_name} {variant:8s} B={batch:3d} S={seq_len:5d}: out of memory", flush=True)
         llm = None
-        reset_context()  # a step cut short by an OOM leaves its batch's tensors there
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_gpu()
 
 
 def build_together(path: str, variants: list[str], points: list[tuple[int, int]], args) -> dict | None:
@@ -159,9 +175,7 @@ def build_together(path: str, variants: list[str], points: list[tuple[int, int]]
                 raise torch.cuda.OutOfMemoryError("the next engine would not fit")
     except torch.cuda.OutOfMemoryError:
         engines, llm = {}, None
-        reset_context()
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_gpu()
         return None
     return engines
 
@@ -170,9 +184,7 @@ def run_interleaved(engines: dict[str, tuple[LLM, int]], model_name: str, points
                     writer: CsvWriter) -> list[tuple[int, int]]:
     """Every point, smallest first, each repeat running every variant in turn. Returns the points left when one
     ran out of memory: the caller frees these engines and runs those points variant by variant."""
-    bases = {v: {"model_name": model_name, "variant": v, "output_len": args.output_len, "gpu": gpu_name(),
-                 "tuning_table": str(find_table(engine_kwargs(v, args.tuning_table).get("tuning_table", False),
-                                                torch.device("cuda")) or "none")} for v in engines}
+    bases = {v: row_base(model_name, v, args) for v in engines}
     pending = sorted(points, key=lambda p: (p[0] * p[1], p))
     while pending:
         batch, seq_len = pending[0]
@@ -191,13 +203,10 @@ def run_interleaved(engines: dict[str, tuple[LLM, int]], model_name: str, points
                   "the rest of the grid runs variant by variant", flush=True)
             return pending
         for v, (llm, _) in engines.items():
-            if args.profile:
-                write_profile(llm, batch, seq_len, args.output_len,
-                              Path(args.profile) / f"{model_name}_{v}_b{batch}_s{seq_len}.json")
-            row = summarize(runs[v], batch, args.output_len, peaks[v] / 2**20)
-            writer.write({**bases[v], "batch_size": batch, "seq_len": seq_len, **row})
-            print(f"{model_name} {v:8s} B={batch:3d} S={seq_len:5d}: tpot {row['tpot_ms']:6.2f} ms, "
-                  f"{row['throughput_tokens_per_sec']:8.1f} tok/s, peak {row['peak_memory_mb']:.0f} MB", flush=True)
+            trace = trace_path(args, model_name, v, batch, seq_len)
+            if trace is not None:
+                write_profile(llm, batch, seq_len, args.output_len, trace)
+            report(writer, bases[v], batch, seq_len, summarize(runs[v], batch, args.output_len, peaks[v] / 2**20))
         pending.pop(0)
     return []
 
@@ -245,9 +254,7 @@ def main() -> None:
     if engines is not None:
         points = run_interleaved(engines, model_name, points, args, writer)
         engines = None  # frees them (and a step an OOM cut short) before the fallback builds its own
-        reset_context()
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_gpu()
     for variant in variants if points else []:
         run_variant(path, model_name, variant, points, args, writer)
     print(f"wrote {args.output}")

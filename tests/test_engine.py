@@ -200,17 +200,18 @@ def test_cuda_graph_decode_matches_eager(path, plain):
     assert [o["token_ids"] for o in eager.generate(prompts(), GREEDY, use_tqdm=False)] == plain
 
 
-def _sampling_runner(monkeypatch):
+def _sampling_runner():
     """A ModelRunner with only what sampling needs, recording what its sampler is told."""
     from nanovllm.engine.model_runner import ModelRunner
     runner = ModelRunner.__new__(ModelRunner)
     runner.device, told = torch.device("cpu"), []
-    runner.sampler = lambda logits, *tensors, filtered: told.append(filtered) or torch.zeros(len(logits), dtype=torch.long)
+    runner.sampler = lambda logits, *tensors, filtered: (told.append(filtered)
+                                                         or torch.zeros(len(logits), dtype=torch.long))
     return runner, told
 
 
 def test_all_greedy_batches_take_one_argmax_without_uploads(monkeypatch):
-    runner, told = _sampling_runner(monkeypatch)
+    runner, told = _sampling_runner()
     monkeypatch.setattr(type(runner), "_upload", lambda *a: pytest.fail("greedy sampling uploaded parameters"))
     logits = torch.tensor([[0.0, 2.0, 2.0, 1.0], [3.0, -1.0, 0.0, 3.0]])
     seqs = [Sequence([1], SamplingParams(temperature=0, top_k=1)), Sequence([1], SamplingParams(temperature=0))]
@@ -221,7 +222,7 @@ def test_all_greedy_batches_take_one_argmax_without_uploads(monkeypatch):
 @pytest.mark.parametrize("top_k, top_p, filtered", [(-1, 1.0, False), (4, 1.0, False), (9, 1.0, False),
                                                     (3, 1.0, True), (-1, 0.9, True)])
 def test_the_sampler_is_told_from_the_parameters_whether_to_filter(monkeypatch, top_k, top_p, filtered):
-    runner, told = _sampling_runner(monkeypatch)
+    runner, told = _sampling_runner()
     seqs = [Sequence([1], SamplingParams(temperature=0)), Sequence([1], SamplingParams(top_k=top_k, top_p=top_p))]
     runner._sample(torch.zeros(2, 4), seqs)  # a vocabulary of 4: top_k 4 or more keeps every token
     assert told == [filtered]
