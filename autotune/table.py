@@ -21,8 +21,8 @@ Format (JSON, format_version 1):
 
 "kernels" holds one list per tuned kernel: "rms_norm_linear" (the fused sites) and "linear" (its norm-free GEMM,
 o_proj and down_proj); export writes every kernel the database has results for. `export-table --merge` adds
-them to the table already at --out (merge_tables): the database's (kernel, K, N, dtype) entries replace the
-file's, the file's other entries are kept.
+them to the table already at --out (merge_tables), bucket by bucket: the database's (kernel, K, N, dtype, M)
+results replace the file's, the file's other buckets are kept.
 
 Bucket rule: a problem with M rows uses the smallest tuned bucket >= M, else the largest bucket.
 A table is only valid for the software it names: configs tuned under one Triton can lose under another.
