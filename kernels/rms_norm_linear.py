@@ -21,7 +21,7 @@ import triton.language as tl
 
 from kernels.checks import check_inputs
 from kernels.config import Config, default_config, device_smem_limit, sm_count
-from kernels.pdl import pdl_gemm_wait, pdl_launch_args, pdl_launch_next, pdl_prefetch_l2, pdl_wait, weight_prefetch
+from kernels.pdl import pdl_gemm_wait, pdl_launch_args, pdl_launch_next, pdl_wait
 from kernels.reference import baseline_rms_norm_linear, fold_norm_weight, reference_rms_norm_linear
 from kernels.tiles import grouped_tile
 from kernels.tma_gemm import launch_tma_gemm, tma_problem
@@ -38,13 +38,11 @@ def _rms_norm_linear_kernel(
     HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_NORM_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, IEEE: tl.constexpr, SUMSQ_IN_LOOP: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH_K: tl.constexpr,
-    LINE: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares.
-    HAS_NORM=False (then SUMSQ_IN_LOOP=0): a plain GEMM, ss_ptr unused.
-    PREFETCH_K > 0 (launched with PDL only): before waiting, ask L2 for the first PREFETCH_K weights of each of
-    the program's rows (kernels/pdl.py)."""
+    HAS_NORM=False (then SUMSQ_IN_LOOP=0): a plain GEMM, ss_ptr unused."""
+    pdl_gemm_wait(USE_PDL)
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     pid_k = tl.program_id(1)
 
@@ -62,10 +60,6 @@ def _rms_norm_linear_kernel(
     per_split = tl.cdiv(k_blocks, SPLIT_K)
     kb_start = pid_k * per_split
     kb_end = tl.minimum(kb_start + per_split, k_blocks)
-    if PREFETCH_K > 0:
-        # The weight is never written, so it may be read before the previous kernel is done.
-        pdl_prefetch_l2(w_ptr + tl.minimum(offs_n, N - 1) * stride_wn, kb_start * BLOCK_K, K, PREFETCH_K, LINE)
-    pdl_gemm_wait(USE_PDL)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     sumsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -263,7 +257,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
             HAS_BIAS=bias is not None, EVEN_K=K % config.BLOCK_K == 0, IEEE=x2.dtype == torch.float32,
             SUMSQ_IN_LOOP=in_loop, WIDE=wide, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
             BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps,
-            num_stages=config.num_stages, **pdl, **weight_prefetch(weight, split),
+            num_stages=config.num_stages, **pdl,
         )
         if split > 1:
             rb_m, rb_n = 16, 128

@@ -6,8 +6,6 @@ benchmarks/bench_baseline.py does (CUDA graphs, greedy, median of --repeats runs
 - tuned: the fused kernel and the plain-linear GEMM where the GPU's table says they won;
 - tuned-no-linear: the same table without its "linear" entries (o_proj/down_proj on cuBLAS);
 - tuned-no-pdl: tuned, every Triton kernel launched without programmatic dependent launch;
-- tuned-no-prefetch / tuned-prefetch50: tuned, the GEMMs prefetching none / half of the L2 before they wait
-  (kernels/pdl.py; the default is PREFETCH_L2_SHARE);
 - tuned-fuse64: tuned, but shapes the table lacks run the fused default config up to 64 rows (the rule before
   this experiment; now FUSED_MAX_M = 16).
 
@@ -34,9 +32,7 @@ from benchmarks.bench_baseline import build, measure  # noqa: E402
 from nanovllm.utils.random_checkpoint import cached_random_checkpoint  # noqa: E402
 from nanovllm.utils.tuning import find_table  # noqa: E402
 
-SETTINGS = ("baseline", "tuned", "tuned-no-linear", "tuned-no-pdl", "tuned-fuse64", "tuned-no-prefetch",
-            "tuned-prefetch50")
-PREFETCH = {"tuned-no-prefetch": 0.0, "tuned-prefetch50": 0.5}
+SETTINGS = ("baseline", "tuned", "tuned-no-linear", "tuned-no-pdl", "tuned-fuse64")
 
 
 def without_linear(table: Path) -> str:
@@ -61,14 +57,13 @@ def main() -> None:
     table = find_table(None, torch.device("cuda"))
     if table is None:
         sys.exit("no tuning table for this GPU")
-    tables = {setting: str(table) for setting in SETTINGS if setting != "baseline"}
-    tables["tuned-no-linear"] = without_linear(table)
+    tables = {"tuned": str(table), "tuned-no-linear": without_linear(table), "tuned-no-pdl": str(table),
+              "tuned-fuse64": str(table)}
     points = [(b, s) for b in args.batch_size for s in args.seq_len]
-    fused_max_m, share = tuning.FUSED_MAX_M, kernels.pdl.PREFETCH_L2_SHARE
+    fused_max_m = tuning.FUSED_MAX_M
     rows = []
     for setting in args.settings:
         tuning.FUSED_MAX_M = 64 if setting == "tuned-fuse64" else fused_max_m
-        kernels.pdl.PREFETCH_L2_SHARE = PREFETCH.get(setting, share)
         variant = "baseline" if setting == "baseline" else "tuned"
         with kernels.pdl.pdl_off() if setting == "tuned-no-pdl" else contextlib.nullcontext():
             llm = build(path, variant, points, args.output_len, tables.get(setting))

@@ -37,11 +37,7 @@ CASES = [
     ("_row_stats_kernel", dict(HAS_RESIDUAL=True, WIDE=False, BLOCK_R=1, BLOCK_K=4096), dict(num_warps=8)),
     ("_rms_norm_linear_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=True, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
                                      EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
-                                     BLOCK_N=128, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, PREFETCH_K=0, LINE=64),
-     dict(num_warps=4, num_stages=4)),
-    ("_rms_norm_linear_kernel", dict(HAS_NORM=False, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
-                                     EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
-                                     BLOCK_N=64, BLOCK_K=256, GROUP_M=1, SPLIT_K=2, PREFETCH_K=704, LINE=64),
+                                     BLOCK_N=128, BLOCK_K=128, GROUP_M=1, SPLIT_K=1),
      dict(num_warps=4, num_stages=4)),
     ("_split_k_reduce_kernel", dict(HAS_NORM=True, HAS_BIAS=False, SPLIT_K=4, SS_PARTS=1, WIDE=False, BLOCK_M=16,
                                     BLOCK_N=128), dict(num_warps=4)),
@@ -60,10 +56,9 @@ FP32_POINTERS = {"part_o_ptr", "part_lse_ptr", "cos_sin_ptr", "logits_ptr", "tem
                  "ws_ptr", "ss_ptr"}
 GLOBAL_ACCESS = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red\.global|cp\.async|prefetch)",
                            re.MULTILINE)
-# kernels/pdl.py: the GEMMs place the next kernel after their main loop (the last MMA), and only they may ask
-# L2 for their (never written) weights before waiting; every other kernel places the next one before it waits.
+# kernels/pdl.py: the GEMMs place the next kernel after their main loop (the last MMA); every other kernel
+# places the next one before it waits.
 GEMMS = {"_rms_norm_linear_kernel", "_tma_gemm_kernel"}
-L2_PREFETCH = "prefetch.global.L2"
 MMA = re.compile(r"^\s*(@!?%p\d+\s+)?(mma\.sync|wgmma\.mma_async)", re.MULTILINE)
 
 
@@ -115,7 +110,7 @@ def main() -> None:
         kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                                 options=options)
         ptx_text = kernel.asm["ptx"]
-        check_pdl_order(name, constexprs, ptx_text)
+        check_pdl_order(name, ptx_text)
         with tempfile.TemporaryDirectory() as tmp:
             ptx = Path(tmp) / "kernel.ptx"
             ptx.write_text(ptx_text)
@@ -126,16 +121,11 @@ def main() -> None:
         assert name in SPILLS_UNCHECKED or (spills and max(spills) == 0), f"{name} {constexprs} spills:\n{log}"
 
 
-def check_pdl_order(name: str, constexprs: dict, ptx: str) -> None:
+def check_pdl_order(name: str, ptx: str) -> None:
     wait = ptx.find("griddepcontrol.wait")
     launch_next = ptx.find("griddepcontrol.launch_dependents")
-    accesses = [m for m in GLOBAL_ACCESS.finditer(ptx) if not ptx.startswith(L2_PREFETCH, m.start(2))]
-    assert wait >= 0 and accesses and wait < accesses[0].start(), f"{name}: global memory touched before the wait"
-    prefetches = [m.start() for m in re.finditer(re.escape(L2_PREFETCH), ptx)]
-    if constexprs.get("PREFETCH_K"):
-        assert prefetches and max(prefetches) < wait, f"{name}: the weight prefetch does not precede the wait"
-    else:
-        assert not prefetches, f"{name}: prefetches without PREFETCH_K"
+    first = GLOBAL_ACCESS.search(ptx)
+    assert wait >= 0 and first and wait < first.start(), f"{name}: global memory touched before the wait"
     if name in GEMMS:
         mmas = [m.start() for m in MMA.finditer(ptx)]
         assert mmas and launch_next > max(mmas), f"{name}: the next kernel is placed before the main loop ends"
