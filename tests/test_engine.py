@@ -126,6 +126,20 @@ def test_stop_token_ends_the_completion_and_is_kept(path, plain):
     assert out == plain[0][:plain[0].index(stop) + 1]
 
 
+def test_decode_runs_ahead_and_a_sequence_ending_early_keeps_its_tokens(path, plain, monkeypatch):
+    stop = plain[1][4]
+    params = [GREEDY, SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[stop]), GREEDY]
+    engine = llm(path)
+    scheduler, accepted = engine.scheduler, []
+    schedule_ahead = scheduler.schedule_ahead
+    monkeypatch.setattr(scheduler, "schedule_ahead", lambda seqs: accepted.append(schedule_ahead(seqs)) or accepted[-1])
+    outputs = engine.generate(prompts(), params, use_tqdm=False)
+    assert [o["token_ids"] for o in outputs] == [plain[0], plain[1][:plain[1].index(stop) + 1], plain[2]]
+    assert accepted.count(True) >= 20 and engine.ahead is None
+    bm = scheduler.block_manager
+    assert not bm.used_block_ids and bm.num_free_blocks == len(bm.blocks)
+
+
 def test_string_prompts_and_per_prompt_params(path):
     engine = llm(path)
     texts = ["Hello world", "The quick brown fox"]

@@ -1,7 +1,9 @@
 from types import SimpleNamespace
 
+import pytest
+
 from nanovllm.engine.scheduler import Scheduler
-from nanovllm.engine.sequence import Sequence, SequenceStatus
+from nanovllm.engine.sequence import PLACEHOLDER_TOKEN, Sequence, SequenceStatus
 from nanovllm.sampling_params import SamplingParams
 
 BLOCK = 4
@@ -84,3 +86,50 @@ def test_stops_at_max_model_len():
     while not s.is_finished():
         run_step(s)
     assert len(a) == 6
+
+
+def decode_batch(s, prompts, max_tokens=8):
+    seqs = [Sequence(p, SamplingParams(max_tokens=max_tokens)) for p in prompts]
+    for seq in seqs:
+        s.add(seq)
+    run_step(s)  # prefill
+    batch, is_prefill = s.schedule()
+    assert not is_prefill
+    return batch
+
+
+def test_schedule_ahead_appends_a_placeholder_and_opens_the_block_it_needs():
+    s = scheduler()
+    a, b = decode_batch(s, [[1, 2, 3], [4, 5, 6, 7, 8]])  # a's token 5 starts a block; b's token 7 does not
+    blocks = [len(a.block_table), len(b.block_table)]
+    assert s.schedule_ahead([a, b])
+    assert a.last_token == b.last_token == PLACEHOLDER_TOKEN
+    assert [len(a.block_table), len(b.block_table)] == [blocks[0] + 1, blocks[1]]
+    s.postprocess([a, b], [11, 12], ahead=True)
+    assert a.token_ids == [1, 2, 3, 7, 11] and b.token_ids == [4, 5, 6, 7, 8, 7, 12]
+    assert a.num_computed_tokens == 4 and a.num_scheduled_tokens == 1
+    s.postprocess([a, b], [13, 14])  # the step scheduled ahead
+    assert a.token_ids == [1, 2, 3, 7, 11, 13] and a.num_computed_tokens == 5 and a.num_scheduled_tokens == 0
+
+
+@pytest.mark.parametrize("why", ["waiting", "max_tokens", "max_model_len", "no_free_block"])
+def test_schedule_ahead_declines_and_changes_nothing(why):
+    s = scheduler(num_blocks=3 if why == "no_free_block" else 64, max_model_len=6 if why == "max_model_len" else 64)
+    batch = decode_batch(s, [[1, 2, 3], [4, 5, 6, 7]], max_tokens=2 if why == "max_tokens" else 8)
+    if why == "waiting":
+        s.add(Sequence([9, 9], SamplingParams()))
+    before = [(list(seq.token_ids), list(seq.block_table)) for seq in batch]
+    free = s.block_manager.num_free_blocks
+    assert not s.schedule_ahead(batch)
+    assert [(seq.token_ids, seq.block_table) for seq in batch] == before and s.block_manager.num_free_blocks == free
+
+
+def test_a_sequence_that_ends_before_the_step_ahead_is_skipped_there():
+    s = scheduler()
+    a, b = decode_batch(s, [[1, 2, 3], [4, 5, 6]])
+    assert s.schedule_ahead([a, b])
+    s.postprocess([a, b], [0, 12], ahead=True)  # a samples EOS
+    assert a.is_finished and a.completion_token_ids == [7, 0] and not a.block_table
+    s.postprocess([a, b], [99, 13])  # the step ahead still computed a row for a: dropped
+    assert a.completion_token_ids == [7, 0] and b.completion_token_ids == [7, 12, 13]
+    assert list(s.running) == [b]

@@ -118,16 +118,16 @@ class BlockManager:
         seq.num_computed_tokens = 0
         seq.num_cached_tokens = 0
 
-    def _needs_block(self, seq: Sequence) -> bool:
+    def needs_block(self, seq: Sequence) -> bool:
         # A decode step writes the K/V of the last token, at position len(seq) - 1.
         return (len(seq) - 1) % self.block_size == 0
 
     def can_append(self, seq: Sequence) -> bool:
-        return self.num_free_blocks >= int(self._needs_block(seq))
+        return self.num_free_blocks >= int(self.needs_block(seq))
 
     def may_append(self, seq: Sequence) -> None:
         """Before a decode step: open a new block for the last token if it starts one."""
-        if self._needs_block(seq):
+        if self.needs_block(seq):
             seq.block_table.append(self._new_block().block_id)
 
     def register_full_block(self, seq: Sequence) -> None:

@@ -83,10 +83,13 @@ class DecodeGraphs:
         self.copies: dict[int, list] = {}  # per graph: (host array, host tensor, device tensor) per dtype
         self._capture(model)
 
-    def run(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Logits [len(seqs), vocab] of a decode step; a view that the next replay overwrites."""
+    def run(self, seqs: list[Sequence], previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [len(seqs), vocab] of a decode step; a view that the next replay overwrites.
+        previous: device tokens that replace the seqs' (placeholder) last tokens (ModelRunner.launch)."""
         batch = self.batch_sizes[bisect_left(self.batch_sizes, len(seqs))]
         self._upload(self.copies[batch], decode_arrays(seqs, batch, self.block_size, self.width))
+        if previous is not None:
+            self.device_buffers[0][:len(seqs)].copy_(previous)  # input_ids lead the int64 buffer
         self.graphs[batch].replay()  # reads the views it was captured with, not the Python context
         return self.logits[:len(seqs)]
 

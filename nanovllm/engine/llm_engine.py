@@ -6,7 +6,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GenerationConfig
 
 from nanovllm.config import Config
-from nanovllm.engine.model_runner import ModelRunner
+from nanovllm.engine.model_runner import ModelRunner, PendingTokens
 from nanovllm.engine.scheduler import Scheduler
 from nanovllm.engine.sequence import Sequence
 from nanovllm.sampling_params import SamplingParams
@@ -43,6 +43,8 @@ class LLMEngine:
         self.model_runner = ModelRunner(config)
         config.num_kvcache_blocks = self.model_runner.num_kvcache_blocks
         self.scheduler = Scheduler(config, eos_token_ids(config, self.tokenizer))
+        # A decode step launched ahead (step()): its sequences and its PendingTokens.
+        self.ahead: tuple[list[Sequence], PendingTokens] | None = None
 
     def _make_sequence(self, prompt: str | list[int], sampling_params: SamplingParams) -> Sequence:
         if not isinstance(sampling_params, SamplingParams):
@@ -71,15 +73,28 @@ class LLMEngine:
         return seq
 
     def step(self) -> tuple[list[Sequence], int]:
-        """Run one scheduled batch; returns the sequences it finished and its token count (negative for decode)."""
-        seqs, is_prefill = self.scheduler.schedule()
-        num_tokens = sum(seq.num_scheduled_tokens for seq in seqs) if is_prefill else -len(seqs)
-        token_ids = self.model_runner.run(seqs, is_prefill)
-        self.scheduler.postprocess(seqs, token_ids)
-        return [seq for seq in seqs if seq.is_finished], num_tokens
+        """Run one scheduled batch; returns the sequences it finished and its token count (negative for decode).
+
+        A decode step runs one step ahead where it can (Scheduler.schedule_ahead): the next decode step of the same
+        batch is launched before this step's tokens are read back, so the GPU goes on while the host records them
+        and schedules. A sequence that ends at this step also ran in the step ahead, whose result for it is dropped.
+        """
+        if self.ahead is not None:
+            (seqs, pending), is_prefill, self.ahead = self.ahead, False, None
+        else:
+            seqs, is_prefill = self.scheduler.schedule()
+            pending = self.model_runner.launch(seqs, is_prefill)
+        live = [seq for seq in seqs if not seq.is_finished]
+        num_tokens = sum(seq.num_scheduled_tokens for seq in seqs) if is_prefill else -len(live)
+        if not is_prefill and self.scheduler.schedule_ahead(seqs):
+            self.ahead = (seqs, self.model_runner.launch(seqs, False, previous=pending.sampled))
+        self.scheduler.postprocess(seqs, pending.token_ids(), ahead=self.ahead is not None)
+        if self.ahead is not None and all(seq.is_finished for seq in seqs):
+            self.ahead = None  # nothing left to read from it; what it computed is never used
+        return [seq for seq in live if seq.is_finished], num_tokens
 
     def is_finished(self) -> bool:
-        return self.scheduler.is_finished()
+        return self.scheduler.is_finished() and self.ahead is None
 
     def generate(self, prompts: list[str] | list[list[int]],
                  sampling_params: SamplingParams | list[SamplingParams] = SamplingParams(),

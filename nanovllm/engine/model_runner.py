@@ -183,20 +183,31 @@ class ModelRunner:
         return self.sampler(logits, temperatures, top_ks, top_ps,
                             generators if any(g is not None for g in generators) else None, filtered=filtered)
 
-    @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int | None]:
         """One forward pass; returns each sequence's new token, or None for a chunk that does not end its prompt."""
+        return self.launch(seqs, is_prefill).token_ids()
+
+    @torch.inference_mode()
+    def launch(self, seqs: list[Sequence], is_prefill: bool, previous: torch.Tensor | None = None) -> "PendingTokens":
+        """One forward pass and its sampling, launched on the device and not waited for.
+        previous: for a decode step scheduled ahead, the tokens the step before sampled for `seqs` (on the device),
+        which take the place of their placeholder last tokens."""
         if is_prefill:
             logits = self._run_model(*self._prepare_prefill(seqs))
             done = [seq.num_computed_tokens + seq.num_scheduled_tokens == len(seq) for seq in seqs]
         else:
-            graphed = self.graphs is not None and len(seqs) <= self.graphs.max_batch
-            logits = self.graphs.run(seqs) if graphed else self._run_model(*self._prepare_decode(seqs))
+            if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
+                logits = self.graphs.run(seqs, previous)
+            else:
+                input_ids, positions = self._prepare_decode(seqs)
+                if previous is not None:
+                    input_ids.copy_(previous)
+                logits = self._run_model(input_ids, positions)
             done = [True] * len(seqs)
         sampled = [seq for seq, d in zip(seqs, done) if d]
-        token_ids = iter(self._sample(logits, sampled).tolist() if sampled else [])
+        pending = PendingTokens(self._sample(logits, sampled) if sampled else None, done)
         reset_context()
-        return [next(token_ids) if d else None for d in done]
+        return pending
 
     def compute_prefill_logits(self, seqs: list[Sequence]) -> torch.Tensor:
         """Logits of the last token of each scheduled prompt, without sampling (for checks against other engines)."""
@@ -207,3 +218,24 @@ class ModelRunner:
 
     def _run_model(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model.compute_logits(self.model(input_ids, positions))
+
+
+class PendingTokens:
+    """The tokens a launched step samples. Read back through a pinned buffer and an event of their own, so that
+    reading them waits for their step only, not for a step launched after it."""
+
+    def __init__(self, sampled: torch.Tensor | None, done: list[bool]):
+        self.sampled, self.done = sampled, done
+        self.host, self.ready = sampled, None
+        if sampled is not None and sampled.is_cuda:
+            self.host = torch.empty(sampled.shape, dtype=sampled.dtype, pin_memory=True)
+            self.host.copy_(sampled, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+
+    def token_ids(self) -> list[int | None]:
+        """Each sequence's new token, or None for a prompt chunk that does not end its prompt."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        ids = iter(self.host.tolist() if self.host is not None else [])
+        return [next(ids) if d else None for d in self.done]

@@ -2,7 +2,7 @@ from collections import deque
 
 from nanovllm.config import Config
 from nanovllm.engine.block_manager import BlockManager
-from nanovllm.engine.sequence import Sequence, SequenceStatus
+from nanovllm.engine.sequence import PLACEHOLDER_TOKEN, Sequence, SequenceStatus
 
 
 class Scheduler:
@@ -80,15 +80,48 @@ class Scheduler:
         self.block_manager.deallocate(seq)
         self.waiting.appendleft(seq)
 
-    def postprocess(self, seqs: list[Sequence], token_ids: list[int | None]) -> None:
-        """Record a step's results; `token_ids` is None for a prompt chunk that does not end its prompt."""
+    def schedule_ahead(self, seqs: list[Sequence]) -> bool:
+        """While the decode step of `seqs` runs, schedule their next decode step before its tokens are known: each
+        sequence gets a placeholder last token, which the ModelRunner replaces on the device with the token the
+        running step samples, and postprocess(ahead=True) with the real one.
+
+        Declined (False, nothing changed) where the next step should differ: requests wait (prefill comes first),
+        a sequence reaches max_tokens or max_model_len with the running step, or the KV cache lacks a block.
+        """
+        if self.waiting or len(self.running) != len(seqs) or any(self._last_by_length(seq) for seq in seqs):
+            return False
+        for seq in seqs:
+            seq.append_token(PLACEHOLDER_TOKEN)
+        if sum(map(self.block_manager.needs_block, seqs)) > self.block_manager.num_free_blocks:
+            for seq in seqs:
+                seq.token_ids.pop()
+            return False
+        for seq in seqs:
+            self.block_manager.may_append(seq)
+        return True
+
+    def _last_by_length(self, seq: Sequence) -> bool:
+        """Whether the running step's token ends `seq` whatever it is."""
+        return (seq.num_completion_tokens + 1 >= seq.sampling_params.max_tokens
+                or len(seq) + 1 >= self.max_model_len)
+
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int | None], ahead: bool = False) -> None:
+        """Record a step's results; `token_ids` is None for a prompt chunk that does not end its prompt.
+        ahead: the next step of `seqs` was scheduled by schedule_ahead, and each token replaces its placeholder.
+        Sequences that ended at the step before (and ran in this one only because it was launched ahead) are
+        skipped."""
         for seq, token_id in zip(seqs, token_ids):
+            if seq.is_finished:
+                continue
             seq.num_computed_tokens += seq.num_scheduled_tokens
-            seq.num_scheduled_tokens = 0
+            seq.num_scheduled_tokens = 1 if ahead else 0
             if token_id is None:
                 continue
             self.block_manager.register_full_block(seq)
-            seq.append_token(token_id)
+            if ahead:
+                seq.token_ids[-1] = token_id
+            else:
+                seq.append_token(token_id)
             if self._should_stop(seq, token_id):
                 seq.status = SequenceStatus.FINISHED
                 self.block_manager.deallocate(seq)

@@ -6,6 +6,11 @@ import torch
 from nanovllm.sampling_params import SamplingParams
 
 
+# The last token of a sequence whose decode step is scheduled before the token is sampled (Scheduler.schedule_ahead);
+# never read as a token: the device gets the sampled token in its place.
+PLACEHOLDER_TOKEN = -1
+
+
 class SequenceStatus(Enum):
     WAITING = auto()
     RUNNING = auto()
