@@ -26,9 +26,8 @@ class Config:
     num_stages: int = 3
     GROUP_M: int = 8
     SPLIT_K: int = 1
-    # Where the sum of squares comes from (kernels/rms_norm_linear.py): 0 a row-statistics prologue kernel (which
-    # also writes h), the K loop a plain GEMM; in the GEMM's launch, 1 summed inside the K loop or 2 in a second
-    # pass over the rows after it.
+    # 1: the sum of squares is accumulated inside the GEMM's K loop (one launch);
+    # 0: a row-statistics prologue kernel computes it (and h) and the K loop is a plain GEMM.
     SUMSQ_IN_LOOP: int = 0
     # The K loop's loads: 0 pointer loads (any GPU); TMA descriptors (sm_90+, kernels/tma_gemm.py) with
     # 1 a program per output tile or 2 a persistent program per SM walking the tiles.
@@ -85,8 +84,8 @@ class Config:
             raise ValueError(f"Config.GROUP_M={self.GROUP_M}: expected >= 1")
         if self.SPLIT_K < 1:
             raise ValueError(f"Config.SPLIT_K={self.SPLIT_K}: expected >= 1")
-        if self.SUMSQ_IN_LOOP not in (0, 1, 2):
-            raise ValueError(f"Config.SUMSQ_IN_LOOP={self.SUMSQ_IN_LOOP}: expected 0, 1 or 2")
+        if self.SUMSQ_IN_LOOP not in (0, 1):
+            raise ValueError(f"Config.SUMSQ_IN_LOOP={self.SUMSQ_IN_LOOP}: expected 0 or 1")
         if not norm and self.SUMSQ_IN_LOOP:
             raise ValueError(f"Config.SUMSQ_IN_LOOP={self.SUMSQ_IN_LOOP}: the plain linear kernel has no norm and "
                              "no sum of squares; expected 0")

@@ -3,11 +3,9 @@
 The 1/RMS of a row is a scalar, so it commutes with the matrix product and is applied in the
 epilogue, before the bias. Where the fp32 sum of squares comes from is a tunable (Config.SUMSQ_IN_LOOP):
 - 1: accumulated inside the GEMM's K loop from the A tiles the product reads (one launch);
-- 2: one launch too, but summed in a second pass over the program's rows after the K loop (they are
-  in L2 by then): Triton 3.6 cannot software-pipeline an A tile that also feeds a reduction;
 - 0: a row-statistics prologue kernel reads each row once (adding the residual and writing h on
-  the way) and the K loop is a plain GEMM. Which wins depends on the shape and M
-  (docs/PERF_NOTES.md has the figures).
+  the way) and the K loop is a plain GEMM. Triton 3.6 cannot software-pipeline an A tile that also
+  feeds a reduction, so this is often the faster of the two (docs/PERF_NOTES.md has the figures).
 With SPLIT_K > 1 each split writes its partial product (and partial sum of squares) to an fp32
 workspace, and a small second kernel reduces them, scales and adds the bias.
 HAS_NORM=False (kernels/linear.py) compiles the same kernels as a plain tuned GEMM, x @ W.T + b: no row
@@ -42,8 +40,7 @@ def _rms_norm_linear_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, USE_PDL: tl.constexpr,
 ):
-    """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares;
-    with 1 or 2 the kernel adds the residual to its A tiles itself (the programs of column 0 write h).
+    """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares.
     HAS_NORM=False (then SUMSQ_IN_LOOP=0): a plain GEMM, ss_ptr unused."""
     pdl_gemm_wait(USE_PDL)
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -76,12 +73,14 @@ def _rms_norm_linear_kernel(
             mask_a = mask_m[:, None] & mask_k[None, :]
             mask_b = mask_k[:, None] & mask_n[None, :]
         a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask_a, other=0.0)
-        if HAS_RESIDUAL and SUMSQ_IN_LOOP > 0:
-            a = _add_residual(a, r_ptr, offs_m, offs_k, stride_rm, stride_rk, mask_a)
+        if HAS_RESIDUAL and SUMSQ_IN_LOOP:
+            r = tl.load(r_ptr + offs_m[:, None] * stride_rm + offs_k[None, :] * stride_rk, mask=mask_a, other=0.0)
+            # Round the sum to the input dtype, as the unfused `x + residual` does.
+            a = (a.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
             if write_h:
                 tl.store(h_ptr + offs_m[:, None] * stride_hm + offs_k[None, :], a, mask=mask_a)
         a32 = a.to(tl.float32)
-        if SUMSQ_IN_LOOP == 1:
+        if SUMSQ_IN_LOOP:
             sumsq += tl.sum(a32 * a32, axis=1)
         if HAS_NORM_WEIGHT:
             if EVEN_K:
@@ -95,19 +94,10 @@ def _rms_norm_linear_kernel(
         else:
             acc = tl.dot(a, b, acc)
     pdl_launch_next(USE_PDL)
-    if SUMSQ_IN_LOOP == 2:
-        for kb in range(kb_start, kb_end):
-            offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
-            mask_a = mask_m[:, None] & (offs_k[None, :] < K)
-            a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask_a, other=0.0)
-            if HAS_RESIDUAL:
-                a = _add_residual(a, r_ptr, offs_m, offs_k, stride_rm, stride_rk, mask_a)
-            a32 = a.to(tl.float32)
-            sumsq += tl.sum(a32 * a32, axis=1)
 
     # Constexpr branches: with HAS_NORM=True the kernel compiles to exactly what it was before the flag.
     if HAS_NORM:
-        if SUMSQ_IN_LOOP == 0:
+        if not SUMSQ_IN_LOOP:
             sumsq = tl.load(ss_ptr + offs_m, mask=mask_m, other=0.0)
     if SPLIT_K == 1:
         if HAS_NORM:
@@ -120,15 +110,8 @@ def _rms_norm_linear_kernel(
     else:
         ws_ptrs = ws_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :]
         tl.store(ws_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
-        if SUMSQ_IN_LOOP > 0 and pid_n == 0:
+        if SUMSQ_IN_LOOP and pid_n == 0:
             tl.store(ss_ptr + pid_k * M + offs_m, sumsq, mask=mask_m)
-
-
-@triton.jit
-def _add_residual(a, r_ptr, offs_m, offs_k, stride_rm, stride_rk, mask):
-    r = tl.load(r_ptr + offs_m[:, None] * stride_rm + offs_k[None, :] * stride_rk, mask=mask, other=0.0)
-    # Round the sum to the input dtype, as the unfused `x + residual` does.
-    return (a.to(tl.float32) + r.to(tl.float32)).to(a.dtype)
 
 
 @triton.jit
@@ -243,17 +226,17 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
     h = _empty((M, K), x2, x2.dtype) if residual is not None else out
     if M == 0:
         return out, h
-    split, in_kernel = config.SPLIT_K, config.SUMSQ_IN_LOOP > 0
+    split, in_loop = config.SPLIT_K, bool(config.SUMSQ_IN_LOOP)
     ws = _empty((split, M, N), x2, torch.float32) if split > 1 else out
     # Without the norm there are no row statistics: `out` only fills the unused pointer argument.
-    ss = _empty((split if in_kernel else 1, M), x2, torch.float32) if has_norm and (split > 1 or not in_kernel) else out
+    ss = _empty((split if in_loop else 1, M), x2, torch.float32) if has_norm and (split > 1 or not in_loop) else out
     # Triton indexes in int32; past 2**31 elements (a 151936-wide lm_head at M=16384) it must use int64.
     wide = max(*(_max_offset(t) for t in (x2, r2, weight, out, h)), split * M * N) >= _INT32_LIMIT
     pdl = pdl_launch_args(x2.device)
     # Triton launches on the current device, which need not be x's.
     with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
         a = x2
-        if has_norm and not in_kernel:
+        if has_norm and not in_loop:
             # One row per program, in one chunk up to K = 8192: at decode sizes this kernel is pure latency.
             row_k = min(8192, triton.next_power_of_2(K))
             _row_stats_kernel[(M,)](
@@ -272,7 +255,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
             out.stride(0), h.stride(0),
             HAS_NORM=has_norm, HAS_RESIDUAL=residual is not None, HAS_NORM_WEIGHT=norm_weight is not None,
             HAS_BIAS=bias is not None, EVEN_K=K % config.BLOCK_K == 0, IEEE=x2.dtype == torch.float32,
-            SUMSQ_IN_LOOP=config.SUMSQ_IN_LOOP, WIDE=wide, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
+            SUMSQ_IN_LOOP=in_loop, WIDE=wide, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
             BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps,
             num_stages=config.num_stages, **pdl,
         )
@@ -280,7 +263,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
             rb_m, rb_n = 16, 128
             _split_k_reduce_kernel[(triton.cdiv(M, rb_m), triton.cdiv(N, rb_n))](
                 ws, ss, bias if bias is not None else ws, out, M, N, K, float(eps), out.stride(0),
-                HAS_NORM=has_norm, HAS_BIAS=bias is not None, SPLIT_K=split, SS_PARTS=split if in_kernel else 1,
+                HAS_NORM=has_norm, HAS_BIAS=bias is not None, SPLIT_K=split, SS_PARTS=split if in_loop else 1,
                 WIDE=wide, BLOCK_M=rb_m, BLOCK_N=rb_n, num_warps=4, **pdl,
             )
     return out, h

@@ -61,8 +61,8 @@ class RmsNormLinearSpace(SearchSpace):
             "num_stages": list(_STAGES),
             "GROUP_M": [1, 8] if M > block_m[0] else [1],
             "SPLIT_K": split_k,
-            # Sum of squares from a row-statistics prologue kernel, inside the K loop, or after it (one launch).
-            "SUMSQ_IN_LOOP": [0, 1, 2],
+            # Sum of squares inside the K loop (one launch) or from a row-statistics prologue kernel.
+            "SUMSQ_IN_LOOP": [0, 1],
             # Pointer loads, or TMA descriptors with a program per tile or persistent programs (sm_90+).
             "TMA": [0, 1, 2],
         }
@@ -99,9 +99,8 @@ class RmsNormLinearSpace(SearchSpace):
             picks = [Config(128, 128, 64, 8, 3, 8, 1), Config(128, 256, 64, 8, 3, 8, 1),
                      Config(256, 128, 64, 8, 3, 8, 1), Config(128, 128, 32, 4, 4, 8, 1),
                      Config(64, 128, 64, 4, 4, 8, 1)]
-        # The other sources of the sum of squares and the TMA main loop, for the two most likely tiles.
-        others = [dataclasses.replace(c, SUMSQ_IN_LOOP=mode) for c in picks[:2] for mode in (0, 1, 2)
-                  if mode != c.SUMSQ_IN_LOOP]
+        # The other source of the sum of squares and the TMA main loop, for the two most likely tiles.
+        others = [dataclasses.replace(c, SUMSQ_IN_LOOP=1 - c.SUMSQ_IN_LOOP) for c in picks[:2]]
         others += [dataclasses.replace(c, SPLIT_K=1, TMA=1 if M <= _DECODE_MAX_M else 2) for c in picks[:2]]
         return [default, *picks, *others]
 

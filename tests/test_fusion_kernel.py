@@ -63,7 +63,7 @@ def test_numerical_correctness(M, K, N, dtype):
     check(make_inputs(M, K, N, dtype, bias=True, residual=True, norm_weight=True), dtype)
 
 
-@pytest.mark.parametrize("in_loop", [0, 1, 2])
+@pytest.mark.parametrize("in_loop", [0, 1])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias,residual,norm_weight", list(itertools.product([False, True], repeat=3)))
 def test_optional_operands(bias, residual, norm_weight, dtype, in_loop):
@@ -82,8 +82,8 @@ CONFIGS = [
     Config(32, 16, 128, SPLIT_K=8),  # 8 K blocks: one per split
     Config(16, 16, 256, SPLIT_K=4),  # 4 K blocks, the last one partial
 ]
-# Each config with the sum of squares from the row-statistics prologue, in the K loop and after it.
-CONFIGS = [c for cfg in CONFIGS for mode in (0, 1, 2) for c in [Config(**{**cfg.to_dict(), "SUMSQ_IN_LOOP": mode})]]
+# Each config once with the sum of squares in the K loop and once from the row-statistics prologue.
+CONFIGS = [c for cfg in CONFIGS for c in (cfg, Config(**{**cfg.to_dict(), "SUMSQ_IN_LOOP": 1}))]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -169,7 +169,7 @@ def test_bad_inputs(case, error, match):
     (Config(num_stages=0), "num_stages=0"),
     (Config(GROUP_M=0), "GROUP_M=0"),
     (Config(SPLIT_K=0), "SPLIT_K=0"),
-    (Config(SUMSQ_IN_LOOP=3), "SUMSQ_IN_LOOP=3: expected 0, 1 or 2"),
+    (Config(SUMSQ_IN_LOOP=2), "SUMSQ_IN_LOOP=2: expected 0 or 1"),
     (Config(BLOCK_K=32, SPLIT_K=3), "SPLIT_K=3: larger than the 2 K blocks"),
 ])
 def test_impossible_configs_are_refused_before_launch(config, match):
@@ -194,8 +194,7 @@ def test_wrong_config_type_and_eps():
         fused_rms_norm_linear(**_bad(), eps=0.0)
 
 
-@pytest.mark.parametrize("config", [Config(16, 32, 64), Config(16, 32, 64, SPLIT_K=2, SUMSQ_IN_LOOP=1),
-                                    Config(16, 32, 64, SPLIT_K=2, SUMSQ_IN_LOOP=2)], ids=str)
+@pytest.mark.parametrize("config", [Config(16, 32, 64), Config(16, 32, 64, SPLIT_K=2, SUMSQ_IN_LOOP=1)], ids=str)
 def test_int64_indexing_path(monkeypatch, config):
     """Past 2**31 elements the kernels index in int64; force that path on a small problem."""
     monkeypatch.setattr(rnl, "_INT32_LIMIT", 0)
