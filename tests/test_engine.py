@@ -128,14 +128,17 @@ def test_stop_token_ends_the_completion_and_is_kept(path, plain):
 
 def test_decode_runs_ahead_and_a_sequence_ending_early_keeps_its_tokens(path, plain, monkeypatch):
     stop = plain[1][4]
-    params = [GREEDY, SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[stop]), GREEDY]
+    # The second ends on a token (its row in the step ahead is dropped), the third by its length (left out of the
+    # step ahead, whose input tokens are then a subset of the running step's rows).
+    params = [GREEDY, SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[stop]),
+              SamplingParams(temperature=0, max_tokens=9, ignore_eos=True)]
     engine = llm(path)
     scheduler, accepted = engine.scheduler, []
     schedule_ahead = scheduler.schedule_ahead
     monkeypatch.setattr(scheduler, "schedule_ahead", lambda seqs: accepted.append(schedule_ahead(seqs)) or accepted[-1])
     outputs = engine.generate(prompts(), params, use_tqdm=False)
-    assert [o["token_ids"] for o in outputs] == [plain[0], plain[1][:plain[1].index(stop) + 1], plain[2]]
-    assert accepted.count(True) >= 20 and engine.ahead is None
+    assert [o["token_ids"] for o in outputs] == [plain[0], plain[1][:plain[1].index(stop) + 1], plain[2][:9]]
+    assert sum(1 for batch in accepted if batch) >= 20 and engine.ahead is None
     bm = scheduler.block_manager
     assert not bm.used_block_ids and bm.num_free_blocks == len(bm.blocks)
 

@@ -102,33 +102,56 @@ def test_schedule_ahead_appends_a_placeholder_and_opens_the_block_it_needs():
     s = scheduler()
     a, b = decode_batch(s, [[1, 2, 3], [4, 5, 6, 7, 8]])  # a's token 5 starts a block; b's token 7 does not
     blocks = [len(a.block_table), len(b.block_table)]
-    assert s.schedule_ahead([a, b])
+    assert s.schedule_ahead([a, b]) == [a, b]
     assert a.last_token == b.last_token == PLACEHOLDER_TOKEN
     assert [len(a.block_table), len(b.block_table)] == [blocks[0] + 1, blocks[1]]
-    s.postprocess([a, b], [11, 12], ahead=True)
+    s.postprocess([a, b], [11, 12])
     assert a.token_ids == [1, 2, 3, 7, 11] and b.token_ids == [4, 5, 6, 7, 8, 7, 12]
     assert a.num_computed_tokens == 4 and a.num_scheduled_tokens == 1
     s.postprocess([a, b], [13, 14])  # the step scheduled ahead
     assert a.token_ids == [1, 2, 3, 7, 11, 13] and a.num_computed_tokens == 5 and a.num_scheduled_tokens == 0
 
 
-@pytest.mark.parametrize("why", ["waiting", "max_tokens", "max_model_len", "no_free_block"])
+@pytest.mark.parametrize("why", ["prefill_fits", "no_free_block"])
 def test_schedule_ahead_declines_and_changes_nothing(why):
-    s = scheduler(num_blocks=3 if why == "no_free_block" else 64, max_model_len=6 if why == "max_model_len" else 64)
-    batch = decode_batch(s, [[1, 2, 3], [4, 5, 6, 7]], max_tokens=2 if why == "max_tokens" else 8)
-    if why == "waiting":
+    s = scheduler(num_blocks=3 if why == "no_free_block" else 64)
+    batch = decode_batch(s, [[1, 2, 3], [4, 5, 6, 7]])
+    if why == "prefill_fits":
         s.add(Sequence([9, 9], SamplingParams()))
     before = [(list(seq.token_ids), list(seq.block_table)) for seq in batch]
     free = s.block_manager.num_free_blocks
-    assert not s.schedule_ahead(batch)
+    assert s.schedule_ahead(batch) == []
     assert [(seq.token_ids, seq.block_table) for seq in batch] == before and s.block_manager.num_free_blocks == free
+
+
+def test_a_waiting_request_that_cannot_start_yet_does_not_stop_the_step_ahead():
+    s = scheduler(max_num_seqs=2)
+    a, b = decode_batch(s, [[1, 2, 3], [4, 5, 6, 7]])
+    s.add(Sequence([9, 9], SamplingParams()))  # the batch is full: the next step decodes anyway
+    assert s.schedule_ahead([a, b]) == [a, b]
+
+
+@pytest.mark.parametrize("why", ["max_tokens", "max_model_len"])
+def test_a_sequence_ending_by_length_is_left_out_of_the_step_ahead(why):
+    s = scheduler(max_model_len=6 if why == "max_model_len" else 64)
+    a = Sequence([1, 2, 3], SamplingParams(max_tokens=2 if why == "max_tokens" else 8))
+    b = Sequence([4, 5, 6, 7] if why == "max_model_len" else [4, 5], SamplingParams(max_tokens=8))
+    for seq in (a, b) if why == "max_tokens" else (b, a):
+        s.add(seq)
+    run_step(s)  # prefill
+    batch, _ = s.schedule()
+    ending = a if why == "max_tokens" else b  # 2 completion tokens / 6 tokens after this step
+    assert s.schedule_ahead(batch) == [seq for seq in batch if seq is not ending]
+    assert ending.last_token != PLACEHOLDER_TOKEN
+    s.postprocess(batch, [21] * len(batch))
+    assert ending.is_finished and ending.token_ids[-1] == 21 and PLACEHOLDER_TOKEN not in ending.token_ids
 
 
 def test_a_sequence_that_ends_before_the_step_ahead_is_skipped_there():
     s = scheduler()
     a, b = decode_batch(s, [[1, 2, 3], [4, 5, 6]])
-    assert s.schedule_ahead([a, b])
-    s.postprocess([a, b], [0, 12], ahead=True)  # a samples EOS
+    assert s.schedule_ahead([a, b]) == [a, b]
+    s.postprocess([a, b], [0, 12])  # a samples EOS
     assert a.is_finished and a.completion_token_ids == [7, 0] and not a.block_table
     s.postprocess([a, b], [99, 13])  # the step ahead still computed a row for a: dropped
     assert a.completion_token_ids == [7, 0] and b.completion_token_ids == [7, 12, 13]

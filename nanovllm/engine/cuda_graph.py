@@ -95,9 +95,8 @@ class DecodeGraphs:
 
     def _upload(self, copies: list, arrays: tuple[np.ndarray, np.ndarray]) -> None:
         # A non_blocking copy reads the pinned buffer when the stream reaches it, so the host must not rewrite the
-        # buffer before the last step's copies ran. In the engine they always have (each step ends waiting for its
-        # sampled tokens, .tolist(), which comes after the copies on the same stream), so this wait returns at once;
-        # it is there for callers that replay without reading the result back.
+        # buffer before the last step's copies ran. With a step launched ahead (LLMEngine.step) the previous
+        # replay may still be queued; this waits for its copies, which come before it on the stream.
         self.copied.synchronize()
         for (host_array, host, dev), array in zip(copies, arrays):
             host_array[:] = array

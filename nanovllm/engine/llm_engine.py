@@ -75,9 +75,10 @@ class LLMEngine:
     def step(self) -> tuple[list[Sequence], int]:
         """Run one scheduled batch; returns the sequences it finished and its token count (negative for decode).
 
-        A decode step runs one step ahead where it can (Scheduler.schedule_ahead): the next decode step of the same
-        batch is launched before this step's tokens are read back, so the GPU goes on while the host records them
-        and schedules. A sequence that ends at this step also ran in the step ahead, whose result for it is dropped.
+        A decode step runs one step ahead where it can (Scheduler.schedule_ahead): the next decode step is launched
+        before this step's tokens are read back, so the GPU goes on while the host records them and schedules. A
+        sequence that ends at this step on a token (EOS, a stop token) also ran in the step ahead, whose result for
+        it is dropped; one that ends by its length is left out of it.
         """
         if self.ahead is not None:
             (seqs, pending), is_prefill, self.ahead = self.ahead, False, None
@@ -86,10 +87,13 @@ class LLMEngine:
             pending = self.model_runner.launch(seqs, is_prefill)
         live = [seq for seq in seqs if not seq.is_finished]
         num_tokens = sum(seq.num_scheduled_tokens for seq in seqs) if is_prefill else -len(live)
-        if not is_prefill and self.scheduler.schedule_ahead(seqs):
-            self.ahead = (seqs, self.model_runner.launch(seqs, False, previous=pending.sampled))
-        self.scheduler.postprocess(seqs, pending.token_ids(), ahead=self.ahead is not None)
-        if self.ahead is not None and all(seq.is_finished for seq in seqs):
+        batch = [] if is_prefill else self.scheduler.schedule_ahead(live)
+        if batch:
+            row = {id(seq): i for i, seq in enumerate(seqs)}
+            previous = pending.rows([row[id(seq)] for seq in batch])
+            self.ahead = (batch, self.model_runner.launch(batch, False, previous=previous))
+        self.scheduler.postprocess(seqs, pending.token_ids())
+        if self.ahead is not None and all(seq.is_finished for seq in self.ahead[0]):
             self.ahead = None  # nothing left to read from it; what it computed is never used
         return [seq for seq in live if seq.is_finished], num_tokens
 

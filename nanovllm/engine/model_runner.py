@@ -233,6 +233,15 @@ class PendingTokens:
             self.ready = torch.cuda.Event()
             self.ready.record()
 
+    def rows(self, rows: list[int]) -> torch.Tensor:
+        """The sampled tokens of these rows, on the device (nothing is read back)."""
+        if rows == list(range(len(self.sampled))):
+            return self.sampled
+        index = torch.tensor(rows)
+        if self.sampled.is_cuda:  # pinned, so the copy does not wait for the steps in flight
+            index = index.pin_memory().to(self.sampled.device, non_blocking=True)
+        return self.sampled.index_select(0, index)
+
     def token_ids(self) -> list[int | None]:
         """Each sequence's new token, or None for a prompt chunk that does not end its prompt."""
         if self.ready is not None:

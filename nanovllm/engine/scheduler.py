@@ -80,46 +80,56 @@ class Scheduler:
         self.block_manager.deallocate(seq)
         self.waiting.appendleft(seq)
 
-    def schedule_ahead(self, seqs: list[Sequence]) -> bool:
-        """While the decode step of `seqs` runs, schedule their next decode step before its tokens are known: each
-        sequence gets a placeholder last token, which the ModelRunner replaces on the device with the token the
-        running step samples, and postprocess(ahead=True) with the real one.
+    def schedule_ahead(self, seqs: list[Sequence]) -> list[Sequence]:
+        """While a decode step of the running sequences `seqs` runs, schedule the next decode step before its tokens
+        are known; returns that step's batch: `seqs` less those the running step ends by length (max_tokens,
+        max_model_len). Each gets a placeholder last token, which the ModelRunner replaces on the device with the
+        token the running step samples, and postprocess with the real one.
 
-        Declined (False, nothing changed) where the next step should differ: requests wait (prefill comes first),
-        a sequence reaches max_tokens or max_model_len with the running step, or the KV cache lacks a block.
+        Declined ([], nothing changed) where the next step would be another: a prefill (a waiting request that
+        fits), or a decode that preempts (the KV cache lacks a block).
         """
-        if self.waiting or len(self.running) != len(seqs) or any(self._last_by_length(seq) for seq in seqs):
-            return False
-        for seq in seqs:
+        if self._prefill_fits() or len(self.running) != len(seqs):
+            return []
+        batch = [seq for seq in seqs if not self._last_by_length(seq)]
+        for seq in batch:
             seq.append_token(PLACEHOLDER_TOKEN)
-        if sum(map(self.block_manager.needs_block, seqs)) > self.block_manager.num_free_blocks:
-            for seq in seqs:
+        if sum(map(self.block_manager.needs_block, batch)) > self.block_manager.num_free_blocks:
+            for seq in batch:
                 seq.token_ids.pop()
-            return False
-        for seq in seqs:
+            return []
+        for seq in batch:
             self.block_manager.may_append(seq)
-        return True
+            seq.ahead = True
+        return batch
+
+    def _prefill_fits(self) -> bool:
+        """Whether schedule() would now run a prefill (_schedule_prefill's first test)."""
+        if not self.waiting or len(self.running) >= self.max_num_seqs:
+            return False
+        head = self.waiting[0]
+        return bool(head.block_table) or self.block_manager.can_allocate(head)
 
     def _last_by_length(self, seq: Sequence) -> bool:
         """Whether the running step's token ends `seq` whatever it is."""
         return (seq.num_completion_tokens + 1 >= seq.sampling_params.max_tokens
                 or len(seq) + 1 >= self.max_model_len)
 
-    def postprocess(self, seqs: list[Sequence], token_ids: list[int | None], ahead: bool = False) -> None:
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int | None]) -> None:
         """Record a step's results; `token_ids` is None for a prompt chunk that does not end its prompt.
-        ahead: the next step of `seqs` was scheduled by schedule_ahead, and each token replaces its placeholder.
-        Sequences that ended at the step before (and ran in this one only because it was launched ahead) are
-        skipped."""
+        A sequence whose next step schedule_ahead scheduled gets its token in place of its placeholder. Sequences
+        that ended at the step before (and ran in this one only because it was launched ahead) are skipped."""
         for seq, token_id in zip(seqs, token_ids):
             if seq.is_finished:
                 continue
             seq.num_computed_tokens += seq.num_scheduled_tokens
-            seq.num_scheduled_tokens = 1 if ahead else 0
+            seq.num_scheduled_tokens = int(seq.ahead)
             if token_id is None:
                 continue
             self.block_manager.register_full_block(seq)
-            if ahead:
+            if seq.ahead:
                 seq.token_ids[-1] = token_id
+                seq.ahead = False
             else:
                 seq.append_token(token_id)
             if self._should_stop(seq, token_id):

@@ -33,6 +33,8 @@ class Sequence:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
         self.num_scheduled_tokens = 0
+        # Its next decode step is scheduled (Scheduler.schedule_ahead) and its last token is a placeholder.
+        self.ahead = False
         self.sampling_params = sampling_params
         # Made by the ModelRunner on the model's device for seeded requests.
         self.generator: torch.Generator | None = None
