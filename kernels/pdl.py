@@ -13,8 +13,8 @@ Two kinds of kernels:
   (`pdl_launch_next`).
 
 The rule that keeps this correct: a kernel launched with PDL waits before it touches global memory, reads
-and writes alike (an earlier kernel may still be reading what it overwrites). Then a kernel several steps down the chain is safe too: its predecessor
-could only finish after passing its own wait.
+and writes alike (an earlier kernel may still be reading what it overwrites). Then a kernel several steps down
+the chain is safe too: its predecessor could only finish after passing its own wait.
 
 Timing is done without PDL (`pdl_off`): one kernel launched back to back would overlap each launch with the
 previous one's tail, an overlap a cuBLAS baseline does not get, and inside a model the neighbours differ anyway.
@@ -80,6 +80,6 @@ def pdl_gemm_wait(USE_PDL: tl.constexpr):
 
 @triton.jit
 def pdl_launch_next(USE_PDL: tl.constexpr):
+    """A weight-streaming kernel, after its main loop: let the next kernel be placed."""
     if USE_PDL:
         gdc_launch_dependents()
-

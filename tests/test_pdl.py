@@ -34,4 +34,3 @@ def test_pdl_off_holds_for_its_block_nested_and_after_an_error(hopper):
     with pytest.raises(RuntimeError), pdl.pdl_off():
         raise RuntimeError("a timing failed")
     assert pdl.pdl_enabled(device)
-
