@@ -234,8 +234,8 @@ class PendingTokens:
             self.ready.record()
 
     def rows(self, rows: list[int]) -> torch.Tensor:
-        """The sampled tokens of these rows, on the device (nothing is read back)."""
-        if rows == list(range(len(self.sampled))):
+        """The sampled tokens of these rows (ascending), on the device (nothing is read back)."""
+        if len(rows) == len(self.sampled):
             return self.sampled
         index = torch.tensor(rows)
         if self.sampled.is_cuda:  # pinned, so the copy does not wait for the steps in flight

@@ -100,7 +100,6 @@ class Scheduler:
             return []
         for seq in batch:
             self.block_manager.may_append(seq)
-            seq.ahead = True
         return batch
 
     def _prefill_fits(self) -> bool:
@@ -129,7 +128,6 @@ class Scheduler:
             self.block_manager.register_full_block(seq)
             if seq.ahead:
                 seq.token_ids[-1] = token_id
-                seq.ahead = False
             else:
                 seq.append_token(token_id)
             if self._should_stop(seq, token_id):

@@ -33,8 +33,6 @@ class Sequence:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
         self.num_scheduled_tokens = 0
-        # Its next decode step is scheduled (Scheduler.schedule_ahead) and its last token is a placeholder.
-        self.ahead = False
         self.sampling_params = sampling_params
         # Made by the ModelRunner on the model's device for seeded requests.
         self.generator: torch.Generator | None = None
@@ -56,6 +54,11 @@ class Sequence:
     @property
     def completion_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def ahead(self) -> bool:
+        """Its next decode step is scheduled (Scheduler.schedule_ahead): its last token is a placeholder."""
+        return self.token_ids[-1] == PLACEHOLDER_TOKEN
 
     @property
     def last_token(self) -> int:
