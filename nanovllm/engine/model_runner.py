@@ -118,7 +118,7 @@ class ModelRunner:
         for i, seq in enumerate(seqs):
             seq.block_table = list(range(i * self.max_blocks_per_seq, i * self.max_blocks_per_seq + seq.num_blocks))
             seq.num_scheduled_tokens = seq_len
-        self.run(seqs, is_prefill=True)
+        self.launch(seqs, is_prefill=True).token_ids()  # waits for it
 
     def _upload(self, dtype: torch.dtype, *arrays) -> list[torch.Tensor]:
         """The arrays on the device, through one host-to-device copy: a step's metadata is a handful of short
@@ -182,10 +182,6 @@ class ModelRunner:
         filtered = any(0 < p.top_k < logits.shape[1] or p.top_p < 1.0 for p in params)
         return self.sampler(logits, temperatures, top_ks, top_ps,
                             generators if any(g is not None for g in generators) else None, filtered=filtered)
-
-    def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int | None]:
-        """One forward pass; returns each sequence's new token, or None for a chunk that does not end its prompt."""
-        return self.launch(seqs, is_prefill).token_ids()
 
     @torch.inference_mode()
     def launch(self, seqs: list[Sequence], is_prefill: bool, previous: torch.Tensor | None = None) -> "PendingTokens":
