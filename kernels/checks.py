@@ -21,6 +21,26 @@ def _check_vector(name: str, t: torch.Tensor | None, length: int, x: torch.Tenso
         raise ValueError(f"{name}: on {t.device}, but x is on {x.device}")
 
 
+def check_like(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, x: torch.Tensor) -> None:
+    """t is a tensor of this shape and dtype on x's device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: on {t.device}, but x is on {x.device}")
+
+
+def check_row_sumsq(row_sumsq: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None) -> None:
+    """Precomputed row statistics: fp32, one per row of x, and x must already hold the residual."""
+    if residual is not None:
+        raise ValueError("row_sumsq: x already holds the residual when its row statistics are given; "
+                         "expected residual=None")
+    check_like("row_sumsq", row_sumsq, tuple(x.shape[:-1]), torch.float32, x)
+
+
 def check_inputs(x, weight, bias, norm_weight, residual) -> None:
     """Raise TypeError/ValueError naming the first argument that the kernel cannot take."""
     for name, t in (("x", x), ("weight", weight)):
@@ -37,14 +57,7 @@ def check_inputs(x, weight, bias, norm_weight, residual) -> None:
     if weight.device != x.device:
         raise ValueError(f"weight: on {weight.device}, but x is on {x.device}")
     if residual is not None:
-        if not isinstance(residual, torch.Tensor):
-            raise TypeError(f"residual: expected a torch.Tensor or None, got {type(residual).__name__}")
-        if residual.shape != x.shape:
-            raise ValueError(f"residual: expected the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
-        if residual.dtype != x.dtype:
-            raise TypeError(f"residual: dtype {residual.dtype} differs from x's {x.dtype}")
-        if residual.device != x.device:
-            raise ValueError(f"residual: on {residual.device}, but x is on {x.device}")
+        check_like("residual", residual, tuple(x.shape), x.dtype, x)
     _check_vector("bias", bias, weight.shape[0], x)
     if bias is not None and bias.dtype != x.dtype:  # as F.linear refuses it
         raise TypeError(f"bias: dtype {bias.dtype} differs from x's {x.dtype}")

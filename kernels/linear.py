@@ -6,16 +6,25 @@ down_proj 26.9-27.2 vs 28.2-30.0 us: scripts/exp_linear_sites.py), and each kern
 the decode CUDA graph. It is the kernels of kernels/rms_norm_linear.py compiled with HAS_NORM=False (no row
 statistics prologue, no 1/RMS scale, bias still added), launched by the same code; Config.SUMSQ_IN_LOOP must
 be 0. Tuned as kernel "linear" (search_spaces/linear.py).
+
+`linear_residual` also adds the residual stream and returns each row's sum of squares: the statistics the
+next RMSNorm needs, computed by the kernel that sums the split-K partials (kernels/row_stats.py), so that the
+fused site after it launches no row-statistics kernel of its own: two kernels fewer a decoder layer.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from kernels.checks import check_inputs
+from kernels.checks import check_inputs, check_like
 from kernels.config import Config
-from kernels.rms_norm_linear import launch
+from kernels.pdl import pdl_launch_args
+from kernels import rms_norm_linear as rnl
+from kernels.rms_norm_linear import choose_config, is_wide, launch, main_loop
+from kernels.row_stats import launch_row_stats
 
-__all__ = ["linear"]
+__all__ = ["linear", "linear_residual"]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -25,3 +34,28 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     K, N = x.shape[-1], weight.shape[0]
     out, _ = launch(x.reshape(-1, K), weight, bias, config, has_norm=False)
     return out.reshape(*x.shape[:-1], N)
+
+
+def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor, *,
+                    config: Config | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, row_sumsq): h = (x @ weight.T + bias) + residual, rounded as F.linear and the add round it, and the
+    fp32 sum of squares of each row of h (shape x.shape[:-1]), which `fused_rms_norm_linear(h, ...,
+    row_sumsq=...)` takes instead of computing it."""
+    check_inputs(x, weight, bias, None, None)
+    K, N, lead = x.shape[-1], weight.shape[0], x.shape[:-1]
+    check_like("residual", residual, (*lead, N), x.dtype, x)
+    x2, r2 = x.reshape(-1, K), residual.reshape(-1, N)
+    M = x2.shape[0]
+    config = choose_config(config, M, N, K, x2, weight, None, None, has_norm=False)
+    bias = bias.contiguous() if bias is not None else None  # indexed with unit stride
+    # With one split the GEMM writes its output into h, and the row statistics add the residual in place.
+    h = rnl.new_buffer((M, N), x2, x2.dtype)
+    ss = rnl.new_buffer((M,), x2, torch.float32)
+    if M > 0:
+        wide = is_wide(config.SPLIT_K * M * N, x2, weight, h, r2)
+        pdl = pdl_launch_args(x2.device)
+        with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
+            y = main_loop(x2, weight, bias, h, h, ss, config, eps=0.0, norm_weight=None, residual=None,
+                          has_norm=False, in_loop=False, wide=wide, pdl=pdl)
+            launch_row_stats(y, h, ss, residual=r2, bias=bias if config.SPLIT_K > 1 else None, wide=wide, pdl=pdl)
+    return h.reshape(*lead, N), ss.reshape(lead)

@@ -3,11 +3,12 @@
 The 1/RMS of a row is a scalar, so it commutes with the matrix product and is applied in the
 epilogue, before the bias. Where the fp32 sum of squares comes from is a tunable (Config.SUMSQ_IN_LOOP):
 - 1: accumulated inside the GEMM's K loop from the A tiles the product reads (one launch);
-- 0: a row-statistics prologue kernel reads each row once (adding the residual and writing h on
-  the way) and the K loop is a plain GEMM. Triton 3.6 cannot software-pipeline an A tile that also
+- 0: a row-statistics kernel (kernels/row_stats.py) reads each row once (adding the residual and writing h on
+  the way) and the K loop is a plain GEMM; where the plain linear before the site computed those statistics
+  in its own epilogue (row_sumsq), nothing runs before the GEMM. Triton 3.6 cannot software-pipeline an A tile that also
   feeds a reduction, so this is often the faster of the two (docs/PERF_NOTES.md has the figures).
 With SPLIT_K > 1 each split writes its partial product (and partial sum of squares) to an fp32
-workspace, and a small second kernel reduces them, scales and adds the bias.
+workspace, and a small second kernel (kernels/split_k.py) reduces them, scales and adds the bias.
 HAS_NORM=False (kernels/linear.py) compiles the same kernels as a plain tuned GEMM, x @ W.T + b: no row
 statistics, no 1/RMS scale. `launch` is the launch code both wrappers share.
 """
@@ -19,10 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.checks import check_inputs
+from kernels.checks import check_inputs, check_row_sumsq
 from kernels.config import Config, default_config, device_smem_limit, sm_count
-from kernels.pdl import pdl_gemm_wait, pdl_launch_args, pdl_launch_next, pdl_wait
+from kernels.pdl import pdl_gemm_wait, pdl_launch_args, pdl_launch_next
 from kernels.reference import baseline_rms_norm_linear, fold_norm_weight, reference_rms_norm_linear
+from kernels.row_stats import launch_row_stats
+from kernels.split_k import launch_split_k_reduce
 from kernels.tiles import grouped_tile
 from kernels.tma_gemm import launch_tma_gemm, tma_problem
 
@@ -114,59 +117,8 @@ def _rms_norm_linear_kernel(
             tl.store(ss_ptr + pid_k * M + offs_m, sumsq, mask=mask_m)
 
 
-@triton.jit
-def _row_stats_kernel(x_ptr, r_ptr, h_ptr, ss_ptr, M, K, stride_xm, stride_xk, stride_rm, stride_rk, stride_hm,
-                      HAS_RESIDUAL: tl.constexpr, WIDE: tl.constexpr, BLOCK_R: tl.constexpr,
-                      BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
-    """Per row: h = x + residual (written, rounded to the input dtype) and the fp32 sum of squares of h."""
-    pdl_wait(USE_PDL)
-    offs_m = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    if WIDE:
-        offs_m = offs_m.to(tl.int64)
-    mask_m = offs_m < M
-    sumsq = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask = mask_m[:, None] & (offs_k[None, :] < K)
-        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask, other=0.0)
-        if HAS_RESIDUAL:
-            r = tl.load(r_ptr + offs_m[:, None] * stride_rm + offs_k[None, :] * stride_rk, mask=mask, other=0.0)
-            a = (a.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
-            tl.store(h_ptr + offs_m[:, None] * stride_hm + offs_k[None, :], a, mask=mask)
-        a32 = a.to(tl.float32)
-        sumsq += tl.sum(a32 * a32, axis=1)
-    tl.store(ss_ptr + offs_m, sumsq, mask=mask_m)
-
-
-@triton.jit
-def _split_k_reduce_kernel(
-    ws_ptr, ss_ptr, b_ptr, out_ptr, M, N, K, eps, stride_om,
-    HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, SS_PARTS: tl.constexpr, WIDE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr,
-):
-    pdl_wait(USE_PDL)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    if WIDE:
-        offs_m = offs_m.to(tl.int64)
-        offs_n = offs_n.to(tl.int64)
-    mask_m = offs_m < M
-    mask = mask_m[:, None] & (offs_n[None, :] < N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    sumsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
-        acc += tl.load(ws_ptr + (s * M + offs_m[:, None]) * N + offs_n[None, :], mask=mask, other=0.0)
-    if HAS_NORM:
-        for s in tl.static_range(SS_PARTS):
-            sumsq += tl.load(ss_ptr + s * M + offs_m, mask=mask_m, other=0.0)
-        acc = acc * (1.0 / tl.sqrt(sumsq / K + eps))[:, None]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Every buffer the wrapper allocates comes from here, so tests can poison them with NaN."""
+def new_buffer(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Every buffer the wrappers allocate comes from here, so tests can poison them with NaN."""
     return torch.empty(shape, device=like.device, dtype=dtype)
 
 
@@ -185,26 +137,31 @@ def fused_rms_norm_linear(
     *,
     norm_weight: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
+    row_sumsq: torch.Tensor | None = None,
     config: Config | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """rmsnorm(x [+ residual]) @ weight.T + bias; with `residual`, returns (out, x + residual)."""
+    """rmsnorm(x [+ residual]) @ weight.T + bias; with `residual`, returns (out, x + residual).
+
+    row_sumsq: x's rows' fp32 sums of squares, already computed (kernels/linear.py `linear_residual` returns
+    them with x): the kernel then skips its row-statistics prologue. Not with `residual`.
+    """
     check_inputs(x, weight, bias, norm_weight, residual)
     if not eps > 0:
         raise ValueError(f"eps: expected a positive float, got {eps!r}")
     K, N, lead = x.shape[-1], weight.shape[0], x.shape[:-1]
+    if row_sumsq is not None:
+        check_row_sumsq(row_sumsq, x, residual)
+        row_sumsq = row_sumsq.reshape(-1)
     out, h = launch(x.reshape(-1, K), weight, bias, config, eps=eps, norm_weight=norm_weight,
-                     residual=residual.reshape(-1, K) if residual is not None else None)
+                    residual=residual.reshape(-1, K) if residual is not None else None, row_sumsq=row_sumsq)
     out = out.reshape(*lead, N)
     return (out, h.reshape(*lead, K)) if residual is not None else out
 
 
-def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: Config | None, *,
-            eps: float = 1e-6, norm_weight: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-            has_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The launch code of both wrappers (inputs already checked, 2-D): picks or validates the config, allocates,
-    launches. Returns (out, h); h is out itself without a residual. has_norm=False: x2 @ weight.T + bias."""
-    M, K = x2.shape
-    N = weight.shape[0]
+def choose_config(config: Config | None, M: int, N: int, K: int, x2: torch.Tensor, weight: torch.Tensor,
+                  residual: torch.Tensor | None, norm_weight: torch.Tensor | None, has_norm: bool) -> Config:
+    """The config to launch: `config` validated, or the default for the shape (with pointer loads where TMA
+    cannot take these tensors)."""
     chosen = config is None
     if chosen:
         config = default_config(M, N, K, x2.device, x2.element_size())
@@ -217,53 +174,78 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
             config = default_config(M, N, K, x2.device, x2.element_size(), tma=False)
         elif problem:
             raise ValueError(f"config: TMA={config.TMA} cannot run here: {problem}")
+    return config
 
-    # The per-column vectors are indexed with unit stride in the kernel; copies only when strided.
+
+def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: Config | None, *,
+           eps: float = 1e-6, norm_weight: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+           row_sumsq: torch.Tensor | None = None, has_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The launch code of both wrappers (inputs already checked, 2-D): picks or validates the config, allocates,
+    launches. Returns (out, h); h is out itself without a residual. has_norm=False: x2 @ weight.T + bias."""
+    M, K = x2.shape
+    N = weight.shape[0]
+    config = choose_config(config, M, N, K, x2, weight, residual, norm_weight, has_norm)
+    # The per-column vectors are indexed with unit stride in the kernels; copies only when strided.
     bias = bias.contiguous() if bias is not None else None
     norm_weight = norm_weight.contiguous() if norm_weight is not None else None
-    out = _empty((M, N), x2, x2.dtype)
-    r2 = residual if residual is not None else x2
-    h = _empty((M, K), x2, x2.dtype) if residual is not None else out
+    out = new_buffer((M, N), x2, x2.dtype)
+    h = new_buffer((M, K), x2, x2.dtype) if residual is not None else out
     if M == 0:
         return out, h
-    split, in_loop = config.SPLIT_K, bool(config.SUMSQ_IN_LOOP)
-    ws = _empty((split, M, N), x2, torch.float32) if split > 1 else out
+    in_loop = bool(config.SUMSQ_IN_LOOP) and row_sumsq is None
+    split = config.SPLIT_K
     # Without the norm there are no row statistics: `out` only fills the unused pointer argument.
-    ss = _empty((split if in_loop else 1, M), x2, torch.float32) if has_norm and (split > 1 or not in_loop) else out
-    # Triton indexes in int32; past 2**31 elements (a 151936-wide lm_head at M=16384) it must use int64.
-    wide = max(*(_max_offset(t) for t in (x2, r2, weight, out, h)), split * M * N) >= _INT32_LIMIT
+    if row_sumsq is not None:
+        ss = row_sumsq
+    elif has_norm and (split > 1 or not in_loop):
+        ss = new_buffer((split if in_loop else 1, M), x2, torch.float32)
+    else:
+        ss = out
+    wide = is_wide(split * M * N, x2, weight, out, h, *([residual] if residual is not None else []))
     pdl = pdl_launch_args(x2.device)
     # Triton launches on the current device, which need not be x's.
     with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
         a = x2
-        if has_norm and not in_loop:
-            # One row per program, in one chunk up to K = 8192: at decode sizes this kernel is pure latency.
-            row_k = min(8192, triton.next_power_of_2(K))
-            _row_stats_kernel[(M,)](
-                x2, r2, h, ss, M, K, x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), h.stride(0),
-                HAS_RESIDUAL=residual is not None, WIDE=wide, BLOCK_R=1, BLOCK_K=row_k,
-                num_warps=8 if row_k >= 4096 else 4, **pdl)
+        if has_norm and not in_loop and row_sumsq is None:
+            launch_row_stats(x2, h, ss, residual=residual, bias=None, wide=wide, pdl=pdl)
             a = h if residual is not None else x2
-        if config.TMA:
-            launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(x2.device), has_norm=has_norm, pdl=pdl)
-            return out, h
-        grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
-        _rms_norm_linear_kernel[grid](
-            a, r2, weight, norm_weight if norm_weight is not None else x2, bias if bias is not None else x2,
-            out, h, ws, ss, M, N, K, float(eps),
-            a.stride(0), a.stride(1), r2.stride(0), r2.stride(1), weight.stride(0), weight.stride(1),
-            out.stride(0), h.stride(0),
-            HAS_NORM=has_norm, HAS_RESIDUAL=residual is not None, HAS_NORM_WEIGHT=norm_weight is not None,
-            HAS_BIAS=bias is not None, EVEN_K=K % config.BLOCK_K == 0, IEEE=x2.dtype == torch.float32,
-            SUMSQ_IN_LOOP=in_loop, WIDE=wide, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
-            BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps,
-            num_stages=config.num_stages, **pdl,
-        )
+        ws = main_loop(a, weight, bias, out, h, ss, config, eps=eps, norm_weight=norm_weight,
+                       residual=residual if in_loop else None, has_norm=has_norm, in_loop=in_loop, wide=wide, pdl=pdl)
         if split > 1:
-            rb_m, rb_n = 16, 128
-            _split_k_reduce_kernel[(triton.cdiv(M, rb_m), triton.cdiv(N, rb_n))](
-                ws, ss, bias if bias is not None else ws, out, M, N, K, float(eps), out.stride(0),
-                HAS_NORM=has_norm, HAS_BIAS=bias is not None, SPLIT_K=split, SS_PARTS=split if in_loop else 1,
-                WIDE=wide, BLOCK_M=rb_m, BLOCK_N=rb_n, num_warps=4, **pdl,
-            )
+            launch_split_k_reduce(ws, ss, bias, out, K, eps, has_norm=has_norm, ss_parts=split if in_loop else 1,
+                                  wide=wide, pdl=pdl)
     return out, h
+
+
+def is_wide(workspace: int, *tensors: torch.Tensor) -> bool:
+    """Whether some element offset of the tensors or of a split-K workspace of `workspace` elements passes 2**31
+    (a 151936-wide lm_head at M=16384): Triton indexes in int32, and must then use int64."""
+    return max(workspace, *(_max_offset(t) for t in tensors)) >= _INT32_LIMIT
+
+
+def main_loop(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, h: torch.Tensor,
+              ss: torch.Tensor, config: Config, *, eps: float, norm_weight: torch.Tensor | None,
+              residual: torch.Tensor | None, has_norm: bool, in_loop: bool, wide: bool, pdl: dict) -> torch.Tensor:
+    """Launch the GEMM over a (TMA or pointer loads). With SPLIT_K > 1 it writes fp32 partials to a workspace,
+    returned for the caller's reduce; otherwise the finished `out` (returned too)."""
+    M, K = a.shape
+    N = weight.shape[0]
+    if config.TMA:
+        launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(a.device), has_norm=has_norm, pdl=pdl)
+        return out
+    split = config.SPLIT_K
+    ws = new_buffer((split, M, N), a, torch.float32) if split > 1 else out
+    r2 = residual if residual is not None else a
+    grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
+    _rms_norm_linear_kernel[grid](
+        a, r2, weight, norm_weight if norm_weight is not None else a, bias if bias is not None else a,
+        out, h, ws, ss, M, N, K, float(eps),
+        a.stride(0), a.stride(1), r2.stride(0), r2.stride(1), weight.stride(0), weight.stride(1),
+        out.stride(0), h.stride(0),
+        HAS_NORM=has_norm, HAS_RESIDUAL=residual is not None, HAS_NORM_WEIGHT=norm_weight is not None,
+        HAS_BIAS=bias is not None, EVEN_K=K % config.BLOCK_K == 0, IEEE=a.dtype == torch.float32,
+        SUMSQ_IN_LOOP=in_loop, WIDE=wide, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
+        BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps,
+        num_stages=config.num_stages, **pdl,
+    )
+    return ws

@@ -19,7 +19,7 @@ REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.float16: 2e-3, torch.
 @pytest.fixture(autouse=True)
 def _poison_buffers(monkeypatch):
     """Every buffer the wrapper allocates starts as NaN, so an unwritten element cannot pass."""
-    monkeypatch.setattr(rnl, "_empty", lambda shape, like, dtype: torch.full(shape, float("nan"), device=like.device,
+    monkeypatch.setattr(rnl, "new_buffer", lambda shape, like, dtype: torch.full(shape, float("nan"), device=like.device,
                                                                              dtype=dtype))
 
 
@@ -154,8 +154,8 @@ def _bad(**overrides):
     (lambda: _bad(bias=torch.ones(32, dtype=torch.int64, device=DEVICE)), TypeError, "bias: expected a floating"),
     (lambda: _bad(bias=torch.ones(32, dtype=torch.float16, device=DEVICE)), TypeError, "bias: dtype"),
     (lambda: _bad(norm_weight=torch.randn(32, device=DEVICE)), ValueError, r"norm_weight: expected shape \(64,\)"),
-    (lambda: _bad(residual=torch.randn(4, 32, device=DEVICE)), ValueError, "residual: expected the shape of x"),
-    (lambda: _bad(residual=torch.randn(4, 64, dtype=torch.float16, device=DEVICE)), TypeError, "residual: dtype"),
+    (lambda: _bad(residual=torch.randn(4, 32, device=DEVICE)), ValueError, r"residual: expected shape \(4, 64\)"),
+    (lambda: _bad(residual=torch.randn(4, 64, dtype=torch.float16, device=DEVICE)), TypeError, "residual: expected dtype"),
 ])
 def test_bad_inputs(case, error, match):
     with pytest.raises(error, match=match):

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 SKIP = 3
-# (kernel, constexprs, launch options) as the wrappers launch them for Llama-like bf16 shapes.
+# (kernel, constexprs, launch options[, argument types unlike arg_type's]) as the wrappers launch them for
+# Llama-like bf16 shapes.
 CASES = [
     ("_prefill_kernel", dict(GROUP=4, HEAD_DIM=128, BLOCK_D=128, BLOCK_Q=16, BLOCK_M=64, BLOCK_N=64, BLOCK_SIZE=16,
                              USE_WINDOW=False, DOT_PRECISION="tf32"), dict(num_warps=4, num_stages=2)),
@@ -34,7 +35,11 @@ CASES = [
                                           BLOCK_HALF=64, BLOCK_D=128), {}),
     ("_silu_and_mul_kernel", dict(BLOCK=1024), {}),
     ("_gumbel_argmax_kernel", dict(CHUNK=4096, BLOCK=1024), dict(num_warps=4)),
-    ("_row_stats_kernel", dict(HAS_RESIDUAL=True, WIDE=False, BLOCK_R=1, BLOCK_K=4096), dict(num_warps=8)),
+    ("_row_stats_kernel", dict(PARTS=1, HAS_BIAS=False, HAS_RESIDUAL=True, WRITE_H=True, WIDE=False, BLOCK_K=4096),
+     dict(num_warps=8)),
+    # The plain linear's epilogue: x_ptr is its split-K workspace.
+    ("_row_stats_kernel", dict(PARTS=4, HAS_BIAS=True, HAS_RESIDUAL=True, WRITE_H=True, WIDE=False, BLOCK_K=4096),
+     dict(num_warps=8), {"x_ptr": "*fp32"}),
     ("_rms_norm_linear_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=True, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
                                      EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
                                      BLOCK_N=128, BLOCK_K=128, GROUP_M=1, SPLIT_K=1),
@@ -90,7 +95,7 @@ def main() -> None:
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
     from triton.compiler import ASTSource
 
-    from kernels import rms_norm_linear, tma_gemm
+    from kernels import rms_norm_linear, row_stats, split_k, tma_gemm
     from nanovllm.ops import activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling
 
     ptxas = get_ptxas(90).path
@@ -98,12 +103,13 @@ def main() -> None:
         print(f"no ptxas at {ptxas}")
         sys.exit(SKIP)
     modules = [activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling, rms_norm_linear,
-               tma_gemm]
+               row_stats, split_k, tma_gemm]
     kernels = {name: getattr(m, name) for m in modules for name in dir(m) if name.endswith("_kernel")}
-    for name, constexprs, options in CASES:
+    for name, constexprs, options, *types in CASES:
         constexprs, options = {**constexprs, "USE_PDL": True}, {**options, "launch_pdl": True}
         fn = kernels[name]
-        signature = {a: "constexpr" if a in constexprs else arg_type(a) for a in fn.arg_names}
+        types = types[0] if types else {}
+        signature = {a: "constexpr" if a in constexprs else types.get(a) or arg_type(a) for a in fn.arg_names}
         # Pointers and strides are multiples of 16 in practice; Triton specializes on that at launch.
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
                  if a not in constexprs and (a.endswith("_ptr") or a.startswith("stride"))}

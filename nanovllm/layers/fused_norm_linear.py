@@ -1,7 +1,9 @@
-"""An RMSNorm and the linear layer it feeds, run as one fused kernel once the norm's gain is in the weight."""
+"""An RMSNorm and the linear layer it feeds, run as one fused kernel once the norm's gain is in the weight; and the
+plain linear before it, whose epilogue hands that norm its row statistics."""
 import torch
 
 from kernels.config import Config
+from kernels.linear import linear_residual
 from kernels.rms_norm_linear import fold_norm_weight, fused_rms_norm_linear
 from nanovllm.layers.layernorm import RMSNorm
 from nanovllm.layers.linear import Linear, triton_runs
@@ -18,9 +20,25 @@ def fuse_norm_linear(norm: RMSNorm, linear: Linear, configs: list[Config | None]
     linear.norm_configs = configs
 
 
-def norm_linear(norm: RMSNorm, linear: Linear, x: torch.Tensor,
-                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """linear(norm(x + residual)) and the new residual stream x + residual (x alone when residual is None)."""
+def linear_add_residual(linear: Linear, x: torch.Tensor,
+                        residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """linear(x) on its way into the residual stream, as (hidden, residual, sumsq) for the next `norm_linear`.
+
+    Where the tuned plain GEMM runs at this M, its last kernel adds the residual and sums the squares of each row
+    (kernels/linear.py): (h, None, sums), and the next fused site launches no row-statistics kernel. Elsewhere
+    (F.linear): (linear(x), residual, None), and the next norm adds the residual itself.
+    """
+    config = linear.linear_configs[x.shape[0]] if linear.linear_configs is not None else None
+    if config is None or not triton_runs(x):
+        return linear(x), residual, None
+    h, sumsq = linear_residual(x, linear.weight, linear.bias, residual, config=config)
+    return h, None, sumsq
+
+
+def norm_linear(norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: torch.Tensor | None,
+                sumsq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """linear(norm(x + residual)) and the new residual stream x + residual (x alone when residual is None).
+    With `sumsq` (from `linear_add_residual`), x already is the stream and these are its rows' sums of squares."""
     config = linear.norm_configs[x.shape[0]] if linear.norm_configs is not None else None
     # Where the kernel cannot run, the separate path computes the same.
     if config is None or not triton_runs(x):
@@ -28,5 +46,7 @@ def norm_linear(norm: RMSNorm, linear: Linear, x: torch.Tensor,
             return linear(norm(x)), x
         y, residual = norm(x, residual)
         return linear(y), residual
+    if sumsq is not None:
+        return fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, row_sumsq=sumsq, config=config), x
     out = fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, residual=residual, config=config)
     return out if residual is not None else (out, x)

@@ -6,7 +6,7 @@ from transformers import PretrainedConfig
 from nanovllm.layers.activation import SiluAndMul
 from nanovllm.layers.attention import Attention
 from nanovllm.layers.embed_head import LMHead, VocabEmbedding
-from nanovllm.layers.fused_norm_linear import norm_linear
+from nanovllm.layers.fused_norm_linear import linear_add_residual, norm_linear
 from nanovllm.layers.layernorm import RMSNorm
 from nanovllm.layers.linear import Linear, MergedLinear, QKVLinear
 from nanovllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters
@@ -39,7 +39,7 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def forward(self, positions: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, residual: torch.Tensor):
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -47,7 +47,7 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         o = self.attn(positions, q, k, v)
-        return self.o_proj(o.view(-1, self.q_size))
+        return linear_add_residual(self.o_proj, o.view(-1, self.q_size), residual)
 
 
 class LlamaMLP(nn.Module):
@@ -59,12 +59,15 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias)
         self.act_fn = SiluAndMul()
 
-    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(gate_up))
+    def forward(self, gate_up: torch.Tensor, residual: torch.Tensor):
+        return linear_add_residual(self.down_proj, self.act_fn(gate_up), residual)
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Each RMSNorm sits next to the projection it feeds (`attention_input`, `mlp_input`), ready to be fused."""
+    """Each RMSNorm sits next to the projection it feeds (`attention_input`, `mlp_input`), ready to be fused.
+    Between layers the residual stream travels as (hidden, residual, sumsq): either the last projection's output
+    and the stream it has yet to be added to, or (sumsq set) the stream itself with its rows' sums of squares
+    (nanovllm.layers.fused_norm_linear.linear_add_residual)."""
 
     def __init__(self, config: PretrainedConfig, layer_idx: int, max_position: int, flags: dict):
         super().__init__()
@@ -82,17 +85,19 @@ class LlamaDecoderLayer(nn.Module):
         """The linears no norm feeds, which may run the norm-free tuned GEMM: o_proj and down_proj."""
         return [self.self_attn.o_proj, self.mlp.down_proj]
 
-    def attention_input(self, hidden_states: torch.Tensor, residual: torch.Tensor | None):
-        return norm_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden_states, residual)
+    def attention_input(self, hidden_states: torch.Tensor, residual: torch.Tensor | None,
+                        sumsq: torch.Tensor | None):
+        return norm_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden_states, residual, sumsq)
 
-    def mlp_input(self, hidden_states: torch.Tensor, residual: torch.Tensor):
-        return norm_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden_states, residual)
+    def mlp_input(self, hidden_states: torch.Tensor, residual: torch.Tensor | None, sumsq: torch.Tensor | None):
+        return norm_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden_states, residual, sumsq)
 
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None):
-        qkv, residual = self.attention_input(hidden_states, residual)
-        hidden_states = self.self_attn(positions, qkv)
-        gate_up, residual = self.mlp_input(hidden_states, residual)
-        return self.mlp(gate_up), residual
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None,
+                sumsq: torch.Tensor | None):
+        qkv, residual = self.attention_input(hidden_states, residual, sumsq)
+        hidden_states, residual, sumsq = self.self_attn(positions, qkv, residual)
+        gate_up, residual = self.mlp_input(hidden_states, residual, sumsq)
+        return self.mlp(gate_up, residual)
 
 
 class LlamaModel(nn.Module):
@@ -104,11 +109,12 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states, residual = self.embed_tokens(input_ids), None
+        hidden_states, residual, sumsq = self.embed_tokens(input_ids), None, None
         for layer in self.layers:
-            hidden_states, residual = layer(positions, hidden_states, residual)
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
+            hidden_states, residual, sumsq = layer(positions, hidden_states, residual, sumsq)
+        if residual is None:  # the last down projection added it
+            return self.norm(hidden_states)
+        return self.norm(hidden_states, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):

@@ -1,0 +1,80 @@
+"""The plain linear with the residual epilogue (kernels/linear.py `linear_residual`) and the fused RMSNorm+Linear
+that starts from its row statistics (`row_sumsq`): the chain o_proj -> post-attention norm + gate/up of a decoder
+layer, checked against the separate kernels and the float64 reference, with every buffer poisoned."""
+import pytest
+import torch
+
+import kernels.rms_norm_linear as rnl
+from kernels.config import Config, device_has_tma
+from kernels.linear import linear, linear_residual
+from kernels.rms_norm_linear import fused_rms_norm_linear, reference_rms_norm_linear
+from tests.conftest import DEVICE
+from tests.test_fusion_kernel import DTYPES, REL_TOL, _poison_buffers, rel_err  # noqa: F401 - autouse fixture
+from tests.test_linear_kernel import CONFIGS, make
+from tests.test_tma_gemm import TMA_CONFIGS
+
+CHAIN_CONFIGS = CONFIGS + (TMA_CONFIGS[:2] if device_has_tma(DEVICE) else [])
+
+
+def residual_like(inputs, seed=7):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x, w = inputs["x"], inputs["weight"]
+    return torch.randn(*x.shape[:-1], w.shape[0], generator=g).to(x.dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("config", CHAIN_CONFIGS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_h_is_the_separate_linear_plus_residual_and_the_sums_are_its_squares(config, dtype):
+    for M, K, N, bias in [(1, 1000, 64, True), (37, 1000, 96, False), (5, 1024, 48, True)]:
+        inputs = make(M, K, N, dtype, bias)
+        residual = residual_like(inputs)
+        h, ss = linear_residual(**inputs, residual=residual, config=config)
+        # The same GEMM, then `y + residual` rounded once: bit for bit what the unfused path stores.
+        torch.testing.assert_close(h, linear(**inputs, config=config) + residual, rtol=0, atol=0)
+        assert ss.shape == (M,) and ss.dtype == torch.float32
+        torch.testing.assert_close(ss, h.float().pow(2).sum(-1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("second", [None, Config(16, 32, 64, SPLIT_K=2), Config(16, 16, 32, SUMSQ_IN_LOOP=1)],
+                         ids=str)
+def test_the_fused_site_after_it_skips_its_statistics(dtype, second):
+    """A config with the sum of squares in its K loop also takes the given sums (the loop then sums nothing)."""
+    o_proj = make(6, 192, 128, dtype, bias=False, lead=(2,))
+    residual = residual_like(o_proj)
+    h, ss = linear_residual(**o_proj, residual=residual, config=Config(16, 32, 64, SPLIT_K=3))
+    assert h.shape == (2, 6, 128) and ss.shape == (2, 6)
+    gate_up = make(6, 128, 80, dtype, bias=True, lead=(2,))
+    out = fused_rms_norm_linear(h, gate_up["weight"], gate_up["bias"], 1e-5, row_sumsq=ss, config=second)
+    ref = reference_rms_norm_linear(h, gate_up["weight"], gate_up["bias"], 1e-5)
+    assert rel_err(out, ref) < REL_TOL[dtype]
+    # What the site computes from x + residual itself.
+    own, _ = fused_rms_norm_linear(linear(**o_proj, config=Config(16, 32, 64, SPLIT_K=3)), gate_up["weight"],
+                                   gate_up["bias"], 1e-5, residual=residual, config=second)
+    torch.testing.assert_close(out, own, rtol=REL_TOL[dtype], atol=REL_TOL[dtype])
+
+
+def test_empty_batch_and_int64_indexing(monkeypatch):
+    inputs = make(0, 64, 32, torch.float32)
+    h, ss = linear_residual(**inputs, residual=torch.empty(0, 32, device=DEVICE))
+    assert h.shape == (0, 32) and ss.shape == (0,)
+    monkeypatch.setattr(rnl, "_INT32_LIMIT", 0)
+    inputs = make(19, 200, 40, torch.float32)
+    residual = residual_like(inputs)
+    h, ss = linear_residual(**inputs, residual=residual, config=Config(16, 32, 64, SPLIT_K=2))
+    torch.testing.assert_close(h, linear(**inputs, config=Config(16, 32, 64, SPLIT_K=2)) + residual, rtol=0, atol=0)
+
+
+def test_bad_inputs_name_the_argument():
+    inputs = make(4, 64, 32, torch.float32)
+    with pytest.raises(ValueError, match=r"residual: expected shape \(4, 32\), got \(4, 64\)"):
+        linear_residual(**inputs, residual=torch.randn(4, 64, device=DEVICE))
+    with pytest.raises(TypeError, match="residual: expected dtype torch.float32, got torch.float16"):
+        linear_residual(**inputs, residual=torch.randn(4, 32, device=DEVICE).half())
+    x, w = inputs["x"], torch.randn(16, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="row_sumsq: x already holds the residual"):
+        fused_rms_norm_linear(x, w, residual=x, row_sumsq=torch.ones(4, device=DEVICE))
+    with pytest.raises(ValueError, match=r"row_sumsq: expected shape \(4,\), got \(4, 1\)"):
+        fused_rms_norm_linear(x, w, row_sumsq=torch.ones(4, 1, device=DEVICE))
+    with pytest.raises(TypeError, match="row_sumsq: expected dtype torch.float32, got torch.float64"):
+        fused_rms_norm_linear(x, w, row_sumsq=torch.ones(4, device=DEVICE, dtype=torch.float64))
