@@ -17,10 +17,10 @@ import contextlib
 
 import torch
 
+from kernels import rms_norm_linear as rnl
 from kernels.checks import check_inputs, check_like
 from kernels.config import Config
 from kernels.pdl import pdl_launch_args
-from kernels import rms_norm_linear as rnl
 from kernels.rms_norm_linear import choose_config, is_wide, launch, main_loop
 from kernels.row_stats import launch_row_stats
 
