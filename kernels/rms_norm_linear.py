@@ -22,7 +22,7 @@ import triton.language as tl
 
 from kernels.checks import check_inputs, check_row_sumsq
 from kernels.config import Config, default_config, device_smem_limit, sm_count
-from kernels.pdl import pdl_gemm_wait, pdl_launch_args, pdl_launch_next
+from kernels.pdl import pdl_wait_first, pdl_launch_args, pdl_launch_next
 from kernels.reference import baseline_rms_norm_linear, fold_norm_weight, reference_rms_norm_linear
 from kernels.row_stats import launch_row_stats
 from kernels.split_k import launch_split_k_reduce
@@ -45,7 +45,7 @@ def _rms_norm_linear_kernel(
 ):
     """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares.
     HAS_NORM=False (then SUMSQ_IN_LOOP=0): a plain GEMM, ss_ptr unused."""
-    pdl_gemm_wait(USE_PDL)
+    pdl_wait_first(USE_PDL)
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     pid_k = tl.program_id(1)
 

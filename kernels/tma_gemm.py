@@ -16,7 +16,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.config import Config, device_has_tma, tma_rows_aligned
-from kernels.pdl import pdl_gemm_wait, pdl_launch_next
+from kernels.pdl import pdl_wait_first, pdl_launch_next
 from kernels.tiles import grouped_tile
 
 _TMA_ALIGN = 16  # bytes: TMA needs 16-byte aligned base addresses and row strides
@@ -27,7 +27,7 @@ def _tma_gemm_kernel(a_desc, w_desc, o_desc, ss_ptr, b_ptr, M, N, K, eps,
                      HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SUBTILE: tl.constexpr,
                      USE_PDL: tl.constexpr):
-    pdl_gemm_wait(USE_PDL)
+    pdl_wait_first(USE_PDL)
     start = tl.program_id(0)
     # Read from the grid, not passed in: an int argument would be specialized (== 1, % 16), and the compile
     # pool's small problem would then build another binary than the one the tuner times.

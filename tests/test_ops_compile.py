@@ -62,8 +62,10 @@ FP32_POINTERS = {"part_o_ptr", "part_lse_ptr", "cos_sin_ptr", "logits_ptr", "tem
 GLOBAL_ACCESS = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red\.global|cp\.async|prefetch)",
                            re.MULTILINE)
 # kernels/pdl.py: the GEMMs place the next kernel after their main loop (the last MMA); every other kernel
-# places the next one before it waits.
+# but decode attention places the next one before it waits.
 GEMMS = {"_rms_norm_linear_kernel", "_tma_gemm_kernel"}
+# Decode attention runs in several waves: the next kernel is placed only as its programs exit.
+PLACE_NEXT_ON_EXIT = {"_decode_split_kernel", "_decode_merge_kernel"}
 MMA = re.compile(r"^\s*(@!?%p\d+\s+)?(mma\.sync|wgmma\.mma_async)", re.MULTILINE)
 
 
@@ -135,6 +137,8 @@ def check_pdl_order(name: str, ptx: str) -> None:
     if name in GEMMS:
         mmas = [m.start() for m in MMA.finditer(ptx)]
         assert mmas and launch_next > max(mmas), f"{name}: the next kernel is placed before the main loop ends"
+    elif name in PLACE_NEXT_ON_EXIT:
+        assert launch_next < 0, f"{name}: the next kernel is placed before this one's programs exit"
     else:
         assert 0 <= launch_next < wait, f"{name}: the next kernel is not placed before the wait"
 

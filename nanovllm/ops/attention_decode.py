@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.pdl import pdl_launch_args, pdl_wait
+from kernels.pdl import pdl_launch_args, pdl_wait_first
 from nanovllm.ops.attention_tile import LOG2E, attend_tile
 from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
@@ -35,7 +35,7 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, USE_WINDOW: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):
-    pdl_wait(USE_PDL)
+    pdl_wait_first(USE_PDL)
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -92,7 +92,7 @@ def _decode_merge_kernel(part_o_ptr, part_lse_ptr, o_ptr, stride_pb, stride_ph, 
                          stride_ob, stride_oh, num_splits,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
                          USE_PDL: tl.constexpr):
-    pdl_wait(USE_PDL)
+    pdl_wait_first(USE_PDL)
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
