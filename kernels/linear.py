@@ -17,11 +17,11 @@ import contextlib
 
 import torch
 
-from kernels import rms_norm_linear as rnl
+from kernels import prepare
 from kernels.checks import check_inputs, check_like
 from kernels.config import Config
 from kernels.pdl import pdl_launch_args
-from kernels.rms_norm_linear import choose_config, is_wide, launch, main_loop
+from kernels.rms_norm_linear import launch, main_loop
 from kernels.row_stats import launch_row_stats
 
 __all__ = ["linear", "linear_residual"]
@@ -46,13 +46,13 @@ def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     check_like("residual", residual, (*lead, N), x.dtype, x)
     x2, r2 = x.reshape(-1, K), residual.reshape(-1, N)
     M = x2.shape[0]
-    config = choose_config(config, M, N, K, x2, weight, None, None, has_norm=False)
+    config = prepare.choose_config(config, M, N, K, x2, weight, None, None, has_norm=False)
     bias = bias.contiguous() if bias is not None else None  # indexed with unit stride
     # With one split the GEMM writes its output into h, and the row statistics add the residual in place.
-    h = rnl.new_buffer((M, N), x2, x2.dtype)
-    ss = rnl.new_buffer((M,), x2, torch.float32)
+    h = prepare.new_buffer((M, N), x2, x2.dtype)
+    ss = prepare.new_buffer((M,), x2, torch.float32)
     if M > 0:
-        wide = is_wide(config.SPLIT_K * M * N, x2, weight, h, r2)
+        wide = prepare.is_wide(config.SPLIT_K * M * N, x2, weight, h, r2)
         pdl = pdl_launch_args(x2.device)
         with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
             y = main_loop(x2, weight, bias, h, h, ss, config, eps=0.0, norm_weight=None, residual=None,

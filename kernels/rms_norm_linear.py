@@ -20,17 +20,28 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import prepare
 from kernels.checks import check_inputs, check_row_sumsq
-from kernels.config import Config, default_config, device_smem_limit, sm_count
-from kernels.pdl import pdl_wait_first, pdl_launch_args, pdl_launch_next
+from kernels.config import Config, sm_count
+from kernels.pdl import pdl_launch_args, pdl_launch_next, pdl_wait_first
 from kernels.reference import baseline_rms_norm_linear, fold_norm_weight, reference_rms_norm_linear
 from kernels.row_stats import launch_row_stats
 from kernels.split_k import launch_split_k_reduce
 from kernels.tiles import grouped_tile
-from kernels.tma_gemm import launch_tma_gemm, tma_problem
+from kernels.tma_gemm import launch_tma_gemm
 
 __all__ = ["Config", "fused_rms_norm_linear", "fold_norm_weight", "reference_rms_norm_linear",
            "baseline_rms_norm_linear"]
+
+@triton.jit
+def _silu_and_mul(gate, up, dtype: tl.constexpr):
+    """silu(gate) * up from fp32 accumulators, rounded where the separate GEMM and SiLU-and-mul kernel round:
+    the GEMM's output, then silu(gate) (as HF does), then the product."""
+    gate = gate.to(dtype).to(tl.float32)
+    up = up.to(dtype).to(tl.float32)
+    act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    return act * up
+
 
 @triton.jit
 def _rms_norm_linear_kernel(
@@ -41,10 +52,12 @@ def _rms_norm_linear_kernel(
     HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_NORM_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, IEEE: tl.constexpr, SUMSQ_IN_LOOP: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, USE_PDL: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, GATED: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares.
-    HAS_NORM=False (then SUMSQ_IN_LOOP=0): a plain GEMM, ss_ptr unused."""
+    HAS_NORM=False (then SUMSQ_IN_LOOP=0): a plain GEMM, ss_ptr unused.
+    GATED (then SPLIT_K=1): the weight stacks [gate; up], 2N rows; a program also streams the up rows of its N
+    columns and stores silu(gate) * up."""
     pdl_wait_first(USE_PDL)
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     pid_k = tl.program_id(1)
@@ -65,6 +78,7 @@ def _rms_norm_linear_kernel(
     kb_end = tl.minimum(kb_start + per_split, k_blocks)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # GATED only
     sumsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for kb in range(kb_start, kb_end):
         offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -91,11 +105,12 @@ def _rms_norm_linear_kernel(
             else:
                 g = tl.load(g_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
             a = (a32 * g[None, :]).to(x_ptr.dtype.element_ty)
-        b = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn, mask=mask_b, other=0.0)
-        if IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
+        w_tile = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
+        b = tl.load(w_tile, mask=mask_b, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision="ieee" if IEEE else None)
+        if GATED:
+            b_up = tl.load(w_tile + N * stride_wn, mask=mask_b, other=0.0)
+            acc_up = tl.dot(a, b_up, acc_up, input_precision="ieee" if IEEE else None)
     pdl_launch_next(USE_PDL)
 
     # Constexpr branches: with HAS_NORM=True the kernel compiles to exactly what it was before the flag.
@@ -106,8 +121,13 @@ def _rms_norm_linear_kernel(
         if HAS_NORM:
             rstd = 1.0 / tl.sqrt(sumsq / K + eps)
             acc = acc * rstd[:, None]
+            acc_up = acc_up * rstd[:, None]
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            if GATED:
+                acc_up += tl.load(b_ptr + N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            acc = _silu_and_mul(acc, acc_up, out_ptr.dtype.element_ty)
         out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
     else:
@@ -115,18 +135,6 @@ def _rms_norm_linear_kernel(
         tl.store(ws_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
         if SUMSQ_IN_LOOP and pid_n == 0:
             tl.store(ss_ptr + pid_k * M + offs_m, sumsq, mask=mask_m)
-
-
-def new_buffer(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Every buffer the wrappers allocate comes from here, so tests can poison them with NaN."""
-    return torch.empty(shape, device=like.device, dtype=dtype)
-
-
-_INT32_LIMIT = 2**31
-
-
-def _max_offset(t: torch.Tensor) -> int:
-    return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
 def fused_rms_norm_linear(
@@ -138,12 +146,16 @@ def fused_rms_norm_linear(
     norm_weight: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     row_sumsq: torch.Tensor | None = None,
+    silu_and_mul: bool = False,
     config: Config | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """rmsnorm(x [+ residual]) @ weight.T + bias; with `residual`, returns (out, x + residual).
 
     row_sumsq: x's rows' fp32 sums of squares, already computed (kernels/linear.py `linear_residual` returns
     them with x): the kernel then skips its row-statistics prologue. Not with `residual`.
+    silu_and_mul: weight (and bias) stack a gate and an up projection, [gate; up] with N = 2I rows; out is
+    silu(gate) * up, (..., I), applied in the epilogue (config: SPLIT_K=1, TMA=0, BLOCK_N counting gate columns;
+    kernels.config.gated_config converts a config tuned for the stacked GEMM).
     """
     check_inputs(x, weight, bias, norm_weight, residual)
     if not eps > 0:
@@ -152,44 +164,30 @@ def fused_rms_norm_linear(
     if row_sumsq is not None:
         check_row_sumsq(row_sumsq, x, residual)
         row_sumsq = row_sumsq.reshape(-1)
+    if silu_and_mul and N % 2:
+        raise ValueError(f"weight: silu_and_mul needs [gate; up] stacked, an even number of rows; got N={N}")
     out, h = launch(x.reshape(-1, K), weight, bias, config, eps=eps, norm_weight=norm_weight,
-                    residual=residual.reshape(-1, K) if residual is not None else None, row_sumsq=row_sumsq)
-    out = out.reshape(*lead, N)
+                    residual=residual.reshape(-1, K) if residual is not None else None, row_sumsq=row_sumsq,
+                    gated=silu_and_mul)
+    out = out.reshape(*lead, out.shape[-1])
     return (out, h.reshape(*lead, K)) if residual is not None else out
-
-
-def choose_config(config: Config | None, M: int, N: int, K: int, x2: torch.Tensor, weight: torch.Tensor,
-                  residual: torch.Tensor | None, norm_weight: torch.Tensor | None, has_norm: bool) -> Config:
-    """The config to launch: `config` validated, or the default for the shape (with pointer loads where TMA
-    cannot take these tensors)."""
-    chosen = config is None
-    if chosen:
-        config = default_config(M, N, K, x2.device, x2.element_size())
-    elif not isinstance(config, Config):
-        raise TypeError(f"config: expected a kernels.Config or None, got {type(config).__name__}")
-    config.validate(K=K, elem_bytes=x2.element_size(), smem_limit=device_smem_limit(x2.device), norm=has_norm)
-    if config.TMA:
-        problem = tma_problem(x2, residual, weight, norm_weight)
-        if problem and chosen:  # the default's choice, from the shape alone: pointer loads take any layout
-            config = default_config(M, N, K, x2.device, x2.element_size(), tma=False)
-        elif problem:
-            raise ValueError(f"config: TMA={config.TMA} cannot run here: {problem}")
-    return config
 
 
 def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: Config | None, *,
            eps: float = 1e-6, norm_weight: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-           row_sumsq: torch.Tensor | None = None, has_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+           row_sumsq: torch.Tensor | None = None, has_norm: bool = True,
+           gated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The launch code of both wrappers (inputs already checked, 2-D): picks or validates the config, allocates,
-    launches. Returns (out, h); h is out itself without a residual. has_norm=False: x2 @ weight.T + bias."""
+    launches. Returns (out, h); h is out itself without a residual. has_norm=False: x2 @ weight.T + bias.
+    gated: out = silu(gate) * up of the stacked [gate; up] product, half as wide."""
     M, K = x2.shape
-    N = weight.shape[0]
-    config = choose_config(config, M, N, K, x2, weight, residual, norm_weight, has_norm)
+    config = prepare.choose_config(config, M, weight.shape[0], K, x2, weight, residual, norm_weight, has_norm, gated)
+    N = weight.shape[0] // 2 if gated else weight.shape[0]
     # The per-column vectors are indexed with unit stride in the kernels; copies only when strided.
     bias = bias.contiguous() if bias is not None else None
     norm_weight = norm_weight.contiguous() if norm_weight is not None else None
-    out = new_buffer((M, N), x2, x2.dtype)
-    h = new_buffer((M, K), x2, x2.dtype) if residual is not None else out
+    out = prepare.new_buffer((M, N), x2, x2.dtype)
+    h = prepare.new_buffer((M, K), x2, x2.dtype) if residual is not None else out
     if M == 0:
         return out, h
     in_loop = bool(config.SUMSQ_IN_LOOP) and row_sumsq is None
@@ -198,10 +196,10 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
     if row_sumsq is not None:
         ss = row_sumsq
     elif has_norm and (split > 1 or not in_loop):
-        ss = new_buffer((split if in_loop else 1, M), x2, torch.float32)
+        ss = prepare.new_buffer((split if in_loop else 1, M), x2, torch.float32)
     else:
         ss = out
-    wide = is_wide(split * M * N, x2, weight, out, h, *([residual] if residual is not None else []))
+    wide = prepare.is_wide(split * M * N, x2, weight, out, h, *([residual] if residual is not None else []))
     pdl = pdl_launch_args(x2.device)
     # Triton launches on the current device, which need not be x's.
     with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
@@ -210,31 +208,27 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
             launch_row_stats(x2, h, ss, residual=residual, bias=None, wide=wide, pdl=pdl)
             a = h if residual is not None else x2
         ws = main_loop(a, weight, bias, out, h, ss, config, eps=eps, norm_weight=norm_weight,
-                       residual=residual if in_loop else None, has_norm=has_norm, in_loop=in_loop, wide=wide, pdl=pdl)
+                       residual=residual if in_loop else None, has_norm=has_norm, in_loop=in_loop, wide=wide, pdl=pdl,
+                       gated=gated)
         if split > 1:
             launch_split_k_reduce(ws, ss, bias, out, K, eps, has_norm=has_norm, ss_parts=split if in_loop else 1,
                                   wide=wide, pdl=pdl)
     return out, h
 
 
-def is_wide(workspace: int, *tensors: torch.Tensor) -> bool:
-    """Whether some element offset of the tensors or of a split-K workspace of `workspace` elements passes 2**31
-    (a 151936-wide lm_head at M=16384): Triton indexes in int32, and must then use int64."""
-    return max(workspace, *(_max_offset(t) for t in tensors)) >= _INT32_LIMIT
-
-
 def main_loop(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, h: torch.Tensor,
               ss: torch.Tensor, config: Config, *, eps: float, norm_weight: torch.Tensor | None,
-              residual: torch.Tensor | None, has_norm: bool, in_loop: bool, wide: bool, pdl: dict) -> torch.Tensor:
+              residual: torch.Tensor | None, has_norm: bool, in_loop: bool, wide: bool, pdl: dict,
+              gated: bool = False) -> torch.Tensor:
     """Launch the GEMM over a (TMA or pointer loads). With SPLIT_K > 1 it writes fp32 partials to a workspace,
-    returned for the caller's reduce; otherwise the finished `out` (returned too)."""
+    returned for the caller's reduce; otherwise the finished `out` (returned too). gated: see `launch`."""
     M, K = a.shape
-    N = weight.shape[0]
+    N = out.shape[1]
     if config.TMA:
         launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(a.device), has_norm=has_norm, pdl=pdl)
         return out
     split = config.SPLIT_K
-    ws = new_buffer((split, M, N), a, torch.float32) if split > 1 else out
+    ws = prepare.new_buffer((split, M, N), a, torch.float32) if split > 1 else out
     r2 = residual if residual is not None else a
     grid = (triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N), split)
     _rms_norm_linear_kernel[grid](
@@ -245,7 +239,7 @@ def main_loop(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         HAS_NORM=has_norm, HAS_RESIDUAL=residual is not None, HAS_NORM_WEIGHT=norm_weight is not None,
         HAS_BIAS=bias is not None, EVEN_K=K % config.BLOCK_K == 0, IEEE=a.dtype == torch.float32,
         SUMSQ_IN_LOOP=in_loop, WIDE=wide, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
-        BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SPLIT_K=split, num_warps=config.num_warps,
+        BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SPLIT_K=split, GATED=gated, num_warps=config.num_warps,
         num_stages=config.num_stages, **pdl,
     )
     return ws

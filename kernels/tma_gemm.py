@@ -16,7 +16,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.config import Config, device_has_tma, tma_rows_aligned
-from kernels.pdl import pdl_wait_first, pdl_launch_next
+from kernels.pdl import pdl_launch_next, pdl_wait_first
 from kernels.tiles import grouped_tile
 
 _TMA_ALIGN = 16  # bytes: TMA needs 16-byte aligned base addresses and row strides

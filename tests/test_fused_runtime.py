@@ -221,11 +221,12 @@ def test_plain_linears_run_the_tuned_gemm_and_give_the_same_tokens(checkpoint, t
     expected = [o["token_ids"] for o in engine(path, fused_norm_linear=False).generate(prompts(), GREEDY,
                                                                                           use_tqdm=False)]
     assert expected == [hf_greedy(model, p)[:16] for p in prompts()]
-    calls, from_stats = [], []
+    calls, fused_calls = [], []
     run, fused = fnl.linear_residual, fnl.fused_rms_norm_linear
     monkeypatch.setattr(fnl, "linear_residual", lambda *a, **kw: calls.append(a[0].shape[0]) or run(*a, **kw))
     monkeypatch.setattr(fnl, "fused_rms_norm_linear",
-                        lambda *a, **kw: from_stats.append(kw.get("row_sumsq") is not None) or fused(*a, **kw))
+                        lambda *a, **kw: fused_calls.append((kw.get("row_sumsq") is not None, kw["silu_and_mul"]))
+                        or fused(*a, **kw))
     # Eager, so that decode steps run the layers in Python (a CUDA graph replays what its capture recorded).
     llm = engine(path, tuning_table=plain_table(tmp_path, {64: (PLAIN, 1.1)}), max_num_batched_tokens=16,
                  enforce_eager=True)
@@ -235,8 +236,9 @@ def test_plain_linears_run_the_tuned_gemm_and_give_the_same_tokens(checkpoint, t
     # Chunked prefill (16-row chunks, LINEAR_MAX_M) and decode (3 rows) ran the kernel: 2 sites x 2 layers a step.
     assert max(calls) == tuning.LINEAR_MAX_M == 16 and 3 in calls and len(calls) % 4 == 0
     # Of a forward pass's four fused sites, all but the first layer's input norm start from the statistics of
-    # the plain linear before them.
-    assert from_stats and from_stats == [False, True, True, True] * (len(from_stats) // 4)
+    # the plain linear before them, and the MLP's gate/up sites apply SiLU-and-mul in their epilogue.
+    per_pass = [(False, False), (True, True), (True, False), (True, True)]
+    assert fused_calls and fused_calls == per_pass * (len(fused_calls) // 4)
 
 
 def test_plain_linear_configs_follow_the_bucket_rule(checkpoint, tmp_path, caplog):

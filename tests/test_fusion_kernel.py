@@ -5,9 +5,14 @@ import pytest
 import torch
 
 import kernels.config
-import kernels.rms_norm_linear as rnl
-from kernels.rms_norm_linear import (Config, baseline_rms_norm_linear, fold_norm_weight, fused_rms_norm_linear,
-                                     reference_rms_norm_linear)
+from kernels import prepare
+from kernels.rms_norm_linear import (
+    Config,
+    baseline_rms_norm_linear,
+    fold_norm_weight,
+    fused_rms_norm_linear,
+    reference_rms_norm_linear,
+)
 from tests.conftest import DEVICE
 
 # bf16 tl.dot is wrong in Triton 3.6's interpreter, so bf16 is checked on the GPU only.
@@ -19,7 +24,7 @@ REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.float16: 2e-3, torch.
 @pytest.fixture(autouse=True)
 def _poison_buffers(monkeypatch):
     """Every buffer the wrapper allocates starts as NaN, so an unwritten element cannot pass."""
-    monkeypatch.setattr(rnl, "new_buffer", lambda shape, like, dtype: torch.full(shape, float("nan"), device=like.device,
+    monkeypatch.setattr(prepare, "new_buffer", lambda shape, like, dtype: torch.full(shape, float("nan"), device=like.device,
                                                                              dtype=dtype))
 
 
@@ -96,8 +101,8 @@ def test_configs(config, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_default_config_is_valid_and_correct(M, dtype):
     for N in (4096, 12288):
-        cfg = rnl.default_config(M, N, 4096, DEVICE, torch.tensor([], dtype=dtype).element_size())
-        cfg.validate(K=4096, elem_bytes=2, smem_limit=rnl.device_smem_limit(DEVICE))
+        cfg = kernels.config.default_config(M, N, 4096, DEVICE, torch.tensor([], dtype=dtype).element_size())
+        cfg.validate(K=4096, elem_bytes=2, smem_limit=kernels.config.device_smem_limit(DEVICE))
     check(make_inputs(M, 96, 40, dtype, residual=True), dtype)
 
 
@@ -197,7 +202,7 @@ def test_wrong_config_type_and_eps():
 @pytest.mark.parametrize("config", [Config(16, 32, 64), Config(16, 32, 64, SPLIT_K=2, SUMSQ_IN_LOOP=1)], ids=str)
 def test_int64_indexing_path(monkeypatch, config):
     """Past 2**31 elements the kernels index in int64; force that path on a small problem."""
-    monkeypatch.setattr(rnl, "_INT32_LIMIT", 0)
+    monkeypatch.setattr(prepare, "_INT32_LIMIT", 0)
     check(make_inputs(19, 200, 40, torch.float32, bias=True, residual=True, norm_weight=True), torch.float32,
           config)
 
@@ -206,7 +211,7 @@ def test_int64_indexing_path(monkeypatch, config):
 def test_default_config_fits_a_64_kib_card(monkeypatch, M):
     monkeypatch.setattr(kernels.config, "device_smem_limit", lambda device: 65536)
     for elem_bytes in (2, 4):
-        cfg = rnl.default_config(M, 12288, 4096, DEVICE, elem_bytes)
+        cfg = kernels.config.default_config(M, 12288, 4096, DEVICE, elem_bytes)
         cfg.validate(K=4096, elem_bytes=elem_bytes, smem_limit=65536)
 
 

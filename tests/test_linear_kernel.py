@@ -3,11 +3,11 @@ and a short tune and export through the tuner with FakeTimer (a test double) as 
 import pytest
 import torch
 
-import kernels.rms_norm_linear as rnl
 from autotune.objective import Evaluator
 from autotune.table import build_table, parse_table
 from autotune.testing import FakeTimer
 from db.queries import best_results
+from kernels import prepare
 from kernels.config import Config, device_has_tma
 from kernels.linear import linear
 from search_spaces import Problem, get_space
@@ -77,7 +77,7 @@ def test_batched_strided_empty_and_int64_paths(monkeypatch):
     x = base["x"][:, ::2, ::2]  # strided rows and K
     check(dict(base, x=x, weight=base["weight"][:, ::2]), dtype)
     assert linear(x[:, :0], base["weight"][:, ::2]).shape == (3, 0, 24)
-    monkeypatch.setattr(rnl, "_INT32_LIMIT", 0)
+    monkeypatch.setattr(prepare, "_INT32_LIMIT", 0)
     check(make(19, 200, 40, torch.float32), torch.float32, Config(16, 32, 64, SPLIT_K=2))
 
 

@@ -4,7 +4,7 @@ layer, checked against the separate kernels and the float64 reference, with ever
 import pytest
 import torch
 
-import kernels.rms_norm_linear as rnl
+from kernels import prepare
 from kernels.config import Config, device_has_tma
 from kernels.linear import linear, linear_residual
 from kernels.rms_norm_linear import fused_rms_norm_linear, reference_rms_norm_linear
@@ -58,7 +58,7 @@ def test_empty_batch_and_int64_indexing(monkeypatch):
     inputs = make(0, 64, 32, torch.float32)
     h, ss = linear_residual(**inputs, residual=torch.empty(0, 32, device=DEVICE))
     assert h.shape == (0, 32) and ss.shape == (0,)
-    monkeypatch.setattr(rnl, "_INT32_LIMIT", 0)
+    monkeypatch.setattr(prepare, "_INT32_LIMIT", 0)
     inputs = make(19, 200, 40, torch.float32)
     residual = residual_like(inputs)
     h, ss = linear_residual(**inputs, residual=residual, config=Config(16, 32, 64, SPLIT_K=2))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import kernels.rms_norm_linear as rnl
+from kernels import prepare
 from kernels.config import Config, device_has_tma
 from kernels.rms_norm_linear import fused_rms_norm_linear, reference_rms_norm_linear
 from tests.conftest import DEVICE
@@ -58,7 +59,7 @@ def test_what_the_tma_loop_refuses(config, inputs, match):
 
 def test_a_default_tma_config_falls_back_to_pointer_loads(monkeypatch):
     """The default may pick TMA from the shape alone; inputs TMA cannot address still run, through pointers."""
-    monkeypatch.setattr(rnl, "default_config", lambda *a, tma=True: Config(16, 32, 64, num_stages=2, TMA=2 * tma))
+    monkeypatch.setattr(prepare, "default_config", lambda *a, tma=True: Config(16, 32, 64, num_stages=2, TMA=2 * tma))
     dtype = torch.float32
     inputs = make_inputs(5, 128, 32, dtype, bias=True, norm_weight=True)
     inputs["x"] = make_inputs(5, 256, 32, dtype)["x"][:, ::2]

@@ -1,10 +1,12 @@
-"""An RMSNorm and the linear layer it feeds, run as one fused kernel once the norm's gain is in the weight; and the
-plain linear before it, whose epilogue hands that norm its row statistics."""
+"""An RMSNorm and the linear layer it feeds, run as one fused kernel once the norm's gain is in the weight (with the
+MLP's SiLU-and-mul in its epilogue); and the plain linear before it, whose epilogue hands that norm its row
+statistics."""
 import torch
 
-from kernels.config import Config
+from kernels.config import Config, gated_config
 from kernels.linear import linear_residual
 from kernels.rms_norm_linear import fold_norm_weight, fused_rms_norm_linear
+from nanovllm.layers.activation import SiluAndMul
 from nanovllm.layers.layernorm import RMSNorm
 from nanovllm.layers.linear import Linear, triton_runs
 
@@ -18,6 +20,12 @@ def fuse_norm_linear(norm: RMSNorm, linear: Linear, configs: list[Config | None]
     linear.weight.data = fold_norm_weight(linear.weight.data, norm.weight.data)
     norm.weight.data.fill_(1.0)
     linear.norm_configs = configs
+
+
+def fuse_silu(linear: Linear) -> None:
+    """For the MLP's stacked gate/up projection, after `fuse_norm_linear`: where its config can apply SiLU-and-mul
+    in the epilogue (kernels.config.gated_config), `norm_linear_silu` runs one kernel for norm, GEMM and activation."""
+    linear.gated_configs = [gated_config(c) if c is not None else None for c in linear.norm_configs]
 
 
 def linear_add_residual(linear: Linear, x: torch.Tensor,
@@ -46,7 +54,27 @@ def norm_linear(norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: torch.
             return linear(norm(x)), x
         y, residual = norm(x, residual)
         return linear(y), residual
+    return _fused(norm, linear, x, residual, sumsq, config, gated=False)
+
+
+def norm_linear_silu(norm: RMSNorm, linear: Linear, act: SiluAndMul, x: torch.Tensor, residual: torch.Tensor | None,
+                     sumsq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """act(linear(norm(x + residual))) for the MLP's stacked gate/up projection, and the new residual stream, as
+    `norm_linear`. One kernel where `linear.gated_configs[M]` is set: SiLU-and-mul in the fused kernel's epilogue,
+    the [M, 2I] projection never in memory."""
+    config = linear.gated_configs[x.shape[0]] if linear.gated_configs is not None else None
+    if config is None or not triton_runs(x):
+        y, residual = norm_linear(norm, linear, x, residual, sumsq)
+        return act(y), residual
+    return _fused(norm, linear, x, residual, sumsq, config, gated=True)
+
+
+def _fused(norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: torch.Tensor | None, sumsq: torch.Tensor | None,
+           config: Config, gated: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if sumsq is not None:
-        return fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, row_sumsq=sumsq, config=config), x
-    out = fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, residual=residual, config=config)
+        out = fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, row_sumsq=sumsq, silu_and_mul=gated,
+                                    config=config)
+        return out, x
+    out = fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, residual=residual, silu_and_mul=gated,
+                                config=config)
     return out if residual is not None else (out, x)

@@ -27,6 +27,9 @@ class Linear(nn.Module):
         # Set by fuse_norm_linear once the preceding RMSNorm's gain is folded into the weight: the fused
         # kernel's config for each row count M.
         self.norm_configs = None
+        # Set by fuse_silu on the MLP's gate/up projection: the config of the fused kernel with SiLU-and-mul in its
+        # epilogue for each M, None where the activation runs as its own kernel.
+        self.gated_configs: list[Config | None] | None = None
         # Set by ModelRunner on the plain linears (o_proj, down_proj) that a tuning table's "linear" entries cover:
         # the norm-free tuned GEMM's config for each row count M, None where F.linear (cuBLAS) is faster.
         self.linear_configs: list[Config | None] | None = None

@@ -6,7 +6,7 @@ from transformers import PretrainedConfig
 from nanovllm.layers.activation import SiluAndMul
 from nanovllm.layers.attention import Attention
 from nanovllm.layers.embed_head import LMHead, VocabEmbedding
-from nanovllm.layers.fused_norm_linear import linear_add_residual, norm_linear
+from nanovllm.layers.fused_norm_linear import linear_add_residual, norm_linear, norm_linear_silu
 from nanovllm.layers.layernorm import RMSNorm
 from nanovllm.layers.linear import Linear, MergedLinear, QKVLinear
 from nanovllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters
@@ -59,8 +59,9 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias)
         self.act_fn = SiluAndMul()
 
-    def forward(self, gate_up: torch.Tensor, residual: torch.Tensor):
-        return linear_add_residual(self.down_proj, self.act_fn(gate_up), residual)
+    def forward(self, act: torch.Tensor, residual: torch.Tensor):
+        """act: silu(gate) * up, from the decoder layer's `mlp_input`."""
+        return linear_add_residual(self.down_proj, act, residual)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -90,14 +91,15 @@ class LlamaDecoderLayer(nn.Module):
         return norm_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden_states, residual, sumsq)
 
     def mlp_input(self, hidden_states: torch.Tensor, residual: torch.Tensor | None, sumsq: torch.Tensor | None):
-        return norm_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden_states, residual, sumsq)
+        return norm_linear_silu(self.post_attention_layernorm, self.mlp.gate_up_proj, self.mlp.act_fn, hidden_states,
+                                residual, sumsq)
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None,
                 sumsq: torch.Tensor | None):
         qkv, residual = self.attention_input(hidden_states, residual, sumsq)
         hidden_states, residual, sumsq = self.self_attn(positions, qkv, residual)
-        gate_up, residual = self.mlp_input(hidden_states, residual, sumsq)
-        return self.mlp(gate_up, residual)
+        act, residual = self.mlp_input(hidden_states, residual, sumsq)
+        return self.mlp(act, residual)
 
 
 class LlamaModel(nn.Module):
@@ -149,6 +151,10 @@ class LlamaForCausalLM(nn.Module):
 
     def plain_linears(self) -> list[Linear]:
         return [linear for layer in self.model.layers for linear in layer.plain_linears()]
+
+    def gate_up_linears(self) -> list[Linear]:
+        """The stacked gate/up projections, whose SiLU-and-mul the fused kernel can apply in its epilogue."""
+        return [layer.mlp.gate_up_proj for layer in self.model.layers]
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden_states)

@@ -1,0 +1,59 @@
+"""What every launch of the GEMM kernels decides before it starts: the config, the buffers, the index width."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from kernels.config import Config, default_config, device_smem_limit, gated_config
+from kernels.tma_gemm import tma_problem
+
+_INT32_LIMIT = 2**31
+
+
+def new_buffer(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Every buffer the wrappers allocate comes from here, so tests can poison them with NaN."""
+    return torch.empty(shape, device=like.device, dtype=dtype)
+
+
+def _max_offset(t: torch.Tensor) -> int:
+    return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
+
+
+def is_wide(workspace: int, *tensors: torch.Tensor) -> bool:
+    """Whether some element offset of the tensors or of a split-K workspace of `workspace` elements passes 2**31
+    (a 151936-wide lm_head at M=16384): Triton indexes in int32, and must then use int64."""
+    return max(workspace, *(_max_offset(t) for t in tensors)) >= _INT32_LIMIT
+
+
+def choose_config(config: Config | None, M: int, N: int, K: int, x2: torch.Tensor, weight: torch.Tensor,
+                  residual: torch.Tensor | None, norm_weight: torch.Tensor | None, has_norm: bool,
+                  gated: bool = False) -> Config:
+    """The config to launch for an (M, K) x (K, N) product: `config` validated, or the default for the shape
+    (with pointer loads where TMA cannot take these tensors). gated: the [gate; up] form of kernels/rms_norm_linear.py,
+    whose programs stream BLOCK_N gate and BLOCK_N up rows of the weight."""
+    chosen = config is None
+    if chosen:
+        config = default_config(M, N, K, x2.device, x2.element_size(), tma=not gated)
+        if gated:
+            one_split = dataclasses.replace(config, SPLIT_K=1)
+            config = gated_config(one_split) or one_split
+    elif not isinstance(config, Config):
+        raise TypeError(f"config: expected a kernels.Config or None, got {type(config).__name__}")
+    limit = device_smem_limit(x2.device)
+    config.validate(K=K, elem_bytes=x2.element_size(), smem_limit=limit, norm=has_norm)
+    if gated:
+        if config.SPLIT_K != 1 or config.TMA:
+            raise ValueError(f"config: silu_and_mul is applied in the GEMM's epilogue, which needs SPLIT_K=1 and "
+                             f"TMA=0; got SPLIT_K={config.SPLIT_K}, TMA={config.TMA}")
+        need = dataclasses.replace(config, BLOCK_N=2 * config.BLOCK_N).smem_bytes(x2.element_size())
+        if limit is not None and need > limit:
+            raise ValueError(f"config: with silu_and_mul each stage holds a gate and an up tile: needs ~{need} bytes "
+                             f"of shared memory, the device allows {limit}")
+    if config.TMA:
+        problem = tma_problem(x2, residual, weight, norm_weight)
+        if problem and chosen:  # the default's choice, from the shape alone: pointer loads take any layout
+            config = default_config(M, N, K, x2.device, x2.element_size(), tma=False)
+        elif problem:
+            raise ValueError(f"config: TMA={config.TMA} cannot run here: {problem}")
+    return config
