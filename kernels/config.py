@@ -179,16 +179,6 @@ def default_config(M: int, N: int, K: int, device: torch.device, elem_bytes: int
     return cfg
 
 
-def gated_config(config: Config) -> Config | None:
-    """The config of the fused [gate; up] site with SiLU-and-mul in its epilogue (silu_and_mul=True), from one
-    tuned for the stacked product: half the BLOCK_N, so that each program streams the same weight rows (BLOCK_N/2
-    gate and BLOCK_N/2 up) and the grid keeps its size. None where the epilogue cannot apply it: split-K, TMA,
-    or a BLOCK_N that would halve below 16."""
-    if config.SPLIT_K != 1 or config.TMA or config.BLOCK_N < 2 * _MIN_BLOCK:
-        return None
-    return dataclasses.replace(config, BLOCK_N=config.BLOCK_N // 2)
-
-
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -5,7 +5,8 @@ import dataclasses
 
 import torch
 
-from kernels.config import Config, default_config, device_smem_limit, gated_config
+from kernels.config import Config, default_config, device_smem_limit
+from kernels.paired import GATED, PLAIN, ROTARY, gated_config, rotary_config
 from kernels.tma_gemm import tma_problem
 
 _INT32_LIMIT = 2**31
@@ -28,28 +29,23 @@ def is_wide(workspace: int, *tensors: torch.Tensor) -> bool:
 
 def choose_config(config: Config | None, M: int, N: int, K: int, x2: torch.Tensor, weight: torch.Tensor,
                   residual: torch.Tensor | None, norm_weight: torch.Tensor | None, has_norm: bool,
-                  gated: bool = False) -> Config:
+                  pair: int = PLAIN, head_dim: int = 0) -> Config:
     """The config to launch for an (M, K) x (K, N) product: `config` validated, or the default for the shape
-    (with pointer loads where TMA cannot take these tensors). gated: the [gate; up] form of kernels/rms_norm_linear.py,
-    whose programs stream BLOCK_N gate and BLOCK_N up rows of the weight."""
+    (with pointer loads where TMA cannot take these tensors). pair: the GATED or ROTARY epilogue of
+    kernels/paired.py, whose programs stream two weight tiles (BLOCK_N column pairs); head_dim for ROTARY."""
     chosen = config is None
     if chosen:
-        config = default_config(M, N, K, x2.device, x2.element_size(), tma=not gated)
-        if gated:
+        config = default_config(M, N, K, x2.device, x2.element_size(), tma=pair == PLAIN)
+        if pair != PLAIN:
             one_split = dataclasses.replace(config, SPLIT_K=1)
-            config = gated_config(one_split) or one_split
+            paired = gated_config(one_split) if pair == GATED else rotary_config(one_split, head_dim)
+            config = paired or dataclasses.replace(one_split, BLOCK_N=16)
     elif not isinstance(config, Config):
         raise TypeError(f"config: expected a kernels.Config or None, got {type(config).__name__}")
     limit = device_smem_limit(x2.device)
     config.validate(K=K, elem_bytes=x2.element_size(), smem_limit=limit, norm=has_norm)
-    if gated:
-        if config.SPLIT_K != 1 or config.TMA:
-            raise ValueError(f"config: silu_and_mul is applied in the GEMM's epilogue, which needs SPLIT_K=1 and "
-                             f"TMA=0; got SPLIT_K={config.SPLIT_K}, TMA={config.TMA}")
-        need = dataclasses.replace(config, BLOCK_N=2 * config.BLOCK_N).smem_bytes(x2.element_size())
-        if limit is not None and need > limit:
-            raise ValueError(f"config: with silu_and_mul each stage holds a gate and an up tile: needs ~{need} bytes "
-                             f"of shared memory, the device allows {limit}")
+    if pair != PLAIN:
+        _check_paired(config, pair, head_dim, x2.element_size(), limit)
     if config.TMA:
         problem = tma_problem(x2, residual, weight, norm_weight)
         if problem and chosen:  # the default's choice, from the shape alone: pointer loads take any layout
@@ -57,3 +53,17 @@ def choose_config(config: Config | None, M: int, N: int, K: int, x2: torch.Tenso
         elif problem:
             raise ValueError(f"config: TMA={config.TMA} cannot run here: {problem}")
     return config
+
+
+def _check_paired(config: Config, pair: int, head_dim: int, elem_bytes: int, limit: int | None) -> None:
+    what = "silu_and_mul" if pair == GATED else "rotary"
+    if config.SPLIT_K != 1 or config.TMA:
+        raise ValueError(f"config: {what} is applied in the GEMM's epilogue, which needs SPLIT_K=1 and TMA=0; got "
+                         f"SPLIT_K={config.SPLIT_K}, TMA={config.TMA}")
+    if pair == ROTARY and (head_dim // 2) % config.BLOCK_N:
+        raise ValueError(f"config: with rotary a program's columns lie in one head: BLOCK_N={config.BLOCK_N} must "
+                         f"divide head_dim/2={head_dim // 2}")
+    need = dataclasses.replace(config, BLOCK_N=2 * config.BLOCK_N).smem_bytes(elem_bytes)
+    if limit is not None and need > limit:
+        raise ValueError(f"config: with {what} each stage holds two weight tiles: needs ~{need} bytes of shared "
+                         f"memory, the device allows {limit}")

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels import prepare
-from kernels.config import Config, gated_config
+from kernels.config import Config
+from kernels.paired import gated_config
 from kernels.rms_norm_linear import fused_rms_norm_linear, reference_rms_norm_linear
 from nanovllm.ops.reference import silu_and_mul_reference
 from tests.test_fusion_kernel import DTYPES, REL_TOL, _poison_buffers, make_inputs, rel_err  # noqa: F401
@@ -67,6 +68,6 @@ def test_what_it_refuses(monkeypatch):
     # fp32 on a 64 KiB card: the plain tiles fit (40 KiB), the gate and up tiles do not (72 KiB).
     monkeypatch.setattr(prepare, "device_smem_limit", lambda device: 65536)
     fused_rms_norm_linear(**inputs, config=Config(16, 64, 128, num_stages=1))
-    with pytest.raises(ValueError, match="config: with silu_and_mul each stage holds a gate and an up tile: needs "
+    with pytest.raises(ValueError, match="config: with silu_and_mul each stage holds two weight tiles: needs "
                                          "~73728 bytes of shared memory, the device allows 65536"):
         fused_rms_norm_linear(**inputs, silu_and_mul=True, config=Config(16, 64, 128, num_stages=1))

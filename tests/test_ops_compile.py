@@ -42,13 +42,20 @@ CASES = [
      dict(num_warps=8), {"x_ptr": "*fp32"}),
     ("_rms_norm_linear_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=True, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
                                      EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
-                                     BLOCK_N=128, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=False),
+                                     BLOCK_N=128, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=False,
+                                     ROTARY=False, HALF=1, NUM_Q_HEADS=0, NUM_KV_HEADS=0),
      dict(num_warps=4, num_stages=4)),
-    # The MLP's gate/up site with SiLU-and-mul in the epilogue.
+    # The MLP's gate/up site with SiLU-and-mul in the epilogue, and the QKV site with the rotary and the KV write.
     ("_rms_norm_linear_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
                                      EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
-                                     BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=True),
+                                     BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=True, ROTARY=False,
+                                     HALF=1, NUM_Q_HEADS=0, NUM_KV_HEADS=0),
      dict(num_warps=4, num_stages=3)),
+    ("_rms_norm_linear_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
+                                     EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
+                                     BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=False, ROTARY=True,
+                                     HALF=64, NUM_Q_HEADS=32, NUM_KV_HEADS=32),
+     dict(num_warps=2, num_stages=4)),
     ("_split_k_reduce_kernel", dict(HAS_NORM=True, HAS_BIAS=False, SPLIT_K=4, SS_PARTS=1, WIDE=False, BLOCK_M=16,
                                     BLOCK_N=128), dict(num_warps=4)),
     ("_tma_gemm_kernel", dict(HAS_NORM=True, HAS_BIAS=False, IEEE=False, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64,
@@ -63,7 +70,7 @@ SPILLS_UNCHECKED = {"_rms_norm_linear_kernel"}
 INT32_POINTERS = {"block_tables_ptr", "cu_seqlens_q_ptr", "seq_lens_ptr"}
 INT64_POINTERS = {"slot_ptr", "pos_ptr", "idx_ptr"}
 FP32_POINTERS = {"part_o_ptr", "part_lse_ptr", "cos_sin_ptr", "logits_ptr", "temp_ptr", "noise_ptr", "val_ptr",
-                 "ws_ptr", "ss_ptr"}
+                 "ws_ptr", "ss_ptr", "cs_ptr"}
 GLOBAL_ACCESS = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red\.global|cp\.async|prefetch)",
                            re.MULTILINE)
 # kernels/pdl.py: the GEMMs place the next kernel after their main loop (the last MMA); every other kernel

@@ -7,7 +7,7 @@ from nanovllm.config import Config
 from nanovllm.engine.cuda_graph import DecodeGraphs, decode_arrays, decode_views, logits_bytes
 from nanovllm.engine.sequence import Sequence
 from nanovllm.layers.attention import Attention
-from nanovllm.layers.fused_norm_linear import fuse_norm_linear, fuse_silu
+from nanovllm.layers.fused_norm_linear import fuse_norm_linear, fuse_rotary, fuse_silu
 from nanovllm.layers.sampler import Sampler
 from nanovllm.models import MODEL_REGISTRY
 from nanovllm.utils.context import reset_context, set_context
@@ -68,6 +68,8 @@ class ModelRunner:
             fuse_norm_linear(norm, linear, configs[linear.weight.shape[1], linear.weight.shape[0]])
         for linear in self.model.gate_up_linears():
             fuse_silu(linear)
+        for linear, head_dim in self.model.rotary_linears():
+            fuse_rotary(linear, head_dim)
         # o_proj and down_proj: the norm-free tuned GEMM where the table's "linear" entries say it beat cuBLAS.
         plain = self.model.plain_linears()
         shapes = sorted({(linear.weight.shape[1], linear.weight.shape[0]) for linear in plain})

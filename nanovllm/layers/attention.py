@@ -29,6 +29,12 @@ class Attention(nn.Module):
         ctx = get_context()
         q = ops.apply_rotary_and_store_kvcache(q, k, v, positions, self.rotary_emb.cos_sin_cache, self.k_cache,
                                                self.v_cache, ctx.slot_mapping)
+        return self.attend(q)
+
+    def attend(self, q: torch.Tensor) -> torch.Tensor:
+        """Attention of q [T, heads, head_dim], rotated, over the cache, which already holds this step's K/V
+        (written by `forward`, or by the fused QKV kernel's epilogue: nanovllm.layers.fused_norm_linear)."""
+        ctx = get_context()
         if ctx.is_prefill:
             return ops.paged_prefill_attention(q, self.k_cache, self.v_cache, ctx.block_tables, ctx.cu_seqlens_q,
                                                ctx.seq_lens, self.scale, self.sliding_window)

@@ -3,12 +3,15 @@ MLP's SiLU-and-mul in its epilogue); and the plain linear before it, whose epilo
 statistics."""
 import torch
 
-from kernels.config import Config, gated_config
+from kernels.config import Config
+from kernels.paired import RotaryKV, gated_config, rotary_config
 from kernels.linear import linear_residual
 from kernels.rms_norm_linear import fold_norm_weight, fused_rms_norm_linear
 from nanovllm.layers.activation import SiluAndMul
+from nanovllm.layers.attention import Attention
 from nanovllm.layers.layernorm import RMSNorm
 from nanovllm.layers.linear import Linear, triton_runs
+from nanovllm.utils.context import get_context
 
 
 def fuse_norm_linear(norm: RMSNorm, linear: Linear, configs: list[Config | None]) -> None:
@@ -26,6 +29,13 @@ def fuse_silu(linear: Linear) -> None:
     """For the MLP's stacked gate/up projection, after `fuse_norm_linear`: where its config can apply SiLU-and-mul
     in the epilogue (kernels.config.gated_config), `norm_linear_silu` runs one kernel for norm, GEMM and activation."""
     linear.gated_configs = [gated_config(c) if c is not None else None for c in linear.norm_configs]
+
+
+def fuse_rotary(linear: Linear, head_dim: int) -> None:
+    """For the attention's stacked QKV projection, after `fuse_norm_linear` (not where q and k are normalized
+    before the rotary embedding, as in Qwen3): where its config can rotate and write the KV cache in the epilogue
+    (kernels.paired.rotary_config), `norm_linear_rotary` runs one kernel for norm, GEMM, rotary and cache write."""
+    linear.rotary_configs = [rotary_config(c, head_dim) if c is not None else None for c in linear.norm_configs]
 
 
 def linear_add_residual(linear: Linear, x: torch.Tensor,
@@ -69,12 +79,24 @@ def norm_linear_silu(norm: RMSNorm, linear: Linear, act: SiluAndMul, x: torch.Te
     return _fused(norm, linear, x, residual, sumsq, config, gated=True)
 
 
+def norm_linear_rotary(norm: RMSNorm, linear: Linear, attn: Attention, positions: torch.Tensor, x: torch.Tensor,
+                       residual: torch.Tensor | None, sumsq: torch.Tensor | None = None):
+    """The attention's input: `norm_linear` of the QKV projection as (qkv, residual, False), or, where
+    `linear.rotary_configs[M]` is set, one kernel that also rotates q and k and writes k and v into `attn`'s KV
+    cache: (q [M, heads, head_dim], residual, True), for `attn.attend`."""
+    config = linear.rotary_configs[x.shape[0]] if linear.rotary_configs is not None else None
+    if config is None or not triton_runs(x):
+        return *norm_linear(norm, linear, x, residual, sumsq), False
+    ctx = get_context()
+    rotary = RotaryKV(positions, attn.rotary_emb.cos_sin_cache, ctx.slot_mapping, attn.k_cache, attn.v_cache,
+                      attn.num_heads)
+    return *_fused(norm, linear, x, residual, sumsq, config, rotary=rotary), True
+
+
 def _fused(norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: torch.Tensor | None, sumsq: torch.Tensor | None,
-           config: Config, gated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+           config: Config, gated: bool = False, rotary: RotaryKV | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    epilogue = dict(silu_and_mul=gated, rotary=rotary, config=config)
     if sumsq is not None:
-        out = fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, row_sumsq=sumsq, silu_and_mul=gated,
-                                    config=config)
-        return out, x
-    out = fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, residual=residual, silu_and_mul=gated,
-                                config=config)
+        return fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, row_sumsq=sumsq, **epilogue), x
+    out = fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, residual=residual, **epilogue)
     return out if residual is not None else (out, x)

@@ -30,6 +30,9 @@ class Linear(nn.Module):
         # Set by fuse_silu on the MLP's gate/up projection: the config of the fused kernel with SiLU-and-mul in its
         # epilogue for each M, None where the activation runs as its own kernel.
         self.gated_configs: list[Config | None] | None = None
+        # Set by fuse_rotary on the attention's QKV projection: the config of the fused kernel with the rotary
+        # embedding and the KV-cache write in its epilogue for each M, None where they run as their own kernel.
+        self.rotary_configs: list[Config | None] | None = None
         # Set by ModelRunner on the plain linears (o_proj, down_proj) that a tuning table's "linear" entries cover:
         # the norm-free tuned GEMM's config for each row count M, None where F.linear (cuBLAS) is faster.
         self.linear_configs: list[Config | None] | None = None

@@ -6,7 +6,7 @@ from transformers import PretrainedConfig
 from nanovllm.layers.activation import SiluAndMul
 from nanovllm.layers.attention import Attention
 from nanovllm.layers.embed_head import LMHead, VocabEmbedding
-from nanovllm.layers.fused_norm_linear import linear_add_residual, norm_linear, norm_linear_silu
+from nanovllm.layers.fused_norm_linear import linear_add_residual, norm_linear_rotary, norm_linear_silu
 from nanovllm.layers.layernorm import RMSNorm
 from nanovllm.layers.linear import Linear, MergedLinear, QKVLinear
 from nanovllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters
@@ -39,14 +39,18 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, residual: torch.Tensor):
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        o = self.attn(positions, q, k, v)
+    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, residual: torch.Tensor, rotated: bool):
+        """rotated: qkv is q alone, rotated, and this step's K/V are in the cache (the fused QKV epilogue)."""
+        if rotated:
+            o = self.attn.attend(qkv)
+        else:
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = q.view(-1, self.num_heads, self.head_dim)
+            k = k.view(-1, self.num_kv_heads, self.head_dim)
+            v = v.view(-1, self.num_kv_heads, self.head_dim)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            o = self.attn(positions, q, k, v)
         return linear_add_residual(self.o_proj, o.view(-1, self.q_size), residual)
 
 
@@ -86,9 +90,10 @@ class LlamaDecoderLayer(nn.Module):
         """The linears no norm feeds, which may run the norm-free tuned GEMM: o_proj and down_proj."""
         return [self.self_attn.o_proj, self.mlp.down_proj]
 
-    def attention_input(self, hidden_states: torch.Tensor, residual: torch.Tensor | None,
+    def attention_input(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None,
                         sumsq: torch.Tensor | None):
-        return norm_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden_states, residual, sumsq)
+        return norm_linear_rotary(self.input_layernorm, self.self_attn.qkv_proj, self.self_attn.attn, positions,
+                                  hidden_states, residual, sumsq)
 
     def mlp_input(self, hidden_states: torch.Tensor, residual: torch.Tensor | None, sumsq: torch.Tensor | None):
         return norm_linear_silu(self.post_attention_layernorm, self.mlp.gate_up_proj, self.mlp.act_fn, hidden_states,
@@ -96,8 +101,8 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None,
                 sumsq: torch.Tensor | None):
-        qkv, residual = self.attention_input(hidden_states, residual, sumsq)
-        hidden_states, residual, sumsq = self.self_attn(positions, qkv, residual)
+        qkv, residual, rotated = self.attention_input(positions, hidden_states, residual, sumsq)
+        hidden_states, residual, sumsq = self.self_attn(positions, qkv, residual, rotated)
         act, residual = self.mlp_input(hidden_states, residual, sumsq)
         return self.mlp(act, residual)
 
@@ -155,6 +160,12 @@ class LlamaForCausalLM(nn.Module):
     def gate_up_linears(self) -> list[Linear]:
         """The stacked gate/up projections, whose SiLU-and-mul the fused kernel can apply in its epilogue."""
         return [layer.mlp.gate_up_proj for layer in self.model.layers]
+
+    def rotary_linears(self) -> list[tuple[Linear, int]]:
+        """The stacked QKV projections, with their head_dim, whose epilogue can rotate q and k and write the KV
+        cache: all but where q and k are normalized before the rotary embedding (Qwen3)."""
+        return [(layer.self_attn.qkv_proj, layer.self_attn.head_dim) for layer in self.model.layers
+                if layer.self_attn.q_norm is None]
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden_states)

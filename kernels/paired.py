@@ -1,0 +1,137 @@
+"""Epilogues of the fused kernel that need two rows of the weight for each output column.
+
+A program then streams, for each of its BLOCK_N columns, a row and its pair, into two accumulators:
+- GATED, the MLP's stacked [gate; up] site: gate row n and up row n + I; it stores silu(gate) * up, and the
+  [M, 2I] projection never reaches memory (the SiLU-and-mul kernel is gone).
+- ROTARY, the attention's stacked [q; k; v] site: in each head, row j and row j + D/2, the halves that the
+  Neox-style rotary embedding mixes. It rotates q and k by each token's position and stores q to the output
+  and k and v straight into the paged KV cache (the rotary + KV-write kernel is gone). A program's columns lie in
+  one head, so BLOCK_N must divide D/2.
+`gated_config` and `rotary_config` map a config tuned for the plain stacked product onto these forms: half the
+BLOCK_N, so that a program streams the same weight rows and the grid keeps its size.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.checks import check_like
+from kernels.config import Config
+
+PLAIN, GATED, ROTARY = 0, 1, 2
+_MIN_BLOCK = 16  # tl.dot's smallest tile dimension
+
+
+@dataclass(frozen=True)
+class RotaryKV:
+    """Where the ROTARY epilogue puts q, k and v, as ops.apply_rotary_and_store_kvcache takes them: positions and
+    slot_mapping [M] (slot -1: leave the cache alone), the float32 cos | sin table [max_position, D], the caches
+    [num_blocks, block_size, num_kv_heads, D] in the activation dtype, and the number of query heads."""
+    positions: torch.Tensor
+    cos_sin_cache: torch.Tensor
+    slot_mapping: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    num_q_heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.cos_sin_cache.shape[1]
+
+    def check(self, x2: torch.Tensor, weight: torch.Tensor) -> None:
+        """Raise naming the argument that does not fit an (M, K) input and its stacked [q; k; v] weight."""
+        M, D = x2.shape[0], self.head_dim
+        if D % 2 or (D // 2) % _MIN_BLOCK:
+            raise ValueError(f"rotary.cos_sin_cache: head_dim/2 must be a multiple of {_MIN_BLOCK}, got head_dim={D}")
+        for name in ("k_cache", "v_cache"):
+            cache = getattr(self, name)
+            if cache.dim() != 4 or cache.shape[-1] != D or cache.stride(-1) != 1:
+                raise ValueError(f"rotary.{name}: expected [num_blocks, block_size, num_kv_heads, {D}], head_dim "
+                                 f"innermost, got {tuple(cache.shape)}")
+            check_like(f"rotary.{name}", cache, tuple(self.k_cache.shape), x2.dtype, x2)
+        if self.k_cache.stride() != self.v_cache.stride() or \
+                self.k_cache.stride(0) != self.k_cache.shape[1] * self.k_cache.stride(1):
+            raise ValueError("rotary.k_cache, v_cache: expected the same layout, blocks laid out contiguously")
+        rows = (self.num_q_heads + 2 * self.k_cache.shape[2]) * D
+        if weight.shape[0] != rows:
+            raise ValueError(f"weight: expected the stacked [q; k; v] rows, (num_q_heads + 2 x num_kv_heads) x "
+                             f"head_dim = {rows}, got {weight.shape[0]}")
+        for name in ("positions", "slot_mapping"):
+            t = getattr(self, name)
+            if t.shape != (M,) or t.dtype not in (torch.int32, torch.int64) or t.device != x2.device:
+                raise ValueError(f"rotary.{name}: expected an int32/int64 tensor of shape ({M},) on {x2.device}, "
+                                 f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+        if self.cos_sin_cache.dtype != torch.float32 or self.cos_sin_cache.device != x2.device:
+            raise ValueError(f"rotary.cos_sin_cache: expected float32 on {x2.device}")
+
+
+def gated_config(config: Config) -> Config | None:
+    """The GATED form of a config tuned for the stacked [gate; up] product; None where the epilogue cannot apply
+    the activation: split-K, TMA, or a BLOCK_N that would halve below 16."""
+    if config.SPLIT_K != 1 or config.TMA or config.BLOCK_N < 2 * _MIN_BLOCK:
+        return None
+    return dataclasses.replace(config, BLOCK_N=config.BLOCK_N // 2)
+
+
+def rotary_config(config: Config, head_dim: int) -> Config | None:
+    """The ROTARY form of a config tuned for the stacked [q; k; v] product: half the BLOCK_N, or less where that
+    does not divide head_dim/2; None where no BLOCK_N of at least 16 does, or for split-K and TMA configs."""
+    half = head_dim // 2
+    block_n = config.BLOCK_N // 2
+    while block_n >= _MIN_BLOCK and half % block_n:
+        block_n //= 2
+    if config.SPLIT_K != 1 or config.TMA or block_n < _MIN_BLOCK or head_dim % 2:
+        return None
+    return dataclasses.replace(config, BLOCK_N=block_n)
+
+
+@triton.jit
+def silu_and_mul(gate, up, dtype: tl.constexpr):
+    """silu(gate) * up from fp32 accumulators, rounded where the separate GEMM and SiLU-and-mul kernel round:
+    the GEMM's output, then silu(gate) (as HF does), then the product."""
+    gate = gate.to(dtype).to(tl.float32)
+    up = up.to(dtype).to(tl.float32)
+    act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    return (act * up).to(dtype)
+
+
+@triton.jit
+def rotary_store(x1, x2, offs_m, mask_m, j, head, out_ptr, stride_om, pos_ptr, cs_ptr, stride_cs, slot_ptr,
+                 kc_ptr, vc_ptr, stride_cslot, stride_ch,
+                 HALF: tl.constexpr, NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr):
+    """x1, x2: fp32 tiles [BLOCK_M, BLOCK_N] of columns j and j + HALF of `head` in the stacked [q; k; v] output.
+    Rounds as ops.apply_rotary_and_store_kvcache does after the separate GEMM: its output, cos and sin, each
+    product, the result."""
+    dtype = out_ptr.dtype.element_ty
+    x1 = x1.to(dtype).to(tl.float32)
+    x2 = x2.to(dtype).to(tl.float32)
+    if head < NUM_Q_HEADS + NUM_KV_HEADS:  # q or k: rotate by each token's position
+        pos = tl.load(pos_ptr + offs_m, mask=mask_m, other=0).to(tl.int64)
+        cs = cs_ptr + pos[:, None] * stride_cs + j[None, :]
+        cos = tl.load(cs, mask=mask_m[:, None]).to(dtype).to(tl.float32)
+        sin = tl.load(cs + HALF, mask=mask_m[:, None]).to(dtype).to(tl.float32)
+        o1 = (x1 * cos).to(dtype).to(tl.float32) - (x2 * sin).to(dtype).to(tl.float32)
+        o2 = (x2 * cos).to(dtype).to(tl.float32) + (x1 * sin).to(dtype).to(tl.float32)
+    else:
+        o1 = x1
+        o2 = x2
+    if head < NUM_Q_HEADS:
+        dst = out_ptr + offs_m[:, None] * stride_om + head * (2 * HALF) + j[None, :]
+        tl.store(dst, o1.to(dtype), mask=mask_m[:, None])
+        tl.store(dst + HALF, o2.to(dtype), mask=mask_m[:, None])
+    else:
+        # Padded tokens of a captured CUDA graph carry slot -1 and leave the cache alone.
+        slot = tl.load(slot_ptr + offs_m, mask=mask_m, other=-1).to(tl.int64)
+        mask = (slot >= 0)[:, None]
+        kv_head = head - NUM_Q_HEADS
+        cache = kc_ptr
+        if kv_head >= NUM_KV_HEADS:
+            kv_head -= NUM_KV_HEADS
+            cache = vc_ptr
+        dst = cache + slot[:, None] * stride_cslot + kv_head * stride_ch + j[None, :]
+        tl.store(dst, o1.to(dtype), mask=mask)
+        tl.store(dst + HALF, o2.to(dtype), mask=mask)
