@@ -24,6 +24,7 @@ from kernels.config import Config
 
 PLAIN, GATED, ROTARY = 0, 1, 2
 _MIN_BLOCK = 16  # tl.dot's smallest tile dimension
+_MIN_ROTARY_BLOCK_N = 32
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,14 @@ def gated_config(config: Config) -> Config | None:
 
 def rotary_config(config: Config, head_dim: int) -> Config | None:
     """The ROTARY form of a config tuned for the stacked [q; k; v] product: half the BLOCK_N, or less where that
-    does not divide head_dim/2; None where no BLOCK_N of at least 16 does, or for split-K and TMA configs."""
+    does not divide head_dim/2; None for split-K and TMA configs, and where no BLOCK_N of at least 32 divides it.
+    At 16 columns a program's two dots and its rotation no longer pay: llama-7b's M = 16 config (BLOCK_N = 32,
+    halved to 16) took batch-16 decode from 1.078x to 1.025x its baseline on an H200 (docs/PERF_NOTES.md)."""
     half = head_dim // 2
     block_n = config.BLOCK_N // 2
-    while block_n >= _MIN_BLOCK and half % block_n:
+    while block_n >= _MIN_ROTARY_BLOCK_N and half % block_n:
         block_n //= 2
-    if config.SPLIT_K != 1 or config.TMA or block_n < _MIN_BLOCK or head_dim % 2:
+    if config.SPLIT_K != 1 or config.TMA or block_n < _MIN_ROTARY_BLOCK_N or head_dim % 2:
         return None
     return dataclasses.replace(config, BLOCK_N=block_n)
 

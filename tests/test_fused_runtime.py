@@ -205,9 +205,9 @@ def test_tma_configs_fall_back_to_the_default_on_a_gpu_without_tma(tmp_path, mon
 
 
 def test_rotary_and_kv_write_in_the_qkv_epilogue_give_the_same_tokens(tmp_path, monkeypatch):
-    """A Llama with head_dim 32 (the tiny models' 16 is below the epilogue's smallest tile): the fused QKV site
+    """A Llama with head_dim 64 (the tiny models' 16 is below the epilogue's smallest tile): the fused QKV site
     rotates q and k and writes the cache itself, prefill and decode, and the tokens stay HF's."""
-    config = transformers.LlamaConfig(**{**COMMON, "num_attention_heads": 2, "num_key_value_heads": 1}, head_dim=32)
+    config = transformers.LlamaConfig(**{**COMMON, "num_attention_heads": 2, "num_key_value_heads": 1}, head_dim=64)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -223,7 +223,7 @@ def test_rotary_and_kv_write_in_the_qkv_epilogue_give_the_same_tokens(tmp_path, 
     fused = fnl.fused_rms_norm_linear
     monkeypatch.setattr(fnl, "fused_rms_norm_linear",
                         lambda *a, **kw: rotated.append(kw["rotary"] is not None) or fused(*a, **kw))
-    # q: 2 x 32, k and v: 1 x 32 -> the QKV site is (K, N) = (64, 128), which the interpreter's table covers.
+    # q: 2 x 64, k and v: 1 x 64 -> the QKV site is (K, N) = (64, 256), which the interpreter's table covers.
     llm = engine(str(tmp_path), tuning_table=write(table([entry(64, n, {1: INTERPRETER_CONFIG}) for n in (128, 256)]),
                                                    tmp_path / "t.json"), enforce_eager=True, max_num_batched_tokens=16)
     assert llm.model_runner.model.model.layers[0].self_attn.qkv_proj.rotary_configs[1] is not None

@@ -13,11 +13,11 @@ from nanovllm.ops.reference import apply_rotary_and_store_kvcache_reference
 from tests.conftest import DEVICE
 from tests.test_fusion_kernel import DTYPES, REL_TOL, _poison_buffers, make_inputs  # noqa: F401
 
-HQ, HKV, D, K = 4, 2, 32, 64
+HQ, HKV, D, K = 4, 2, 64, 64
 STACKED = [  # configs as tuned for the stacked [q; k; v] product
-    Config(16, 32, 64, num_warps=2, num_stages=2, GROUP_M=1),
-    Config(16, 64, 32, num_warps=4, num_stages=3, GROUP_M=4, SUMSQ_IN_LOOP=1),
-    Config(32, 256, 64, num_warps=4, num_stages=1, GROUP_M=1),  # halves to 128, then to 16 to fit head_dim/2
+    Config(16, 64, 64, num_warps=2, num_stages=2, GROUP_M=1),
+    Config(16, 128, 32, num_warps=4, num_stages=3, GROUP_M=4, SUMSQ_IN_LOOP=1),
+    Config(32, 256, 64, num_warps=4, num_stages=1, GROUP_M=1),  # halves to 128, then to 32 to fit head_dim/2
 ]
 
 
@@ -76,8 +76,9 @@ def test_default_config_and_precomputed_statistics(dtype):
 
 def test_rotary_config_keeps_programs_inside_a_head():
     assert rotary_config(Config(16, 64, 128), 128) == Config(16, 32, 128)
-    assert rotary_config(Config(16, 256, 64), 32) == Config(16, 16, 64)  # 128 does not divide 16
-    assert rotary_config(Config(16, 64, 128), 16) is None  # head_dim/2 = 8: no BLOCK_N >= 16 divides it
+    assert rotary_config(Config(16, 256, 64), 64) == Config(16, 32, 64)  # 128 does not divide 32
+    assert rotary_config(Config(16, 32, 128), 128) is None  # 16 columns: slower than the separate kernel
+    assert rotary_config(Config(16, 64, 128), 32) is None  # head_dim/2 = 16: no BLOCK_N >= 32 divides it
     assert rotary_config(Config(16, 64, 128, SPLIT_K=2), 128) is None
     assert rotary_config(Config(16, 64, 64, TMA=1), 128) is None
 
@@ -85,11 +86,11 @@ def test_rotary_config_keeps_programs_inside_a_head():
 def test_what_it_refuses():
     inputs = make_inputs(4, K, (HQ + 2 * HKV) * D, torch.float32)
     rotary = make_rotary(4, torch.float32)
-    with pytest.raises(ValueError, match="config: with rotary a program's columns lie in one head: BLOCK_N=32"):
-        fused_rms_norm_linear(**inputs, rotary=rotary, config=Config(16, 32, 64))
+    with pytest.raises(ValueError, match="config: with rotary a program's columns lie in one head: BLOCK_N=64"):
+        fused_rms_norm_linear(**inputs, rotary=rotary, config=Config(16, 64, 64))
     with pytest.raises(ValueError, match="config: rotary is applied in the GEMM's epilogue, which needs SPLIT_K=1"):
         fused_rms_norm_linear(**inputs, rotary=rotary, config=Config(16, 16, 32, SPLIT_K=2))
-    with pytest.raises(ValueError, match=r"weight: expected the stacked \[q; k; v\] rows, .* = 256, got 240"):
+    with pytest.raises(ValueError, match=r"weight: expected the stacked \[q; k; v\] rows, .* = 512, got 240"):
         fused_rms_norm_linear(inputs["x"], inputs["weight"][:240], rotary=rotary)
     with pytest.raises(ValueError, match="silu_and_mul and rotary: expected at most one epilogue"):
         fused_rms_norm_linear(**inputs, rotary=rotary, silu_and_mul=True)

@@ -4,8 +4,8 @@ statistics."""
 import torch
 
 from kernels.config import Config
-from kernels.paired import RotaryKV, gated_config, rotary_config
 from kernels.linear import linear_residual
+from kernels.paired import RotaryKV, gated_config, rotary_config
 from kernels.rms_norm_linear import fold_norm_weight, fused_rms_norm_linear
 from nanovllm.layers.activation import SiluAndMul
 from nanovllm.layers.attention import Attention
