@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 
 import optuna
 from optuna.trial import TrialState
@@ -47,13 +48,38 @@ def enqueue_grid(study: optuna.Study, axes: dict[str, list[int]], feasible: list
         study.enqueue_trial(params)
 
 
+# A trial's whole config, written in one storage call once its worker has chosen it: Optuna stores a sampled
+# trial's params one suggest at a time, so a concurrent worker could otherwise see half a config.
+CONFIG_ATTR = "config"
+
+
+def chosen_config(t: optuna.trial.FrozenTrial) -> dict | None:
+    """The config a trial runs, or None while its worker is still choosing it (or it is an old trial that never
+    recorded one and has not finished)."""
+    return (t.system_attrs.get("fixed_params") or t.user_attrs.get(CONFIG_ATTR)
+            or (t.params if t.state.is_finished() else None))
+
+
+def settled_trials(study: optuna.Study, number: int, timeout_s: float = 10.0) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials once every running trial numbered below `number` has recorded its config (a worker
+    takes milliseconds between ask and record), or as they are after timeout_s (a worker that died there)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        choosing = [t for t in trials if t.number < number and t.state == TrialState.RUNNING
+                    and chosen_config(t) is None and not failed_by_heartbeat(t)]
+        if not choosing or time.monotonic() > deadline:
+            return trials
+        time.sleep(0.01)
+
+
 def duplicate_of(config: Config, trials: list[optuna.trial.FrozenTrial], number: int) -> str | None:
-    """The earlier trial with the same config, if any; a concurrent worker's trial counts as soon as it is
-    asked (enqueued trials carry their params from the start), and the later of two duplicates yields."""
+    """The earlier trial with the same config, if any; a concurrent worker's trial counts as soon as it has
+    chosen its config (`settled_trials` waits for that), and the later of two duplicates yields."""
     for t in trials:
         if t.number >= number or t.state in (TrialState.PRUNED, TrialState.WAITING) or failed_by_heartbeat(t):
             continue
-        given = t.params or t.system_attrs.get("fixed_params", {})
+        given = chosen_config(t)
         # A trial stored before an axis existed lacks it: it ran that axis's default, not every value of it.
         if given and dataclasses.replace(Config(), **given) == config:
             return f"duplicate of trial {t.number}"

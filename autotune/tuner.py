@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from autotune.compile_pool import CompilePool
 from autotune.device import GpuInfo
-from autotune.enqueue import duplicate_of, enqueue_grid, enqueue_warm_starts
+from autotune.enqueue import CONFIG_ATTR, duplicate_of, enqueue_grid, enqueue_warm_starts, settled_trials
 from autotune.heartbeat import Heartbeat, fail_stale_trials, failed_by_heartbeat, reclaim_orphans
 from autotune.interrupt import DeferredInterrupt
 from autotune.objective import Evaluator, Result
@@ -206,8 +206,9 @@ class Tuner:
         try:
             heartbeat.add(trial._trial_id)
             config = self.space.to_config({k: trial.suggest_categorical(k, v) for k, v in axes.items()})
+            trial.set_user_attr(CONFIG_ATTR, config.to_dict())
             reason = self.space.violation(config, evaluator.problem, evaluator.smem_limit)
-            reason = reason or duplicate_of(config, study.get_trials(deepcopy=False), trial.number)
+            reason = reason or duplicate_of(config, settled_trials(study, trial.number), trial.number)
         except BaseException:
             _tell(study, trial, None)
             raise
