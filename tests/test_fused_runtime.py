@@ -14,7 +14,6 @@ from nanovllm import LLM, SamplingParams
 from nanovllm.engine.sequence import Sequence
 from nanovllm.layers import fused_norm_linear as fnl
 from nanovllm.utils import tuning
-from nanovllm.utils.random_checkpoint import build_tokenizer
 from tests.test_models_hf import COMMON, DEVICE, engine, hf_greedy, make_checkpoint
 from tests.tuning_tables import INTERPRETER_CONFIG, entry, table, write
 
@@ -207,25 +206,16 @@ def test_tma_configs_fall_back_to_the_default_on_a_gpu_without_tma(tmp_path, mon
 def test_rotary_and_kv_write_in_the_qkv_epilogue_give_the_same_tokens(tmp_path, monkeypatch):
     """A Llama with head_dim 64 (the tiny models' 16 is below the epilogue's smallest tile): the fused QKV site
     rotates q and k and writes the cache itself, prefill and decode, and the tokens stay HF's."""
-    config = transformers.LlamaConfig(**{**COMMON, "num_attention_heads": 2, "num_key_value_heads": 1}, head_dim=64)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0, 0.1)
-    model.save_pretrained(tmp_path)
-    build_tokenizer().save_pretrained(tmp_path)
-    expected = [hf_greedy(model.to(DEVICE), p)[:16] for p in prompts()]
+    model = make_checkpoint(tmp_path, transformers.LlamaConfig(
+        **{**COMMON, "num_attention_heads": 2, "num_key_value_heads": 1}, head_dim=64))
+    expected = [hf_greedy(model, p)[:16] for p in prompts()]
     rotated = []
     fused = fnl.fused_rms_norm_linear
     monkeypatch.setattr(fnl, "fused_rms_norm_linear",
                         lambda *a, **kw: rotated.append(kw["rotary"] is not None) or fused(*a, **kw))
-    # q: 2 x 64, k and v: 1 x 64 -> the QKV site is (K, N) = (64, 256), which the interpreter's table covers.
-    llm = engine(str(tmp_path), tuning_table=write(table([entry(64, n, {1: INTERPRETER_CONFIG}) for n in (128, 256)]),
-                                                   tmp_path / "t.json"), enforce_eager=True, max_num_batched_tokens=16)
+    # q: 2 x 64, k and v: 1 x 64: the QKV site is (K, N) = (64, 256), as is the gate/up site.
+    llm = engine(str(tmp_path), tuning_table=write(table([entry(64, 256, {1: INTERPRETER_CONFIG})]), tmp_path / "t.json"),
+                 enforce_eager=True, max_num_batched_tokens=16)
     assert llm.model_runner.model.model.layers[0].self_attn.qkv_proj.rotary_configs[1] is not None
     assert [o["token_ids"] for o in llm.generate(prompts(), GREEDY, use_tqdm=False)] == expected
     # Each forward pass runs two QKV sites (rotary) and two gate/up sites.

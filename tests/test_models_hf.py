@@ -27,9 +27,10 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 MAX_TOKENS = 32
 
 
-def make_checkpoint(path, arch: str):
+def make_checkpoint(path, arch):
+    """arch: a name in CONFIGS, or a transformers config."""
     torch.manual_seed(0)
-    config = CONFIGS[arch]()
+    config = CONFIGS[arch]() if isinstance(arch, str) else arch
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     # Random init leaves most weights tiny; larger weights make the greedy tokens depend on every detail.
     with torch.no_grad():
