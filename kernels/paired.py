@@ -45,6 +45,13 @@ class RotaryKV:
 
     def check(self, x2: torch.Tensor, weight: torch.Tensor) -> None:
         """Raise naming the argument that does not fit an (M, K) input and its stacked [q; k; v] weight."""
+        for name in ("positions", "cos_sin_cache", "slot_mapping", "k_cache", "v_cache"):
+            if not isinstance(getattr(self, name), torch.Tensor):
+                raise TypeError(f"rotary.{name}: expected a torch.Tensor, got {type(getattr(self, name)).__name__}")
+        table = self.cos_sin_cache
+        if table.dim() != 2 or table.dtype != torch.float32 or table.device != x2.device or table.stride(1) != 1:
+            raise ValueError(f"rotary.cos_sin_cache: expected a float32 [max_position, head_dim] table on {x2.device}, "
+                             f"rows contiguous; got {table.dtype} {tuple(table.shape)} on {table.device}")
         M, D = x2.shape[0], self.head_dim
         if D % 2 or (D // 2) % _MIN_BLOCK:
             raise ValueError(f"rotary.cos_sin_cache: head_dim/2 must be a multiple of {_MIN_BLOCK}, got head_dim={D}")
@@ -57,17 +64,20 @@ class RotaryKV:
         if self.k_cache.stride() != self.v_cache.stride() or \
                 self.k_cache.stride(0) != self.k_cache.shape[1] * self.k_cache.stride(1):
             raise ValueError("rotary.k_cache, v_cache: expected the same layout, blocks laid out contiguously")
-        rows = (self.num_q_heads + 2 * self.k_cache.shape[2]) * D
+        num_kv_heads = self.k_cache.shape[2]
+        if self.num_q_heads % num_kv_heads:
+            raise ValueError(f"rotary.num_q_heads: {self.num_q_heads} is not a multiple of the cache's "
+                             f"{num_kv_heads} KV heads")
+        rows = (self.num_q_heads + 2 * num_kv_heads) * D
         if weight.shape[0] != rows:
             raise ValueError(f"weight: expected the stacked [q; k; v] rows, (num_q_heads + 2 x num_kv_heads) x "
                              f"head_dim = {rows}, got {weight.shape[0]}")
         for name in ("positions", "slot_mapping"):
             t = getattr(self, name)
-            if t.shape != (M,) or t.dtype not in (torch.int32, torch.int64) or t.device != x2.device:
-                raise ValueError(f"rotary.{name}: expected an int32/int64 tensor of shape ({M},) on {x2.device}, "
-                                 f"got {t.dtype} {tuple(t.shape)} on {t.device}")
-        if self.cos_sin_cache.dtype != torch.float32 or self.cos_sin_cache.device != x2.device:
-            raise ValueError(f"rotary.cos_sin_cache: expected float32 on {x2.device}")
+            if t.shape != (M,) or t.dtype not in (torch.int32, torch.int64) or t.device != x2.device or \
+                    (M > 1 and t.stride(0) != 1):
+                raise ValueError(f"rotary.{name}: expected a contiguous int32/int64 tensor of shape ({M},) on "
+                                 f"{x2.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
 
 
 def gated_config(config: Config) -> Config | None:

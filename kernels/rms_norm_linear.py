@@ -172,7 +172,7 @@ def fused_rms_norm_linear(
     x2 = x.reshape(-1, K)
     if row_sumsq is not None:
         check_row_sumsq(row_sumsq, x, residual)
-        row_sumsq = row_sumsq.reshape(-1)
+        row_sumsq = row_sumsq.reshape(-1).contiguous()  # read with unit stride
     if silu_and_mul and rotary is not None:
         raise ValueError("silu_and_mul and rotary: expected at most one epilogue")
     if silu_and_mul and N % 2:

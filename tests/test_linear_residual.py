@@ -48,6 +48,10 @@ def test_the_fused_site_after_it_skips_its_statistics(dtype, second):
     out = fused_rms_norm_linear(h, gate_up["weight"], gate_up["bias"], 1e-5, row_sumsq=ss, config=second)
     ref = reference_rms_norm_linear(h, gate_up["weight"], gate_up["bias"], 1e-5)
     assert rel_err(out, ref) < REL_TOL[dtype]
+    # Sums handed over as a strided view are read as the values they hold.
+    strided = torch.stack([ss, ss], dim=-1)[..., 0]
+    again = fused_rms_norm_linear(h, gate_up["weight"], gate_up["bias"], 1e-5, row_sumsq=strided, config=second)
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
     # What the site computes from x + residual itself.
     own, _ = fused_rms_norm_linear(linear(**o_proj, config=Config(16, 32, 64, SPLIT_K=3)), gate_up["weight"],
                                    gate_up["bias"], 1e-5, residual=residual, config=second)

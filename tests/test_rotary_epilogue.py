@@ -94,8 +94,18 @@ def test_what_it_refuses():
         fused_rms_norm_linear(inputs["x"], inputs["weight"][:240], rotary=rotary)
     with pytest.raises(ValueError, match="silu_and_mul and rotary: expected at most one epilogue"):
         fused_rms_norm_linear(**inputs, rotary=rotary, silu_and_mul=True)
-    with pytest.raises(ValueError, match="rotary.slot_mapping: expected an int32/int64 tensor of shape \\(4,\\)"):
+    with pytest.raises(ValueError, match=r"rotary.slot_mapping: expected a contiguous int32/int64 tensor of shape "
+                                         r"\(4,\)"):
         fused_rms_norm_linear(**inputs, rotary=dataclasses.replace(rotary, slot_mapping=rotary.slot_mapping[:3]))
+    strided = torch.stack([rotary.positions, rotary.positions], dim=1)[:, 0]
+    with pytest.raises(ValueError, match="rotary.positions: expected a contiguous int32/int64"):
+        fused_rms_norm_linear(**inputs, rotary=dataclasses.replace(rotary, positions=strided))
+    with pytest.raises(ValueError, match="rotary.cos_sin_cache: expected a float32 \\[max_position, head_dim\\]"):
+        fused_rms_norm_linear(**inputs, rotary=dataclasses.replace(rotary, cos_sin_cache=rotary.cos_sin_cache.t()))
+    with pytest.raises(TypeError, match="rotary.positions: expected a torch.Tensor, got list"):
+        fused_rms_norm_linear(**inputs, rotary=dataclasses.replace(rotary, positions=[0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="rotary.num_q_heads: 3 is not a multiple of the cache's 2 KV heads"):
+        fused_rms_norm_linear(**inputs, rotary=dataclasses.replace(rotary, num_q_heads=3))
     small = dataclasses.replace(rotary, cos_sin_cache=rotary.cos_sin_cache[:, :16])
     with pytest.raises(ValueError, match="head_dim/2 must be a multiple of 16, got head_dim=16"):
         fused_rms_norm_linear(**inputs, rotary=small)

@@ -27,7 +27,7 @@ def fuse_norm_linear(norm: RMSNorm, linear: Linear, configs: list[Config | None]
 
 def fuse_silu(linear: Linear) -> None:
     """For the MLP's stacked gate/up projection, after `fuse_norm_linear`: where its config can apply SiLU-and-mul
-    in the epilogue (kernels.config.gated_config), `norm_linear_silu` runs one kernel for norm, GEMM and activation."""
+    in the epilogue (kernels.paired.gated_config), `norm_linear_silu` runs one kernel for norm, GEMM and activation."""
     linear.gated_configs = [gated_config(c) if c is not None else None for c in linear.norm_configs]
 
 
