@@ -214,8 +214,8 @@ def test_rotary_and_kv_write_in_the_qkv_epilogue_give_the_same_tokens(tmp_path, 
     monkeypatch.setattr(fnl, "fused_rms_norm_linear",
                         lambda *a, **kw: rotated.append(kw["rotary"] is not None) or fused(*a, **kw))
     # q: 2 x 64, k and v: 1 x 64: the QKV site is (K, N) = (64, 256), as is the gate/up site.
-    llm = engine(str(tmp_path), tuning_table=write(table([entry(64, 256, {1: INTERPRETER_CONFIG})]), tmp_path / "t.json"),
-                 enforce_eager=True, max_num_batched_tokens=16)
+    path = write(table([entry(64, 256, {1: INTERPRETER_CONFIG})]), tmp_path / "t.json")
+    llm = engine(str(tmp_path), tuning_table=path, enforce_eager=True, max_num_batched_tokens=16)
     assert llm.model_runner.model.model.layers[0].self_attn.qkv_proj.rotary_configs[1] is not None
     assert [o["token_ids"] for o in llm.generate(prompts(), GREEDY, use_tqdm=False)] == expected
     # Each forward pass runs two QKV sites (rotary) and two gate/up sites.

@@ -23,9 +23,9 @@ REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.float16: 2e-3, torch.
 
 @pytest.fixture(autouse=True)
 def _poison_buffers(monkeypatch):
-    """Every buffer the wrapper allocates starts as NaN, so an unwritten element cannot pass."""
-    monkeypatch.setattr(prepare, "new_buffer", lambda shape, like, dtype: torch.full(shape, float("nan"), device=like.device,
-                                                                             dtype=dtype))
+    """Every buffer the wrappers allocate starts as NaN, so an unwritten element cannot pass."""
+    monkeypatch.setattr(prepare, "new_buffer",
+                        lambda shape, like, dtype: torch.full(shape, float("nan"), device=like.device, dtype=dtype))
 
 
 def make_inputs(M, K, N, dtype, *, bias=False, residual=False, norm_weight=False, lead=()):
