@@ -34,11 +34,15 @@ def check_like(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.
 
 
 def check_row_sumsq(row_sumsq: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None) -> None:
-    """Precomputed row statistics: fp32, one per row of x, and x must already hold the residual."""
+    """Precomputed row statistics: fp32, one per row of x or a stack of partial sums, and x must already hold
+    the residual."""
     if residual is not None:
         raise ValueError("row_sumsq: x already holds the residual when its row statistics are given; "
                          "expected residual=None")
-    check_like("row_sumsq", row_sumsq, tuple(x.shape[:-1]), torch.float32, x)
+    rows = tuple(x.shape[:-1])
+    shape = rows if not isinstance(row_sumsq, torch.Tensor) or row_sumsq.dim() == len(rows) else \
+        (row_sumsq.shape[0], *rows)
+    check_like("row_sumsq", row_sumsq, shape, torch.float32, x)
 
 
 def check_inputs(x, weight, bias, norm_weight, residual) -> None:

@@ -22,9 +22,13 @@ from kernels.checks import check_inputs, check_like
 from kernels.config import Config
 from kernels.pdl import pdl_launch_args
 from kernels.rms_norm_linear import launch, main_loop
-from kernels.row_stats import launch_row_stats
+from kernels.row_stats import launch_row_stats, row_chunks
 
 __all__ = ["linear", "linear_residual"]
+
+# Columns a program of the row statistics sums after a plain linear: 4 programs a row of a 4096-wide model, whose
+# loads overlap where one program a row would issue them in turn.
+RESIDUAL_CHUNK = 1024
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -39,8 +43,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor, *,
                     config: Config | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, row_sumsq): h = (x @ weight.T + bias) + residual, rounded as F.linear and the add round it, and the
-    fp32 sum of squares of each row of h (shape x.shape[:-1]), which `fused_rms_norm_linear(h, ...,
-    row_sumsq=...)` takes instead of computing it."""
+    fp32 sums of squares of h's rows as partial sums over chunks of RESIDUAL_CHUNK columns, (chunks,
+    *x.shape[:-1]), which `fused_rms_norm_linear(h, ..., row_sumsq=...)` takes instead of computing them."""
     check_inputs(x, weight, bias, None, None)
     K, N, lead = x.shape[-1], weight.shape[0], x.shape[:-1]
     check_like("residual", residual, (*lead, N), x.dtype, x)
@@ -50,12 +54,13 @@ def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     bias = bias.contiguous() if bias is not None else None  # indexed with unit stride
     # With one split the GEMM writes its output into h, and the row statistics add the residual in place.
     h = prepare.new_buffer((M, N), x2, x2.dtype)
-    ss = prepare.new_buffer((M,), x2, torch.float32)
-    if M > 0:
-        wide = prepare.is_wide(config.SPLIT_K * M * N, x2, weight, h, r2)
-        pdl = pdl_launch_args(x2.device)
-        with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
-            y = main_loop(x2, weight, bias, h, h, ss, config, eps=0.0, norm_weight=None, residual=None,
-                          has_norm=False, in_loop=False, wide=wide, pdl=pdl)
-            launch_row_stats(y, h, ss, residual=r2, bias=bias if config.SPLIT_K > 1 else None, wide=wide, pdl=pdl)
-    return h.reshape(*lead, N), ss.reshape(lead)
+    if M == 0:
+        return h.reshape(*lead, N), prepare.new_buffer((row_chunks(N, RESIDUAL_CHUNK), *lead), x2, torch.float32)
+    wide = prepare.is_wide(config.SPLIT_K * M * N, x2, weight, h, r2)
+    pdl = pdl_launch_args(x2.device)
+    with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
+        y = main_loop(x2, weight, bias, h, h, h, config, eps=0.0, norm_weight=None, residual=None,
+                      has_norm=False, in_loop=False, wide=wide, pdl=pdl)
+        ss = launch_row_stats(y, h, residual=r2, bias=bias if config.SPLIT_K > 1 else None, wide=wide, pdl=pdl,
+                              chunk=RESIDUAL_CHUNK)
+    return h.reshape(*lead, N), ss.reshape(-1, *lead)

@@ -5,8 +5,8 @@ epilogue, before the bias. Where the fp32 sum of squares comes from is a tunable
 - 1: accumulated inside the GEMM's K loop from the A tiles the product reads (one launch);
 - 0: a row-statistics kernel (kernels/row_stats.py) reads each row once (adding the residual and writing h on
   the way) and the K loop is a plain GEMM; where the plain linear before the site computed those statistics
-  in its own epilogue (row_sumsq), nothing runs before the GEMM. Triton 3.6 cannot software-pipeline an A tile that also
-  feeds a reduction, so this is often the faster of the two (docs/PERF_NOTES.md has the figures).
+  in its own epilogue (row_sumsq), nothing runs before the GEMM. Triton 3.6 cannot software-pipeline an A tile
+  that also feeds a reduction, so this is often the faster of the two (docs/PERF_NOTES.md has the figures).
 With SPLIT_K > 1 each split writes its partial product (and partial sum of squares) to an fp32
 workspace, and a small second kernel (kernels/split_k.py) reduces them, scales and adds the bias.
 HAS_NORM=False (kernels/linear.py) compiles the same kernels as a plain tuned GEMM, x @ W.T + b: no row
@@ -45,9 +45,10 @@ def _rms_norm_linear_kernel(
     EVEN_K: tl.constexpr, IEEE: tl.constexpr, SUMSQ_IN_LOOP: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, GATED: tl.constexpr, ROTARY: tl.constexpr, HALF: tl.constexpr,
-    NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, USE_PDL: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, SS_PARTS: tl.constexpr, USE_PDL: tl.constexpr,
 ):
-    """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds each row's sum of squares.
+    """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds SS_PARTS rows of M partial sums of
+    squares (kernels/row_stats.py).
     HAS_NORM=False (then SUMSQ_IN_LOOP=0): a plain GEMM, ss_ptr unused.
     GATED or ROTARY (kernels/paired.py; then SPLIT_K=1): N counts column pairs, and a program also streams the
     paired rows of its columns (pos_ptr .. stride_ch and HALF .. NUM_KV_HEADS: ROTARY only)."""
@@ -115,7 +116,8 @@ def _rms_norm_linear_kernel(
     # Constexpr branches: with HAS_NORM=True the kernel compiles to exactly what it was before the flag.
     if HAS_NORM:
         if not SUMSQ_IN_LOOP:
-            sumsq = tl.load(ss_ptr + offs_m, mask=mask_m, other=0.0)
+            for s in tl.static_range(SS_PARTS):
+                sumsq += tl.load(ss_ptr + s * M + offs_m, mask=mask_m, other=0.0)
     if SPLIT_K == 1:
         if HAS_NORM:
             rstd = 1.0 / tl.sqrt(sumsq / K + eps)
@@ -157,8 +159,9 @@ def fused_rms_norm_linear(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """rmsnorm(x [+ residual]) @ weight.T + bias; with `residual`, returns (out, x + residual).
 
-    row_sumsq: x's rows' fp32 sums of squares, already computed (kernels/linear.py `linear_residual` returns
-    them with x): the kernel then skips its row-statistics prologue. Not with `residual`.
+    row_sumsq: x's rows' fp32 sums of squares, x.shape[:-1], or partial sums to add, (parts, *x.shape[:-1]),
+    already computed (kernels/linear.py `linear_residual` returns them with x): the kernel then skips its
+    row-statistics prologue. Not with `residual`.
     silu_and_mul: weight (and bias) stack [gate; up], 2I rows; out is silu(gate) * up, (..., I).
     rotary: weight stacks [q; k; v] heads; out is q (..., num_q_heads, head_dim) rotated by the positions, and k
     (rotated) and v go into the KV cache instead (kernels/paired.py).
@@ -172,7 +175,7 @@ def fused_rms_norm_linear(
     x2 = x.reshape(-1, K)
     if row_sumsq is not None:
         check_row_sumsq(row_sumsq, x, residual)
-        row_sumsq = row_sumsq.reshape(-1).contiguous()  # read with unit stride
+        row_sumsq = row_sumsq.reshape(-1, x2.shape[0]).contiguous()  # (parts, M), read with unit stride
     if silu_and_mul and rotary is not None:
         raise ValueError("silu_and_mul and rotary: expected at most one epilogue")
     if silu_and_mul and N % 2:
@@ -208,11 +211,12 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
         return out, h
     in_loop = bool(config.SUMSQ_IN_LOOP) and row_sumsq is None
     split = config.SPLIT_K
-    # Without the norm there are no row statistics: `out` only fills the unused pointer argument.
+    # Without the norm there are no row statistics: `out` only fills the unused pointer argument. The prologue's
+    # statistics are allocated where it runs.
     if row_sumsq is not None:
         ss = row_sumsq
-    elif has_norm and (split > 1 or not in_loop):
-        ss = prepare.new_buffer((split if in_loop else 1, M), x2, torch.float32)
+    elif has_norm and in_loop and split > 1:
+        ss = prepare.new_buffer((split, M), x2, torch.float32)
     else:
         ss = out
     caches = [rotary.k_cache, rotary.v_cache] if rotary is not None else []
@@ -222,14 +226,14 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
     with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
         a = x2
         if has_norm and not in_loop and row_sumsq is None:
-            launch_row_stats(x2, h, ss, residual=residual, bias=None, wide=wide, pdl=pdl)
+            ss = launch_row_stats(x2, h, residual=residual, bias=None, wide=wide, pdl=pdl)
             a = h if residual is not None else x2
         ws = main_loop(a, weight, bias, out, h, ss, config, eps=eps, norm_weight=norm_weight,
                        residual=residual if in_loop else None, has_norm=has_norm, in_loop=in_loop, wide=wide, pdl=pdl,
                        pair=pair, rotary=rotary)
         if split > 1:
-            launch_split_k_reduce(ws, ss, bias, out, K, eps, has_norm=has_norm, ss_parts=split if in_loop else 1,
-                                  wide=wide, pdl=pdl)
+            launch_split_k_reduce(ws, ss, bias, out, K, eps, has_norm=has_norm,
+                                  ss_parts=split if in_loop else ss.shape[0], wide=wide, pdl=pdl)
     return out, h
 
 
@@ -242,7 +246,8 @@ def main_loop(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     M, K = a.shape
     N = weight.shape[0] // 2 if pair != PLAIN else weight.shape[0]  # columns, or column pairs
     if config.TMA:
-        launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(a.device), has_norm=has_norm, pdl=pdl)
+        launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(a.device), has_norm=has_norm, pdl=pdl,
+                        ss_parts=ss.shape[0] if has_norm else 1)
         return out
     split = config.SPLIT_K
     ws = prepare.new_buffer((split, M, N), a, torch.float32) if split > 1 else out
@@ -265,6 +270,7 @@ def main_loop(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         HALF=rotary.head_dim // 2 if rotary is not None else 1,
         NUM_Q_HEADS=rotary.num_q_heads if rotary is not None else 0,
         NUM_KV_HEADS=rotary.k_cache.shape[2] if rotary is not None else 0,
+        SS_PARTS=ss.shape[0] if has_norm and not in_loop else 1,
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl,
     )
     return ws

@@ -26,7 +26,7 @@ _TMA_ALIGN = 16  # bytes: TMA needs 16-byte aligned base addresses and row strid
 def _tma_gemm_kernel(a_desc, w_desc, o_desc, ss_ptr, b_ptr, M, N, K, eps,
                      HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SUBTILE: tl.constexpr,
-                     USE_PDL: tl.constexpr):
+                     SS_PARTS: tl.constexpr, USE_PDL: tl.constexpr):
     pdl_wait_first(USE_PDL)
     start = tl.program_id(0)
     # Read from the grid, not passed in: an int argument would be specialized (== 1, % 16), and the compile
@@ -53,7 +53,9 @@ def _tma_gemm_kernel(a_desc, w_desc, o_desc, ss_ptr, b_ptr, M, N, K, eps,
         pid_m, pid_n = grouped_tile(tile_e, num_pid_m, num_pid_n, GROUP_M)
         if HAS_NORM:  # constexpr: False is the plain GEMM of kernels/linear.py, ss_ptr unused
             offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-            sumsq = tl.load(ss_ptr + offs_m, mask=offs_m < M, other=0.0)
+            sumsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            for s in tl.static_range(SS_PARTS):  # partial sums of squares (kernels/row_stats.py)
+                sumsq += tl.load(ss_ptr + s * M + offs_m, mask=offs_m < M, other=0.0)
             acc = acc * (1.0 / tl.sqrt(sumsq / K + eps))[:, None]
         if HAS_BIAS:
             offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -92,8 +94,9 @@ def tma_problem(x2: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
 
 def launch_tma_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, ss: torch.Tensor,
                     bias: torch.Tensor | None, eps: float, config: Config, num_sms: int,
-                    *, has_norm: bool, pdl: dict) -> None:
-    """out = (a @ weight.T) [* 1/RMS from ss when has_norm] + bias, through TMA descriptors.
+                    *, has_norm: bool, pdl: dict, ss_parts: int = 1) -> None:
+    """out = (a @ weight.T) [* 1/RMS from ss, ss_parts rows of partial sums, when has_norm] + bias, through TMA
+    descriptors.
     pdl: kernels.pdl.pdl_launch_args of the device (computed once by the caller)."""
     M, K = a.shape
     N = weight.shape[0]
@@ -107,4 +110,4 @@ def launch_tma_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, ss
         a_desc, w_desc, o_desc, ss, bias if bias is not None else ss, M, N, K, float(eps),
         HAS_NORM=has_norm, HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32, BLOCK_M=config.BLOCK_M,
         BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SUBTILE=subtile,
-        num_warps=config.num_warps, num_stages=config.num_stages, **pdl)
+        SS_PARTS=ss_parts, num_warps=config.num_warps, num_stages=config.num_stages, **pdl)
