@@ -1,6 +1,6 @@
 """An RMSNorm and the linear layer it feeds, run as one fused kernel once the norm's gain is in the weight (with the
-MLP's SiLU-and-mul in its epilogue); and the plain linear before it, whose epilogue hands that norm its row
-statistics."""
+MLP's SiLU-and-mul, or the attention's rotary embedding and KV-cache write, in its epilogue); and the plain linear
+before it, whose epilogue hands that norm its row statistics."""
 import torch
 
 from kernels.config import Config
@@ -80,7 +80,8 @@ def norm_linear_silu(norm: RMSNorm, linear: Linear, act: SiluAndMul, x: torch.Te
 
 
 def norm_linear_rotary(norm: RMSNorm, linear: Linear, attn: Attention, positions: torch.Tensor, x: torch.Tensor,
-                       residual: torch.Tensor | None, sumsq: torch.Tensor | None = None):
+                       residual: torch.Tensor | None,
+                       sumsq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """The attention's input: `norm_linear` of the QKV projection as (qkv, residual, False), or, where
     `linear.rotary_configs[M]` is set, one kernel that also rotates q and k and writes k and v into `attn`'s KV
     cache: (q [M, heads, head_dim], residual, True), for `attn.attend`."""
