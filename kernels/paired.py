@@ -22,7 +22,6 @@ import triton.language as tl
 from kernels.checks import check_like
 from kernels.config import Config
 
-PLAIN, GATED, ROTARY = 0, 1, 2
 _MIN_BLOCK = 16  # tl.dot's smallest tile dimension
 _MIN_ROTARY_BLOCK_N = 32
 

@@ -23,7 +23,7 @@ import triton.language as tl
 from kernels import prepare
 from kernels.checks import check_inputs, check_row_sumsq
 from kernels.config import Config, sm_count
-from kernels.paired import GATED, PLAIN, ROTARY, RotaryKV, rotary_store, silu_and_mul
+from kernels.paired import RotaryKV, rotary_store, silu_and_mul
 from kernels.pdl import pdl_launch_args, pdl_launch_next, pdl_wait_first
 from kernels.reference import baseline_rms_norm_linear, fold_norm_weight, reference_rms_norm_linear
 from kernels.row_stats import launch_row_stats
@@ -182,26 +182,25 @@ def fused_rms_norm_linear(
         raise ValueError(f"weight: silu_and_mul needs [gate; up] stacked, an even number of rows; got N={N}")
     if rotary is not None:
         rotary.check(x2, weight)
-    pair = GATED if silu_and_mul else ROTARY if rotary is not None else PLAIN
     out, h = launch(x2, weight, bias, config, eps=eps, norm_weight=norm_weight,
                     residual=residual.reshape(-1, K) if residual is not None else None, row_sumsq=row_sumsq,
-                    pair=pair, rotary=rotary)
+                    gated=silu_and_mul, rotary=rotary)
     out = out.reshape(*lead, *((rotary.num_q_heads, rotary.head_dim) if rotary is not None else out.shape[-1:]))
     return (out, h.reshape(*lead, K)) if residual is not None else out
 
 
 def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: Config | None, *,
            eps: float = 1e-6, norm_weight: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-           row_sumsq: torch.Tensor | None = None, has_norm: bool = True, pair: int = PLAIN,
+           row_sumsq: torch.Tensor | None = None, has_norm: bool = True, gated: bool = False,
            rotary: RotaryKV | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The launch code of both wrappers (inputs already checked, 2-D): picks or validates the config, allocates,
     launches. Returns (out, h); h is out itself without a residual. has_norm=False: x2 @ weight.T + bias.
-    pair: PLAIN, or the GATED or ROTARY epilogue of kernels/paired.py (with `rotary`)."""
+    gated, rotary: the GATED or ROTARY epilogue of kernels/paired.py."""
     M, K = x2.shape
     config = prepare.choose_config(config, M, weight.shape[0], K, x2, weight, residual, norm_weight, has_norm,
-                                   pair, rotary.head_dim if rotary is not None else 0)
+                                   gated, rotary.head_dim if rotary is not None else None)
     rows = weight.shape[0]
-    N = rotary.num_q_heads * rotary.head_dim if rotary is not None else rows // 2 if pair == GATED else rows
+    N = rotary.num_q_heads * rotary.head_dim if rotary is not None else rows // 2 if gated else rows
     # The per-column vectors are indexed with unit stride in the kernels; copies only when strided.
     bias = bias.contiguous() if bias is not None else None
     norm_weight = norm_weight.contiguous() if norm_weight is not None else None
@@ -230,7 +229,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
             a = h if residual is not None else x2
         ws = main_loop(a, weight, bias, out, h, ss, config, eps=eps, norm_weight=norm_weight,
                        residual=residual if in_loop else None, has_norm=has_norm, in_loop=in_loop, wide=wide, pdl=pdl,
-                       pair=pair, rotary=rotary)
+                       gated=gated, rotary=rotary)
         if split > 1:
             launch_split_k_reduce(ws, ss, bias, out, K, eps, has_norm=has_norm,
                                   ss_parts=split if in_loop else ss.shape[0], wide=wide, pdl=pdl)
@@ -240,11 +239,11 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
 def main_loop(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, h: torch.Tensor,
               ss: torch.Tensor, config: Config, *, eps: float, norm_weight: torch.Tensor | None,
               residual: torch.Tensor | None, has_norm: bool, in_loop: bool, wide: bool, pdl: dict,
-              pair: int = PLAIN, rotary: RotaryKV | None = None) -> torch.Tensor:
+              gated: bool = False, rotary: RotaryKV | None = None) -> torch.Tensor:
     """Launch the GEMM over a (TMA or pointer loads). With SPLIT_K > 1 it writes fp32 partials to a workspace,
-    returned for the caller's reduce; otherwise the finished `out` (returned too). pair, rotary: see `launch`."""
+    returned for the caller's reduce; otherwise the finished `out` (returned too). gated, rotary: see `launch`."""
     M, K = a.shape
-    N = weight.shape[0] // 2 if pair != PLAIN else weight.shape[0]  # columns, or column pairs
+    N = weight.shape[0] // 2 if gated or rotary is not None else weight.shape[0]  # columns, or column pairs
     if config.TMA:
         launch_tma_gemm(a, weight, out, ss, bias, eps, config, sm_count(a.device), has_norm=has_norm, pdl=pdl,
                         ss_parts=ss.shape[0] if has_norm else 1)
@@ -266,7 +265,7 @@ def main_loop(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         HAS_NORM=has_norm, HAS_RESIDUAL=residual is not None, HAS_NORM_WEIGHT=norm_weight is not None,
         HAS_BIAS=bias is not None, EVEN_K=K % config.BLOCK_K == 0, IEEE=a.dtype == torch.float32,
         SUMSQ_IN_LOOP=in_loop, WIDE=wide, BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N,
-        BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SPLIT_K=split, GATED=pair == GATED, ROTARY=pair == ROTARY,
+        BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M, SPLIT_K=split, GATED=gated, ROTARY=rotary is not None,
         HALF=rotary.head_dim // 2 if rotary is not None else 1,
         NUM_Q_HEADS=rotary.num_q_heads if rotary is not None else 0,
         NUM_KV_HEADS=rotary.k_cache.shape[2] if rotary is not None else 0,
