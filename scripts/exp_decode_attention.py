@@ -4,9 +4,8 @@
 
 Each case is a model's attention at a decode grid point (bf16, block_size 16, shuffled cache blocks). Every
 variant is checked against the reference, then timed as CUDA-graph replays over enough cache copies to overflow
-L2. The variants replace the tile rule and the constants `paged_decode_attention_triton` launches with
-(block_keys, NUM_WARPS, NUM_STAGES) and pass num_splits: half, once and twice the default. "current" is the
-launch's own choice (the default split count and block_keys). GB/s counts the K/V bytes read.
+L2. The variants set the module constants `paged_decode_attention_triton` launches with (BLOCK_N, NUM_WARPS,
+NUM_STAGES) and its num_splits; "split x2" doubles the default split count. GB/s counts the K/V bytes read.
 """
 from __future__ import annotations
 
@@ -53,18 +52,16 @@ def run_case(model: str, batch: int, context_len: int, q_heads: int, kv_heads: i
     expected = paged_decode_attention_reference(c0["q"], c0["k_cache"], c0["v_cache"], c0["block_tables"],
                                                 c0["seq_lens"], HEAD_DIM ** -0.5).float()
     default_splits = ad.default_num_splits(batch, kv_heads, context_len, c0["q"].device)
-    programs = batch * kv_heads * default_splits
-    current = (ad.block_keys(programs, HEAD_DIM, DTYPE.itemsize, c0["q"].device), ad.NUM_WARPS, ad.NUM_STAGES)
-    rule = ad.block_keys
+    current = (ad.BLOCK_N, ad.NUM_WARPS, ad.NUM_STAGES)
     rows = []
     for (block_n, warps, stages), splits in itertools.product(TILES, sorted({max(1, default_splits // 2),
                                                                             default_splits, 2 * default_splits})):
-        ad.block_keys, ad.NUM_WARPS, ad.NUM_STAGES = (lambda *_, b=block_n: b), warps, stages
+        ad.BLOCK_N, ad.NUM_WARPS, ad.NUM_STAGES = block_n, warps, stages
         try:
             err = (attend(c0, splits).float() - expected).abs().max().item()
             us = time_us([lambda c=c: attend(c, splits) for c in copies])
         finally:
-            ad.block_keys, ad.NUM_WARPS, ad.NUM_STAGES = rule, *current[1:]
+            ad.BLOCK_N, ad.NUM_WARPS, ad.NUM_STAGES = current
         if err > 2e-2:
             sys.exit(f"exp_decode_attention: {model} B={batch} {block_n}/{warps}/{stages} x{splits}: error {err:.3g}")
         rows.append({"model": model, "batch": batch, "context_len": context_len, "block_n": block_n,

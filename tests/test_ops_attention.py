@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from nanovllm.ops import attention_decode, paged_decode_attention, paged_prefill_attention
-from nanovllm.ops.attention_decode import block_keys, default_num_splits, paged_decode_attention_triton
+from nanovllm.ops import paged_decode_attention, paged_prefill_attention
+from nanovllm.ops.attention_decode import paged_decode_attention_triton
 from nanovllm.ops.attention_prefill import paged_prefill_attention_triton
 from nanovllm.ops.reference import paged_decode_attention_reference, paged_prefill_attention_reference
 
@@ -68,18 +68,6 @@ def test_decode_matches_reference(device, dtype, head_dim, group, sliding_window
     expected = paged_decode_attention_reference(q, k_cache, v_cache, table, lens, scale, sliding_window)
     assert not out.isnan().any()
     torch.testing.assert_close(out, expected, atol=TOL[dtype], rtol=TOL[dtype])
-
-
-def test_decode_split_and_tile_rule(monkeypatch):
-    # The CPU counts as 4 SMs: the rule aims at 8 programs, and 128-key tiles while the grid stays within that.
-    cpu = torch.device("cpu")
-    assert default_num_splits(1, 2, 4096, cpu) == 4
-    assert default_num_splits(8, 2, 4096, cpu) == 1
-    assert default_num_splits(1, 2, 300, cpu) == 2  # at least MIN_KEYS_PER_SPLIT keys a split
-    assert block_keys(8, 128, 2, cpu) == 128 and block_keys(9, 128, 2, cpu) == 64
-    # Two stages of 128-key K and V tiles at head_dim 128 in bf16 need 128 KB: a 100 KB card gets 64-key tiles.
-    monkeypatch.setattr(attention_decode, "device_smem_limit", lambda device: 100 * 1024)
-    assert block_keys(8, 128, 2, cpu) == 64 and block_keys(8, 64, 2, cpu) == 128
 
 
 def test_prefill_many_ragged_sequences(device):

@@ -14,12 +14,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.config import device_smem_limit
 from kernels.pdl import pdl_launch_args, pdl_wait_first
 from nanovllm.ops.attention_tile import LOG2E, attend_tile
 from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
 
+BLOCK_N = 64
 NUM_WARPS, NUM_STAGES = 4, 2
 # A split shorter than this spends more on its partial write and merge than it saves.
 MIN_KEYS_PER_SPLIT = 256
@@ -116,25 +116,10 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-# Measured on an H200 (scripts/exp_decode_attention.py, docs/PERF_NOTES.md): the cache is read fastest by about
-# two programs an SM of 128-key tiles (at head_dim 128 their K and V stages take 128 KB of shared memory: one
-# program an SM at a time); more splits only add partial writes and merge work. Where the batch alone makes many
-# more programs, 64-key tiles (three programs an SM) win.
-PROGRAMS_PER_SM = 2
-
-
 def default_num_splits(batch: int, num_kv_heads: int, max_keys: int, device: torch.device) -> int:
-    """About PROGRAMS_PER_SM programs an SM, from shapes only."""
-    wanted = PROGRAMS_PER_SM * _num_sms(device) // (batch * num_kv_heads)
+    """Enough programs to fill the GPU about four times over, from shapes only."""
+    wanted = triton.cdiv(4 * _num_sms(device), batch * num_kv_heads)
     return max(1, min(wanted, triton.cdiv(max_keys, MIN_KEYS_PER_SPLIT), MAX_SPLITS))
-
-
-def block_keys(programs: int, head_dim: int, elem_bytes: int, device: torch.device) -> int:
-    """Keys a tile: 128 while the grid is at most PROGRAMS_PER_SM programs an SM and the K and V stages fit in
-    shared memory, else 64."""
-    smem = device_smem_limit(device)
-    fits = smem is None or NUM_STAGES * 2 * 128 * head_dim * elem_bytes <= smem
-    return 128 if fits and programs <= PROGRAMS_PER_SM * _num_sms(device) else 64
 
 
 def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -177,10 +162,8 @@ def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cach
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
         out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(triton.next_power_of_2(group), 16),
-        BLOCK_N=block_keys(batch * num_kv_heads * num_splits, block_d, q.element_size(), device),
-        BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None, SINGLE_SPLIT=single,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        **pdl,
+        BLOCK_N=BLOCK_N, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None, SINGLE_SPLIT=single,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS, num_stages=NUM_STAGES, **pdl,
     )
     if not single:
         _decode_merge_kernel[(batch, num_q_heads)](
