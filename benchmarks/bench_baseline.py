@@ -20,6 +20,7 @@ differed by up to 4%: docs/PERF_NOTES.md); a variant's peak then leaves out the 
 caches. Otherwise the variants run one after the other. A point that does not fit the card gets status=oom.
 
     python benchmarks/bench_baseline.py --model llama-7b --batch_size 1 4 8 --seq_len 128 --variant all
+    python benchmarks/bench_baseline.py --model llama-7b mistral-7b llama-13b qwen3-0.6b --variant baseline tuned
 """
 from __future__ import annotations
 
@@ -211,6 +212,19 @@ def run_interleaved(engines: dict[str, tuple[LLM, int]], model_name: str, points
     return []
 
 
+def run_model(model: str, variants: list[str], points: list[tuple[int, int]], args, writer: CsvWriter) -> None:
+    """The grid of one model: variants alternating within each point where their engines fit together."""
+    path = cached_random_checkpoint(model) if model in MODELS else model
+    model_name = model if model in MODELS else os.path.basename(os.path.normpath(model))
+    engines = build_together(path, variants, points, args) if len(variants) > 1 else None
+    if engines is not None:
+        points = run_interleaved(engines, model_name, points, args, writer)
+        engines = None  # frees them (and a step an OOM cut short) before the fallback builds its own
+        free_gpu()
+    for variant in variants if points else []:
+        run_variant(path, model_name, variant, points, args, writer)
+
+
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """Decode tokens/s per point and variant, and each fused variant's ratio to the baseline."""
     wide = df[df["status"] == "ok"].pivot_table(index=["model_name", "batch_size", "seq_len"], columns="variant",
@@ -223,8 +237,9 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)} (a random-weight checkpoint of "
-                        "that architecture, built once under $NANOVLLM_CACHE) or a checkpoint folder")
+    parser.add_argument("--model", required=True, nargs="+", help=f"one or more of {', '.join(MODELS)} (a "
+                        "random-weight checkpoint of that architecture, built once under $NANOVLLM_CACHE) or "
+                        "checkpoint folders, run one after the other into one CSV")
     parser.add_argument("--batch_size", type=int, nargs="+", default=GRID_BATCH)
     parser.add_argument("--seq_len", type=int, nargs="+", default=GRID_SEQ, help="prompt tokens per sequence")
     parser.add_argument("--output_len", type=int, default=32, help="generated tokens per sequence (>= 2)")
@@ -239,24 +254,18 @@ def main() -> None:
         parser.error("--batch_size and --seq_len must be >= 1")
     if args.output_len < 2 or args.repeats < 1:
         parser.error("--output_len must be >= 2 (one prefill token, then decode) and --repeats >= 1")
-    if args.model not in MODELS and not os.path.isfile(os.path.join(args.model, "config.json")):
-        parser.error(f"--model {args.model!r}: expected one of {', '.join(MODELS)} or a folder with a config.json")
+    for model in args.model:
+        if model not in MODELS and not os.path.isfile(os.path.join(model, "config.json")):
+            parser.error(f"--model {model!r}: expected one of {', '.join(MODELS)} or a folder with a config.json")
     require_cuda("bench_baseline.py")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
-    path = cached_random_checkpoint(args.model) if args.model in MODELS else args.model
-    model_name = args.model if args.model in MODELS else os.path.basename(os.path.normpath(args.model))
     writer = CsvWriter(args.output, COLUMNS)
     points = [(b, s) for b in args.batch_size for s in args.seq_len]
     variants = list(VARIANTS if "all" in args.variant else dict.fromkeys(args.variant))
-    engines = build_together(path, variants, points, args) if len(variants) > 1 else None
-    if engines is not None:
-        points = run_interleaved(engines, model_name, points, args, writer)
-        engines = None  # frees them (and a step an OOM cut short) before the fallback builds its own
-        free_gpu()
-    for variant in variants if points else []:
-        run_variant(path, model_name, variant, points, args, writer)
+    for model in dict.fromkeys(args.model):
+        run_model(model, variants, points, args, writer)
     print(f"wrote {args.output}")
     print(speedups(pd.read_csv(args.output)).to_string(float_format=lambda v: f"{v:.3f}"))
 

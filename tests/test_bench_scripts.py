@@ -134,3 +134,27 @@ def test_bench_baseline_alternates_the_variants_within_each_point(monkeypatch, t
     # No room for a second engine: the caller runs the variants one after the other.
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (50, 2000))
     assert bb.build_together("ckpt", ["baseline", "tuned"], [(1, 128)], args) is None
+
+
+def test_bench_baseline_runs_several_models_into_one_csv(monkeypatch, tmp_path):
+    import benchmarks.bench_baseline as bb
+
+    ran = []
+    monkeypatch.setattr(bb, "require_cuda", lambda script: None)
+    monkeypatch.setattr(bb, "run_model", lambda model, variants, points, args, writer: ran.append(
+        (model, variants, points, writer.path)))
+    out = str(tmp_path / "grid.csv")
+    monkeypatch.setattr(sys, "argv", ["bench_baseline.py", "--model", "qwen3-0.6b", "llama-7b", "qwen3-0.6b",
+                                      "--variant", "baseline", "tuned", "--batch_size", "1", "8", "--seq_len", "128",
+                                      "--output", out])
+    monkeypatch.setattr(bb, "speedups", lambda df: df)
+    bb.main()
+    # Each model once, in the order given, every one into the same CSV with the same grid.
+    assert ran == [(m, ["baseline", "tuned"], [(1, 128), (8, 128)], out) for m in ("qwen3-0.6b", "llama-7b")]
+
+
+def test_bench_baseline_names_the_model_it_does_not_know():
+    result = run("benchmarks/bench_baseline.py", "--model", "llama-7b", "gpt-9", "--batch_size", "1")
+    assert result.returncode == 2
+    assert "--model 'gpt-9': expected one of llama-7b, llama-13b, mistral-7b, qwen3-0.6b or a folder with a " \
+           "config.json" in result.stderr
