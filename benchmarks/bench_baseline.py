@@ -212,17 +212,22 @@ def run_interleaved(engines: dict[str, tuple[LLM, int]], model_name: str, points
     return []
 
 
+def csv_name(model: str) -> str:
+    """The CSV's model_name: a preset's name, or a checkpoint folder's."""
+    return model if model in MODELS else os.path.basename(os.path.normpath(model))
+
+
 def run_model(model: str, variants: list[str], points: list[tuple[int, int]], args, writer: CsvWriter) -> None:
     """The grid of one model: variants alternating within each point where their engines fit together."""
     path = cached_random_checkpoint(model) if model in MODELS else model
-    model_name = model if model in MODELS else os.path.basename(os.path.normpath(model))
+    name = csv_name(model)
     engines = build_together(path, variants, points, args) if len(variants) > 1 else None
     if engines is not None:
-        points = run_interleaved(engines, model_name, points, args, writer)
+        points = run_interleaved(engines, name, points, args, writer)
         engines = None  # frees them (and a step an OOM cut short) before the fallback builds its own
         free_gpu()
     for variant in variants if points else []:
-        run_variant(path, model_name, variant, points, args, writer)
+        run_variant(path, name, variant, points, args, writer)
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
@@ -257,6 +262,9 @@ def main() -> None:
     for model in args.model:
         if model not in MODELS and not os.path.isfile(os.path.join(model, "config.json")):
             parser.error(f"--model {model!r}: expected one of {', '.join(MODELS)} or a folder with a config.json")
+    names = [csv_name(m) for m in args.model]
+    if len(set(names)) < len(names):
+        parser.error(f"--model: {names} name a model twice; its rows (and traces) would be mixed up in one CSV")
     require_cuda("bench_baseline.py")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.profile:
@@ -264,7 +272,7 @@ def main() -> None:
     writer = CsvWriter(args.output, COLUMNS)
     points = [(b, s) for b in args.batch_size for s in args.seq_len]
     variants = list(VARIANTS if "all" in args.variant else dict.fromkeys(args.variant))
-    for model in dict.fromkeys(args.model):
+    for model in args.model:
         run_model(model, variants, points, args, writer)
     print(f"wrote {args.output}")
     print(speedups(pd.read_csv(args.output)).to_string(float_format=lambda v: f"{v:.3f}"))

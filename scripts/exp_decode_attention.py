@@ -4,8 +4,10 @@
 
 Each case is a model's attention at a decode grid point (bf16, block_size 16, shuffled cache blocks). Every
 variant is checked against the reference, then timed as CUDA-graph replays over enough cache copies to overflow
-L2. The variants set the module constants `paged_decode_attention_triton` launches with (BLOCK_N, NUM_WARPS,
-NUM_STAGES) and its num_splits; "split x2" doubles the default split count. GB/s counts the K/V bytes read.
+L2, without PDL (as every kernel timing here: alone, with no neighbour to overlap). The variants set the
+constants `paged_decode_attention_triton` launches with (BLOCK_N, NUM_WARPS, NUM_STAGES) and pass num_splits:
+half, once and twice the default. A tile that does not fit the card's shared memory is skipped. GB/s counts
+the K/V bytes read.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from triton.runtime.errors import OutOfResources  # noqa: E402
 
 from benchmarks.common import CsvWriter, copies_to_overflow_l2, gpu_name, require_cuda, time_us  # noqa: E402
 from nanovllm.ops import attention_decode as ad  # noqa: E402
@@ -58,11 +61,16 @@ def run_case(model: str, batch: int, context_len: int, q_heads: int, kv_heads: i
                                                                             default_splits, 2 * default_splits})):
         ad.BLOCK_N, ad.NUM_WARPS, ad.NUM_STAGES = block_n, warps, stages
         try:
-            err = (attend(c0, splits).float() - expected).abs().max().item()
+            out = attend(c0, splits).float()
             us = time_us([lambda c=c: attend(c, splits) for c in copies])
+        except OutOfResources:
+            print(f"{model} {block_n}/{warps}/{stages}: does not fit in shared memory, skipped")
+            continue
         finally:
             ad.BLOCK_N, ad.NUM_WARPS, ad.NUM_STAGES = current
-        if err > 2e-2:
+        err = (out - expected).abs().max().item()
+        # bf16 rounding of outputs of ~0.1: a dropped or repeated tile is off by far more.
+        if ((out - expected).abs() > 2e-3 + 1.6e-2 * expected.abs()).any():
             sys.exit(f"exp_decode_attention: {model} B={batch} {block_n}/{warps}/{stages} x{splits}: error {err:.3g}")
         rows.append({"model": model, "batch": batch, "context_len": context_len, "block_n": block_n,
                      "num_warps": warps, "num_stages": stages, "num_splits": splits, "latency_us": round(us, 2),

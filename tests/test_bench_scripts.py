@@ -144,12 +144,12 @@ def test_bench_baseline_runs_several_models_into_one_csv(monkeypatch, tmp_path):
     monkeypatch.setattr(bb, "run_model", lambda model, variants, points, args, writer: ran.append(
         (model, variants, points, writer.path)))
     out = str(tmp_path / "grid.csv")
-    monkeypatch.setattr(sys, "argv", ["bench_baseline.py", "--model", "qwen3-0.6b", "llama-7b", "qwen3-0.6b",
+    monkeypatch.setattr(sys, "argv", ["bench_baseline.py", "--model", "qwen3-0.6b", "llama-7b",
                                       "--variant", "baseline", "tuned", "--batch_size", "1", "8", "--seq_len", "128",
                                       "--output", out])
     monkeypatch.setattr(bb, "speedups", lambda df: df)
     bb.main()
-    # Each model once, in the order given, every one into the same CSV with the same grid.
+    # In the order given, every one into the same CSV with the same grid.
     assert ran == [(m, ["baseline", "tuned"], [(1, 128), (8, 128)], out) for m in ("qwen3-0.6b", "llama-7b")]
 
 
@@ -158,3 +158,12 @@ def test_bench_baseline_names_the_model_it_does_not_know():
     assert result.returncode == 2
     assert "--model 'gpt-9': expected one of llama-7b, llama-13b, mistral-7b, qwen3-0.6b or a folder with a " \
            "config.json" in result.stderr
+
+
+def test_bench_baseline_refuses_a_model_named_twice(tmp_path):
+    ckpt = tmp_path / "runs" / "llama-7b"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text("{}")
+    result = run("benchmarks/bench_baseline.py", "--model", "llama-7b", str(ckpt))
+    assert result.returncode == 2
+    assert "--model: ['llama-7b', 'llama-7b'] name a model twice" in result.stderr
