@@ -8,6 +8,9 @@ whose pattern its name matches:
 - attention: attention kernels;
 - other: everything else (activation, rotary, KV-cache writes, sampling, copies).
 
+Next to the category table (--output) it writes the same comparison kernel by kernel (<output>_kernels.csv,
+sorted by the size of the difference) and prints the --top rows of it.
+
     python scripts/compare_profiles.py traces/llama-7b_baseline_b1_s128.json traces/llama-7b_tuned_b1_s128.json
 """
 from __future__ import annotations
@@ -83,21 +86,50 @@ def compare(baseline: str, optimized: str) -> pd.DataFrame:
     return table
 
 
+def compare_kernels(baseline: str, optimized: str) -> pd.DataFrame:
+    """Per kernel name: GPU ms, launches and mean µs a launch on each side, and the difference; the kernels that
+    moved most first. A kernel only one side ran has zeros on the other."""
+    both = read_kernels(baseline).merge(read_kernels(optimized), on="name", how="outer", suffixes=("_a", "_b"))
+    both = both.fillna(0).set_index("name")
+    table = pd.DataFrame({
+        "category": both.index.map(category),
+        "baseline_ms": both["us_a"] / 1e3, "baseline_launches": both["launches_a"].astype(int),
+        "optimized_ms": both["us_b"] / 1e3, "optimized_launches": both["launches_b"].astype(int),
+    }, index=both.index)
+    table["baseline_us_per_launch"] = both["us_a"] / both["launches_a"].where(both["launches_a"] > 0)
+    table["optimized_us_per_launch"] = both["us_b"] / both["launches_b"].where(both["launches_b"] > 0)
+    table["diff_ms"] = table["optimized_ms"] - table["baseline_ms"]
+    table.index.name = "kernel"
+    return table.iloc[table["diff_ms"].abs().argsort()[::-1]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("baseline", help="profile of the baseline run")
     parser.add_argument("optimized", help="profile of the optimized run")
     parser.add_argument("--output", default="profile_comparison.csv", help="CSV to write (default: %(default)s)")
+    parser.add_argument("--top", type=int, default=10, help="kernels to print, largest difference first "
+                        "(default: %(default)s)")
     args = parser.parse_args()
+    if args.top < 0:
+        parser.error(f"--top {args.top}: expected a count >= 0")
     try:
-        table = compare(args.baseline, args.optimized)
+        table, kernels = compare(args.baseline, args.optimized), compare_kernels(args.baseline, args.optimized)
     except ValueError as e:
         parser.error(str(e))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.output, float_format="%.4f")
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kernels_out = out.with_name(f"{out.stem}_kernels.csv")
+    table.to_csv(out, float_format="%.4f")
+    kernels.to_csv(kernels_out, float_format="%.4f")
+    fmt = {"float_format": lambda v: f"{v:.3f}"}
     print(f"GPU time per kernel category: {args.baseline} -> {args.optimized}")
-    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"wrote {args.output}")
+    print(table.to_string(**fmt))
+    if args.top:
+        shown = kernels.head(args.top).rename(index=lambda name: name[:60])
+        print(f"\nThe {len(shown)} kernels whose GPU time changed most:")
+        print(shown.to_string(**fmt))
+    print(f"wrote {out} and {kernels_out}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,16 @@ def test_compare_profiles_splits_time_and_launches_by_category(tmp_path):
     assert table.loc["total", "baseline_ms"] == pytest.approx(0.377)
     assert table.loc["total", "optimized_ms"] == pytest.approx(0.331)
     assert table.loc["attention", ["speedup", "diff_launches"]].tolist() == pytest.approx([1.0, -1])
+    # Kernel by kernel, the largest change first; a kernel one side lacks has zeros there.
+    kernels = pd.read_csv(tmp_path / "cmp_kernels.csv", index_col="kernel")
+    assert kernels.index[0] == "_rms_norm_linear_kernel"
+    assert kernels.loc["_rms_norm_linear_kernel", ["baseline_ms", "optimized_ms", "optimized_launches",
+                                                   "optimized_us_per_launch"]].tolist() == pytest.approx(
+        [0.0, 0.27, 2, 135.0])
+    assert kernels.loc["_decode_split_kernel", ["baseline_us_per_launch", "diff_ms"]].tolist() == pytest.approx(
+        [40.0, 0.01])
+    assert kernels.loc["_silu_and_mul_kernel", "diff_ms"] == 0
+    assert "The 9 kernels whose GPU time changed most" in result.stdout  # all of them: fewer than --top
 
 
 def test_compare_profiles_reads_nsys_kernel_summaries(tmp_path):
