@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import logging
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CsvWriter, gpu_name, require_cuda  # noqa: E402
-from nanovllm import LLM, SamplingParams  # noqa: E402
+from benchmarks.engine_runs import build, engine_kwargs, measure, run_once, summarize, write_profile  # noqa: E402
+from nanovllm import LLM  # noqa: E402
 from nanovllm.utils.context import reset_context  # noqa: E402
 from nanovllm.utils.random_checkpoint import cached_random_checkpoint  # noqa: E402
 from nanovllm.utils.tuning import find_table  # noqa: E402
@@ -52,64 +50,6 @@ GRID_SEQ = (128, 256, 512, 1024, 2048)
 COLUMNS = ["model_name", "variant", "batch_size", "seq_len", "output_len", "latency_ms", "ttft_ms", "tpot_ms",
            "throughput_tokens_per_sec", "peak_memory_mb", "status", "gpu", "tuning_table"]
 RESULTS = Path(__file__).resolve().parent / "bench_results"
-SEEDS = itertools.count()
-
-
-def engine_kwargs(variant: str, tuning_table: str | None) -> dict:
-    if variant == "baseline":
-        return {"fused_norm_linear": False}
-    return {"fused_norm_linear": True, "tuning_table": False if variant == "fused" else tuning_table}
-
-
-def build(path: str, variant: str, points: list[tuple[int, int]], output_len: int, tuning_table: str | None) -> LLM:
-    """An engine whose KV cache, batch and prefill limits hold every point in `points` and no more."""
-    blocks = max(b * -(-(s + output_len) // 16) for b, s in points)
-    return LLM(path, dtype=torch.bfloat16, max_model_len=max(s for _, s in points) + output_len,
-               max_num_seqs=max(b for b, _ in points), max_num_batched_tokens=max(b * s for b, s in points),
-               kvcache_block_size=16, num_kvcache_blocks=blocks, **engine_kwargs(variant, tuning_table))
-
-
-def run_once(llm: LLM, batch: int, seq_len: int, output_len: int) -> tuple[float, float]:
-    """(prefill seconds, decode seconds) of one batch of prompts never seen before (no prefix-cache hits)."""
-    g = torch.Generator().manual_seed(next(SEEDS))
-    vocab = llm.config.hf_config.vocab_size
-    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=output_len)
-    for prompt in torch.randint(1, vocab, (batch, seq_len), generator=g).tolist():
-        llm.add_request(prompt, params)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    _, num_tokens = llm.step()  # returns the sampled tokens as a list, so the GPU has finished
-    prefill_end = time.perf_counter()
-    if num_tokens != batch * seq_len:
-        raise RuntimeError(f"the prefill step ran {num_tokens} tokens, expected {batch} x {seq_len}")
-    while not llm.is_finished():
-        llm.step()
-    return prefill_end - start, time.perf_counter() - prefill_end
-
-
-def measure(llm: LLM, batch: int, seq_len: int, output_len: int, repeats: int, profile: Path | None) -> dict:
-    run_once(llm, batch, seq_len, output_len)  # compiles the kernels of this M, fills the allocator
-    torch.cuda.reset_peak_memory_stats()
-    runs = [run_once(llm, batch, seq_len, output_len) for _ in range(repeats)]
-    peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    if profile is not None:
-        write_profile(llm, batch, seq_len, output_len, profile)
-    return summarize(runs, batch, output_len, peak_mb)
-
-
-def write_profile(llm: LLM, batch: int, seq_len: int, output_len: int, path: Path) -> None:
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as prof:
-        run_once(llm, batch, seq_len, output_len)
-    prof.export_chrome_trace(str(path))
-
-
-def summarize(runs: list[tuple[float, float]], batch: int, output_len: int, peak_mb: float) -> dict:
-    ttft = statistics.median(p for p, _ in runs)
-    decode = statistics.median(d for _, d in runs)
-    tpot = decode / (output_len - 1)
-    return {"ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "latency_ms": (ttft + decode) * 1e3,
-            "throughput_tokens_per_sec": batch / tpot, "peak_memory_mb": peak_mb, "status": "ok"}
 
 
 def row_base(model_name: str, variant: str, args) -> dict:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels.pdl  # noqa: E402
 import nanovllm.utils.tuning as tuning  # noqa: E402
-from benchmarks.bench_baseline import build, measure  # noqa: E402
+from benchmarks.engine_runs import build, measure  # noqa: E402
 from nanovllm.utils.random_checkpoint import cached_random_checkpoint  # noqa: E402
 from nanovllm.utils.tuning import find_table  # noqa: E402
 
