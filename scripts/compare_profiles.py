@@ -74,8 +74,9 @@ def summarize(kernels: pd.DataFrame) -> pd.DataFrame:
     return per
 
 
-def compare(baseline: str, optimized: str) -> pd.DataFrame:
-    a, b = summarize(read_kernels(baseline)), summarize(read_kernels(optimized))
+def compare(baseline: pd.DataFrame, optimized: pd.DataFrame) -> pd.DataFrame:
+    """Per category, from two `read_kernels` tables."""
+    a, b = summarize(baseline), summarize(optimized)
     table = pd.DataFrame({
         "baseline_ms": a["ms"], "optimized_ms": b["ms"], "diff_ms": b["ms"] - a["ms"],
         "baseline_launches": a["launches"].astype(int), "optimized_launches": b["launches"].astype(int),
@@ -86,10 +87,10 @@ def compare(baseline: str, optimized: str) -> pd.DataFrame:
     return table
 
 
-def compare_kernels(baseline: str, optimized: str) -> pd.DataFrame:
-    """Per kernel name: GPU ms, launches and mean µs a launch on each side, and the difference; the kernels that
-    moved most first. A kernel only one side ran has zeros on the other."""
-    both = read_kernels(baseline).merge(read_kernels(optimized), on="name", how="outer", suffixes=("_a", "_b"))
+def compare_kernels(baseline: pd.DataFrame, optimized: pd.DataFrame) -> pd.DataFrame:
+    """Per kernel name, from two `read_kernels` tables: GPU ms, launches and mean µs a launch on each side, and the
+    difference; the kernels that moved most first. A kernel only one side ran has zeros on the other."""
+    both = baseline.merge(optimized, on="name", how="outer", suffixes=("_a", "_b"))
     both = both.fillna(0).set_index("name")
     table = pd.DataFrame({
         "category": both.index.map(category),
@@ -114,9 +115,10 @@ def main() -> None:
     if args.top < 0:
         parser.error(f"--top {args.top}: expected a count >= 0")
     try:
-        table, kernels = compare(args.baseline, args.optimized), compare_kernels(args.baseline, args.optimized)
+        a, b = read_kernels(args.baseline), read_kernels(args.optimized)
     except ValueError as e:
         parser.error(str(e))
+    table, kernels = compare(a, b), compare_kernels(a, b)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     kernels_out = out.with_name(f"{out.stem}_kernels.csv")

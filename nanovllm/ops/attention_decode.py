@@ -19,6 +19,7 @@ from nanovllm.ops.attention_tile import LOG2E, attend_tile
 from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
 
+# Module constants, not literals at the launch, so that scripts/exp_decode_attention.py can sweep them.
 BLOCK_N = 64
 NUM_WARPS, NUM_STAGES = 4, 2
 # A split shorter than this spends more on its partial write and merge than it saves.
@@ -163,7 +164,8 @@ def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cach
         out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(triton.next_power_of_2(group), 16),
         BLOCK_N=BLOCK_N, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None, SINGLE_SPLIT=single,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS, num_stages=NUM_STAGES, **pdl,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        **pdl,
     )
     if not single:
         _decode_merge_kernel[(batch, num_q_heads)](
