@@ -75,6 +75,13 @@ def test_compare_profiles_reads_nsys_kernel_summaries(tmp_path):
     assert table.loc["norm", "optimized_launches"] == 0
 
 
+def test_compare_profiles_rejects_a_negative_top(tmp_path):
+    result = run("scripts/compare_profiles.py", "a.json", "b.json", "--top", "-1", "--output", str(tmp_path / "c.csv"))
+    assert result.returncode == 2
+    assert "--top -1: expected a count >= 0" in result.stderr
+    assert not (tmp_path / "c.csv").exists()
+
+
 def test_compare_profiles_rejects_a_trace_without_kernels(tmp_path):
     cpu_only = tmp_path / "cpu.json"
     cpu_only.write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "dur": 1}]}))
