@@ -12,12 +12,14 @@ runs after one warm-up run:
 - latency_ms: the whole request, ttft + (T - 1) x tpot;
 - throughput_tokens_per_sec: decode tokens per second, B x (T - 1) / decode time = B / tpot;
 - peak_memory_mb: torch.cuda.max_memory_allocated during the run: the weights, the KV cache (sized for the
-  largest point of the grid, so the same for every point of a variant) and the point's activations.
+  largest point the engine runs, so the same for those points of a variant) and the point's activations.
 One engine is built per variant for the whole grid. When the variants' engines fit on the card together, each
 point's runs alternate between them (baseline, tuned, baseline, tuned, ...), so a drift of the GPU over the
 minutes a grid takes hits every variant alike (run one after the other, two engines of identical kernels
 differed by up to 4%: docs/PERF_NOTES.md); a variant's peak then leaves out the other engines' weights and
-caches. Otherwise the variants run one after the other. A point that does not fit the card gets status=oom.
+caches. Where the pair fits only without the grid's largest points (llama-13b up to B = 32, S = 2048 on an H200),
+those points run with the variants one after the other, each engine sized for them alone. A point that does not
+fit the card gets status=oom.
 
     python benchmarks/bench_baseline.py --model llama-7b --batch_size 1 4 8 --seq_len 128 --variant all
     python benchmarks/bench_baseline.py --model llama-7b mistral-7b llama-13b qwen3-0.6b --variant baseline tuned
@@ -157,17 +159,35 @@ def csv_name(model: str) -> str:
     return model if model in MODELS else os.path.basename(os.path.normpath(model))
 
 
+def footprint(point: tuple[int, int], output_len: int) -> tuple[int, int]:
+    """(KV-cache blocks, prefill tokens) of a point: what an engine built for it has to hold."""
+    batch, seq_len = point
+    return batch * -(-(seq_len + output_len) // 16), batch * seq_len
+
+
 def run_model(model: str, variants: list[str], points: list[tuple[int, int]], args, writer: CsvWriter) -> None:
-    """The grid of one model: variants alternating within each point where their engines fit together."""
+    """The grid of one model. The variants alternate within each point where their engines, sized for the points
+    up to it, fit on the card together; the largest points that do not fit that way run variant by variant."""
     path = cached_random_checkpoint(model) if model in MODELS else model
     name = csv_name(model)
-    engines = build_together(path, variants, points, args) if len(variants) > 1 else None
+    pending = sorted(points, key=lambda p: footprint(p, args.output_len))
+    alone: list[tuple[int, int]] = []
+    engines = None
+    while len(variants) > 1 and pending:
+        engines = build_together(path, variants, pending, args)
+        if engines is not None:
+            break
+        largest = footprint(pending[-1], args.output_len)
+        while pending and footprint(pending[-1], args.output_len) == largest:
+            alone.insert(0, pending.pop())
     if engines is not None:
-        points = run_interleaved(engines, name, points, args, writer)
+        alone = run_interleaved(engines, name, pending, args, writer) + alone
         engines = None  # frees them (and a step an OOM cut short) before the fallback builds its own
         free_gpu()
-    for variant in variants if points else []:
-        run_variant(path, name, variant, points, args, writer)
+    else:
+        alone = pending + alone
+    for variant in variants if alone else []:
+        run_variant(path, name, variant, alone, args, writer)
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:

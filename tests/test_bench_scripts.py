@@ -153,6 +153,32 @@ def test_bench_baseline_alternates_the_variants_within_each_point(monkeypatch, t
     assert bb.build_together("ckpt", ["baseline", "tuned"], [(1, 128)], args) is None
 
 
+def test_bench_baseline_runs_only_the_points_too_large_for_two_engines_variant_by_variant(monkeypatch):
+    import argparse
+
+    import benchmarks.bench_baseline as bb
+
+    tried, ran = [], []
+    def build_together(path, variants, points, args):  # the pair fits up to 1,000 KV blocks
+        tried.append(max(points))
+        return {} if max(bb.footprint(p, args.output_len)[0] for p in points) <= 1000 else None
+    monkeypatch.setattr(bb, "build_together", build_together)
+    monkeypatch.setattr(bb, "run_interleaved", lambda engines, name, points, args, writer: ran.append(
+        ("both", points)) or points[-1:])  # the last point ran out of memory with both engines loaded
+    monkeypatch.setattr(bb, "run_variant", lambda path, name, v, points, args, writer: ran.append((v, points)))
+    args = argparse.Namespace(output_len=32)
+    points = [(b, s) for b in (1, 32) for s in (128, 512, 1024)]  # 32 x 1024: 2,112 blocks; 32 x 512: 1,088
+    bb.run_model("ckpt", ["baseline", "tuned"], points, args, None)
+    assert tried == [(32, 1024), (32, 512), (32, 128)]
+    smaller = [(1, 128), (1, 512), (1, 1024), (32, 128)]
+    assert ran == [("both", smaller), ("baseline", [(32, 128), (32, 512), (32, 1024)]),
+                   ("tuned", [(32, 128), (32, 512), (32, 1024)])]
+    # One variant: no pair to build, every point runs alone.
+    tried.clear(), ran.clear()
+    bb.run_model("ckpt", ["tuned"], points, args, None)
+    assert tried == [] and ran == [("tuned", sorted(points, key=lambda p: bb.footprint(p, 32)))]
+
+
 def test_bench_baseline_runs_several_models_into_one_csv(monkeypatch, tmp_path):
     import benchmarks.bench_baseline as bb
 
