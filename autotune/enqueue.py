@@ -1,7 +1,8 @@
 """What a study tries first, and what it never tries twice.
 
 Warm starts (heuristic configs, the leaders of the previous M bucket) are moved onto the nearest
-values of the study's axes and enqueued, so TPE starts from known-good configs. The grid sampler is
+values of the study's axes and enqueued, so TPE starts from known-good configs. A leader whose row tile
+no longer covers M comes with its two ways to the larger M (`grown_leaders`). The grid sampler is
 the feasible grid itself, enqueued in a seeded shuffle. A sampled config equal to an earlier trial's
 is recognised before it is compiled or timed. A trial failed because its worker died (its heartbeat stopped)
 was never timed, so, like a pruned one, it neither blocks its config nor fills a grid point.
@@ -18,6 +19,18 @@ from optuna.trial import TrialState
 from autotune.heartbeat import failed_by_heartbeat
 from kernels.config import Config
 from search_spaces.base import Problem, SearchSpace
+
+
+def grown_leaders(leaders: list[Config], M: int) -> list[Config]:
+    """The previous bucket's leaders, each followed, where its row tile is shorter than M, by the same tile with
+    its row blocks of one column block launched together (GROUP_M=8: the second reads the weight tile from L2,
+    where GROUP_M=1 streams the weight from memory once per row block) and by the tile twice as tall."""
+    out = []
+    for c in leaders:
+        out.append(c)
+        if c.BLOCK_M < M:
+            out += [dataclasses.replace(c, GROUP_M=8), dataclasses.replace(c, BLOCK_M=2 * c.BLOCK_M)]
+    return out
 
 
 def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, problem: Problem, axes: dict[str, list[int]],

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from autotune.compile_pool import CompilePool
 from autotune.device import GpuInfo
-from autotune.enqueue import CONFIG_ATTR, duplicate_of, enqueue_grid, enqueue_warm_starts, settled_trials
+from autotune.enqueue import CONFIG_ATTR, duplicate_of, enqueue_grid, enqueue_warm_starts, grown_leaders, settled_trials
 from autotune.heartbeat import Heartbeat, fail_stale_trials, failed_by_heartbeat, reclaim_orphans
 from autotune.interrupt import DeferredInterrupt
 from autotune.objective import Evaluator, Result
@@ -37,6 +37,7 @@ from autotune.timer import Timer, Timing
 from db.storage import Recorder, RunKey
 from kernels.config import Config, device_smem_limit
 from search_spaces.base import Problem, SearchSpace
+
 
 def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
     """Timed, or failed by its config; not pruned, running, or failed because its worker died."""
@@ -137,7 +138,7 @@ class Tuner:
             if s.sampler == "grid" and (created or idle):
                 enqueue_grid(study, axes, feasible, budget, s.seed)
             elif s.sampler == "tpe" and created:
-                warm = [*warm_start, *self.space.heuristics(problem, self.device)]
+                warm = [*grown_leaders(list(warm_start), problem.M), *self.space.heuristics(problem, self.device)]
                 enqueue_warm_starts(study, self.space, problem, axes, warm, budget, device_smem_limit(self.device))
             self._search(study, evaluator, axes, budget, run_id)
             ranked = self._retime(study, evaluator, run_id)

@@ -247,6 +247,14 @@ def test_warm_start_configs_are_tried_first(db):
     assert Config.from_dict(study.trials[0].params) == leader
 
 
+def test_a_leader_too_short_for_m_is_tried_grouped_and_twice_as_tall_next(db):
+    leader = Config(16, 32, 64, 2, 5, 1, 1, 1)
+    outcome = make_tuner(db, trials=4).tune(dataclasses.replace(TINY, M=32), warm_start=[leader])
+    study = optuna.load_study(study_name=outcome.study_name, storage=db[0])
+    tried = [Config.from_dict(t.params) for t in study.trials[:3]]
+    assert tried == [leader, dataclasses.replace(leader, GROUP_M=8), dataclasses.replace(leader, BLOCK_M=32)]
+
+
 def test_compile_pool_precompiles_in_worker_processes():
     with CompilePool(2, DEVICE) as pool:
         ok = pool.submit(SPACE.name, TINY, Config(16, 32, 32, 2, 2, 1, 1))
