@@ -76,7 +76,7 @@ def tune(gpu_name: str, shapes: str, m_spec: str | None, dtype: str, kernel: str
         optuna_storage(storage)
     except (ValueError, RuntimeError, StorageError) as e:
         raise _fail(e) from None
-    problems = [Problem(m, s.K, s.N, dtype) for s in sites for m in buckets]
+    problems = [Problem(m, s.K, s.N, dtype, s.epilogue, s.head_dim) for s in sites for m in buckets]
     click.echo(f"tuning {len(problems)} studies ({len(sites)} shapes x {len(buckets)} M buckets) on "
                f"{workers} x {gpu_name}, {trials} trials each, into {storage}", err=True)
     try:
@@ -149,7 +149,8 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
 def list_shapes() -> None:
     """Print the shape presets: NxK of each RMSNorm+Linear site, and of each plain linear (--kernel linear)."""
     for name, cfg in PRESETS.items():
-        sites = {k: ", ".join(f"{s.name} {s.N}x{s.K}" for s in sites_from_config(cfg, name, k)) for k in SITE_KERNELS}
+        sites = {k: ", ".join(f"{s.name} {s.N}x{s.K}" + (f" ({s.epilogue})" if s.epilogue else "")
+                              for s in sites_from_config(cfg, name, k)) for k in SITE_KERNELS}
         click.echo(f"{name:12s} {sites['rms_norm_linear']}; linear: {sites['linear']}")
 
 

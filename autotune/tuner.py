@@ -45,7 +45,8 @@ def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def study_name(kernel: str, gpu: str, problem: Problem) -> str:
-    return f"{kernel}|{gpu}|{problem.dtype}|M={problem.M}|K={problem.K}|N={problem.N}"
+    form = f"|{problem.epilogue}" + (f"={problem.head_dim}" if problem.head_dim else "") if problem.epilogue else ""
+    return f"{kernel}|{gpu}|{problem.dtype}|M={problem.M}|K={problem.K}|N={problem.N}{form}"
 
 
 @dataclass(frozen=True)

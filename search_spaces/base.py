@@ -15,15 +15,22 @@ import torch
 from kernels.config import Config
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+EPILOGUES = ("", "gated", "rotary")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One tuned problem: x (M, K) times weight (N, K).T in `dtype` (a key of DTYPES)."""
+    """One tuned problem: x (M, K) times weight (N, K).T in `dtype` (a key of DTYPES).
+
+    `epilogue` is the form the runtime runs this product in (kernels/paired.py): "gated" (gate/up with SiLU-and-mul)
+    or "rotary" (QKV rotating q and k of `head_dim`); only configs that have that form are searched, since the
+    runtime falls back to separate kernels for the others. "" is the plain product."""
     M: int
     K: int
     N: int
     dtype: str = "bfloat16"
+    epilogue: str = ""
+    head_dim: int = 0
 
     def __post_init__(self):
         for name in ("M", "K", "N"):
@@ -32,6 +39,11 @@ class Problem:
                 raise ValueError(f"Problem.{name}={v!r}: expected a positive int")
         if self.dtype not in DTYPES:
             raise ValueError(f"Problem.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+        if self.epilogue not in EPILOGUES:
+            raise ValueError(f"Problem.epilogue={self.epilogue!r}: expected one of {EPILOGUES}")
+        if (self.epilogue == "rotary") != (self.head_dim > 0) or self.head_dim % 2:
+            raise ValueError(f"Problem.head_dim={self.head_dim!r}: expected an even head_dim > 0 exactly when "
+                             "epilogue='rotary'")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from kernels.config import Config, default_config, device_has_tma, tma_rows_aligned
+from kernels.paired import gated_config, rotary_config
 from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
 
@@ -65,13 +66,18 @@ class RmsNormLinearSpace(SearchSpace):
             "SUMSQ_IN_LOOP": [0, 1],
             # Pointer loads, or TMA descriptors with a program per tile or persistent programs (sm_90+).
             "TMA": [0, 1, 2],
-        }
+        } | ({"SPLIT_K": [1], "TMA": [0]} if problem.epilogue else {})  # the paired epilogues have neither
 
     def violation(self, config: Config, problem: Problem, smem_limit: int | None) -> str | None:
         try:
             config.validate(K=problem.K, elem_bytes=problem.elem_bytes, smem_limit=smem_limit, norm=self.has_norm)
         except ValueError as e:
             return str(e)
+        if problem.epilogue == "gated" and gated_config(config) is None:
+            return f"BLOCK_N={config.BLOCK_N}, SPLIT_K={config.SPLIT_K}, TMA={config.TMA}: no gated (SiLU) epilogue"
+        if problem.epilogue == "rotary" and rotary_config(config, problem.head_dim) is None:
+            return (f"BLOCK_N={config.BLOCK_N}, SPLIT_K={config.SPLIT_K}, TMA={config.TMA}: no rotary epilogue for "
+                    f"head_dim={problem.head_dim}")
         if config.TMA:
             if not tma_rows_aligned(problem.K, problem.N, problem.elem_bytes):
                 return f"TMA={config.TMA}: K={problem.K} and N={problem.N} rows must be multiples of 16 bytes"
@@ -130,4 +136,4 @@ class RmsNormLinearSpace(SearchSpace):
         """A small problem that compiles to the same binaries: Triton specializes ints on ==1 and %16 only."""
         def small(v: int) -> int:
             return v if v <= 16 else 16 + v % 16
-        return Problem(small(problem.M), problem.K, small(problem.N), problem.dtype)
+        return dataclasses.replace(problem, M=small(problem.M), N=small(problem.N))

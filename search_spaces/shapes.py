@@ -2,7 +2,9 @@
 
 Every RMSNorm+Linear site of a decoder is one (K, N) with K = hidden_size: the attention
 norm feeding the fused QKV projection, the MLP norm feeding the fused gate/up projection,
-and the final norm feeding lm_head. The norm-free kernel "linear" has the two plain linears that
+and the final norm feeding lm_head. QKV and gate/up are tuned in the form the runtime runs them (their
+`epilogue`: rotary, except where q and k are normalized before the rotary embedding as in Qwen3, and gated).
+The norm-free kernel "linear" has the two plain linears that
 end each block: o_proj (K = heads x head_dim, N = hidden_size) and down_proj (K = intermediate_size,
 N = hidden_size). M (tokens in the batch) is tuned per bucket.
 """
@@ -18,27 +20,30 @@ DEFAULT_M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 81
 
 # The config.json fields that decide the shapes, as published for each model.
 PRESETS: dict[str, dict] = {
-    "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+    "llama-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
                      num_key_value_heads=32, vocab_size=32000),
-    "llama-13b": dict(hidden_size=5120, intermediate_size=13824, num_attention_heads=40,
+    "llama-13b": dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_attention_heads=40,
                       num_key_value_heads=40, vocab_size=32000),
-    "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
                        num_key_value_heads=8, vocab_size=32000),
-    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
+    "qwen3-0.6b": dict(model_type="qwen3", hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
                        num_key_value_heads=8, head_dim=128, vocab_size=151936),
-    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+    "llama-3-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
                        num_key_value_heads=8, vocab_size=128256),
 }
 
+_QK_NORM_MODELS = ("qwen3",)
 _NXK = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
 class Site:
-    """One tuned linear site: weight (N, K)."""
+    """One tuned linear site: weight (N, K), run with `epilogue` (search_spaces.base.Problem)."""
     name: str
     K: int
     N: int
+    epilogue: str = ""
+    head_dim: int = 0
 
 
 SITE_KERNELS = ("rms_norm_linear", "linear")
@@ -62,8 +67,10 @@ def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm
     head_dim = cfg.get("head_dim") or hidden // heads
     if kernel == "linear":
         return [Site("o_proj", heads * head_dim, hidden), Site("down_proj", cfg["intermediate_size"], hidden)]
-    return [Site("qkv", hidden, (heads + 2 * kv_heads) * head_dim),
-            Site("gate_up", hidden, 2 * cfg["intermediate_size"]),
+    # Qwen3 normalizes q and k before the rotary embedding, so its QKV stays a plain product (nanovllm/models).
+    rotary = cfg.get("model_type") not in _QK_NORM_MODELS
+    return [Site("qkv", hidden, (heads + 2 * kv_heads) * head_dim, *(("rotary", head_dim) if rotary else ())),
+            Site("gate_up", hidden, 2 * cfg["intermediate_size"], "gated"),
             Site("lm_head", hidden, cfg["vocab_size"])]
 
 

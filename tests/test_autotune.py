@@ -21,6 +21,7 @@ from db.models import Measurement, Run
 from db.queries import best_results, search_history
 from db.storage import Recorder, open_engine
 from kernels.config import Config, device_smem_limit
+from kernels.paired import rotary_config
 from search_spaces import Problem, get_space
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
 
@@ -245,6 +246,17 @@ def test_warm_start_configs_are_tried_first(db):
     outcome = make_tuner(db, trials=3).tune(TINY, warm_start=[leader])
     study = optuna.load_study(study_name=outcome.study_name, storage=db[0])
     assert Config.from_dict(study.trials[0].params) == leader
+
+
+def test_a_rotary_site_is_tuned_only_over_configs_the_runtime_can_rotate_with(db):
+    problem = dataclasses.replace(TINY, epilogue="rotary", head_dim=64)
+    outcome = make_tuner(db, trials=3).tune(problem, warm_start=[Config(16, 32, 64, 2, 5, 1, 2)])
+    assert outcome.study_name == study_name(SPACE.name, "h100", TINY) + "|rotary=64"
+    trials = optuna.load_study(study_name=outcome.study_name, storage=db[0]).trials
+    assert len(trials) == 3
+    configs = [Config.from_dict(t.params) for t in trials]
+    # The leader (16 columns a half, split-K) cannot rotate: never tried; every config tried can.
+    assert all(rotary_config(c, 64) is not None and c.BLOCK_N >= 64 for c in configs)
 
 
 def test_a_leader_too_short_for_m_is_tried_grouped_and_twice_as_tall_next(db):

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from kernels.config import Config
+from kernels.paired import gated_config, rotary_config
 from search_spaces import Problem, get_space
 from search_spaces.shapes import DEFAULT_M_BUCKETS, parse_m_buckets, parse_shapes, sites_from_config
 
@@ -82,6 +83,21 @@ def test_compile_problem_keeps_triton_specializations():
         assert small.N % 16 == N % 16 and small.K == 4096
 
 
+def test_paired_epilogue_problems_search_only_configs_that_have_that_form():
+    rotary, gated = Problem(32, 4096, 6144, epilogue="rotary", head_dim=128), Problem(32, 4096, 28672, epilogue="gated")
+    for problem, form in ((rotary, lambda c: rotary_config(c, 128)), (gated, gated_config)):
+        axes = SPACE.axes(problem)
+        assert axes["SPLIT_K"] == [1] and axes["TMA"] == [0]
+        feasible = SPACE.feasible(problem, smem_limit=None)
+        assert feasible and all(form(c) is not None for c in feasible)
+    # The plain product keeps the 16x32 tiles, split-K and TMA that the rotary form cannot run.
+    narrow = Config(16, 32, 128, 2, 5, 8, 1)
+    assert SPACE.violation(narrow, Problem(32, 4096, 6144), None) is None
+    assert "no rotary epilogue for head_dim=128" in SPACE.violation(narrow, rotary, None)
+    assert "no gated" in SPACE.violation(Config(16, 16, 128, 2, 5, 8, 1), gated, None)
+    assert SPACE.compile_problem(rotary).epilogue == "rotary"
+
+
 def test_presets_have_the_published_shapes():
     sites = {s.name: (s.N, s.K) for s in parse_shapes("llama-7b")}
     assert sites == {"qkv": (12288, 4096), "gate_up": (22016, 4096), "lm_head": (32000, 4096)}
@@ -89,6 +105,11 @@ def test_presets_have_the_published_shapes():
     assert {s.name: s.N for s in parse_shapes("qwen3-0.6b")}["qkv"] == 4096  # head_dim 128, not hidden/heads
     for preset in ("llama-13b", "mistral-7b"):
         assert len(parse_shapes(preset)) == 3
+    # Each site in the form the runtime runs it; Qwen3 normalizes q and k before rotating them.
+    forms = {s.name: (s.epilogue, s.head_dim) for s in parse_shapes("mistral-7b")}
+    assert forms == {"qkv": ("rotary", 128), "gate_up": ("gated", 0), "lm_head": ("", 0)}
+    assert {s.name: s.epilogue for s in parse_shapes("qwen3-0.6b")} == {"qkv": "", "gate_up": "gated", "lm_head": ""}
+    assert {s.epilogue for s in parse_shapes("llama-7b", kernel="linear")} == {""}
 
 
 def test_config_json_and_nxk_lists(tmp_path):
@@ -142,3 +163,9 @@ def test_problem_rejects_bad_fields():
         Problem(0, 64, 64)
     with pytest.raises(ValueError, match="Problem.dtype"):
         Problem(1, 64, 64, "int8")
+    with pytest.raises(ValueError, match="Problem.epilogue"):
+        Problem(1, 64, 64, epilogue="silu")
+    with pytest.raises(ValueError, match="Problem.head_dim"):
+        Problem(1, 64, 64, epilogue="rotary")
+    with pytest.raises(ValueError, match="Problem.head_dim"):
+        Problem(1, 64, 64, head_dim=128)
