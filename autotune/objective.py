@@ -46,6 +46,7 @@ class Evaluator:
         self.n_buffers = max(1, min(_MAX_BUFFERS, math.ceil(_L2_PASSES * l2_bytes / space.footprint_bytes(problem))))
         self.inputs = space.make_inputs(problem, device, self.n_buffers, seed=seed)
         self.expected = space.launcher(None)(self.inputs[0])
+        self.expected_written = [t.clone() for t in space.written(self.inputs[0])]
         self.baseline: Timing | None = None
 
     def workload(self, config: Config | None) -> Workload:
@@ -61,16 +62,25 @@ class Evaluator:
         reason = self.space.violation(config, self.problem, self.smem_limit)
         if reason is not None:
             return reason
+        written = self.space.written(self.inputs[0])
+        for t in written:
+            t.fill_(float("nan"))  # what the config leaves unwritten then fails the comparison
         try:
             out = self.space.launcher(config)(self.inputs[0])
         except Exception as e:  # noqa: BLE001 - compile errors and out-of-resources are results here
             return short_error(e)
+        error = self._mismatch("result", out, self.expected)
+        for got, want in zip(written, self.expected_written):
+            error = error or self._mismatch("written tensor", got, want)
+        return error
+
+    def _mismatch(self, what: str, got: torch.Tensor, want: torch.Tensor) -> str | None:
         atol, rtol = TOLERANCES[self.problem.dtype]
-        diff = (out.float() - self.expected.float()).abs()
-        bound = atol + rtol * self.expected.float().abs()
-        if not bool(torch.isfinite(out).all()) or bool((diff > bound).any()):
+        diff = (got.float() - want.float()).abs()
+        bound = atol + rtol * want.float().abs()
+        if not bool(torch.isfinite(got).all()) or bool((diff > bound).any()):
             worst = float(diff.nan_to_num(float("inf")).max())
-            return f"wrong result: max abs error {worst:.3g} vs the baseline (atol={atol}, rtol={rtol})"
+            return f"wrong {what}: max abs error {worst:.3g} vs the baseline (atol={atol}, rtol={rtol})"
         return None
 
     def evaluate(self, config: Config, repeats: int) -> Result:

@@ -44,6 +44,11 @@ class Problem:
         if (self.epilogue == "rotary") != (self.head_dim > 0) or self.head_dim % 2:
             raise ValueError(f"Problem.head_dim={self.head_dim!r}: expected an even head_dim > 0 exactly when "
                              "epilogue='rotary'")
+        if self.epilogue == "rotary" and (self.N % self.head_dim or self.N // self.head_dim < 3):
+            raise ValueError(f"Problem.N={self.N}: a rotary [q; k; v] site stacks at least 3 heads of "
+                             f"head_dim={self.head_dim}")
+        if self.epilogue == "gated" and self.N % 2:
+            raise ValueError(f"Problem.N={self.N}: a gated [gate; up] site stacks two halves, expected an even N")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -68,6 +73,10 @@ class SearchSpace(ABC):
     @abstractmethod
     def heuristics(self, problem: Problem, device: torch.device) -> list[Config]:
         """Hand-picked configs to try first (warm start); may fall outside the axes."""
+
+    def written(self, inputs: Any) -> list[torch.Tensor]:
+        """Tensors a launch on `inputs` writes besides its output (checked like the output); none by default."""
+        return []
 
     @abstractmethod
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:

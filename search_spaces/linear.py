@@ -31,7 +31,7 @@ class LinearSpace(RmsNormLinearSpace):
 
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
         # The fused space's x and weight (same seed, same values); a plain linear has no residual.
-        return [(x, w) for x, w, _ in super().make_inputs(problem, device, copies, seed)]
+        return [(x, w) for x, w, *_ in super().make_inputs(problem, device, copies, seed)]
 
     def launcher(self, config: Config | None) -> Callable[[Any], torch.Tensor]:
         if config is None:

@@ -14,9 +14,10 @@ from typing import Any, Callable
 import torch
 
 from kernels.config import Config, default_config, device_has_tma, tma_rows_aligned
-from kernels.paired import gated_config, rotary_config
+from kernels.paired import RotaryKV, gated_config, rotary_config
 from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
+from search_spaces.epilogues import rotary_inputs, run_fused, run_separate
 
 _BLOCK_M = (16, 32, 64, 128, 256)
 _BLOCK_N = (32, 64, 128, 256)
@@ -120,20 +121,33 @@ class RmsNormLinearSpace(SearchSpace):
             w = torch.randn(problem.N, problem.K, generator=gen, device=device).div_(math.sqrt(problem.K))
             # The runtime always adds the residual stream (every layer but the first): tune what it runs.
             r = torch.randn(problem.M, problem.K, generator=gen, device=device).to(problem.torch_dtype)
-            out.append((x, w.to(problem.torch_dtype), r))
+            # The paired form travels with the inputs: "" (the plain product), "gated", or the rotary's RotaryKV.
+            epilogue = rotary_inputs(problem, device, gen) if problem.epilogue == "rotary" else problem.epilogue
+            out.append((x, w.to(problem.torch_dtype), r, epilogue))
         return out
 
     def launcher(self, config: Config | None) -> Callable[[Any], torch.Tensor]:
-        if config is None:
-            return lambda inputs: baseline_rms_norm_linear(inputs[0], inputs[1], residual=inputs[2])[0]
-        return lambda inputs: fused_rms_norm_linear(inputs[0], inputs[1], residual=inputs[2], config=config)[0]
+        def run(inputs: tuple) -> torch.Tensor:
+            x, w, r, epilogue = inputs
+            if epilogue:
+                return run_separate(x, w, r, epilogue) if config is None else run_fused(x, w, r, epilogue, config)
+            if config is None:
+                return baseline_rms_norm_linear(x, w, residual=r)[0]
+            return fused_rms_norm_linear(x, w, residual=r, config=config)[0]
+        return run
+
+    def written(self, inputs: tuple) -> list[torch.Tensor]:
+        rotary = inputs[-1]  # the plain linear's inputs end with the weight
+        return [rotary.k_cache, rotary.v_cache] if isinstance(rotary, RotaryKV) else []
 
     def footprint_bytes(self, problem: Problem) -> int:
         # x, the residual and h = x + residual, the weight, the output
         return (3 * problem.M * problem.K + problem.N * problem.K + problem.M * problem.N) * problem.elem_bytes
 
     def compile_problem(self, problem: Problem) -> Problem:
-        """A small problem that compiles to the same binaries: Triton specializes ints on ==1 and %16 only."""
-        def small(v: int) -> int:
-            return v if v <= 16 else 16 + v % 16
-        return dataclasses.replace(problem, M=small(problem.M), N=small(problem.N))
+        """A small problem that compiles to the same binaries: Triton specializes ints on ==1 and %16 only. The
+        rotary form compiles its head counts in, so its N stays; the gated one runs N/2 columns."""
+        def small(v: int, unit: int = 16) -> int:
+            return v if v <= unit else unit + v % unit
+        N = {"rotary": problem.N, "gated": small(problem.N, 32)}.get(problem.epilogue, small(problem.N))
+        return dataclasses.replace(problem, M=small(problem.M), N=N)

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autotune.compile_pool import CompilePool
+from autotune.compile_pool import CompilePool, precompile
 from autotune.heartbeat import tuning_storage
 from autotune.objective import Evaluator
 from autotune.table import build_table
@@ -30,6 +30,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SPACE = get_space("rms_norm_linear")
 TINY = Problem(4, 64, 96, "float16")
+ROTARY = Problem(4, 64, 3 * 64, "float16", epilogue="rotary", head_dim=64)  # q, k and v: one head each
+GATED = Problem(4, 64, 96, "float16", epilogue="gated")
 
 
 class WrongResultSpace(RmsNormLinearSpace):
@@ -110,6 +112,46 @@ def test_wrong_results_and_launch_failures_become_reasons():
     oor = Evaluator(OutOfResourcesSpace(), TINY, DEVICE, FakeTimer(), l2_bytes=1).evaluate(
         Config(16, 256, 32, num_warps=8), 3)
     assert not oor.correct and "out of resource" in oor.error
+
+
+@pytest.mark.parametrize("problem", [ROTARY, GATED], ids=["rotary", "gated"])
+def test_the_paired_forms_run_fused_against_their_separate_path(problem):
+    ev = Evaluator(SPACE, problem, DEVICE, FakeTimer(), l2_bytes=1)
+    q_or_act = ev.expected
+    assert q_or_act.shape == ((4, 1, 64) if problem.epilogue == "rotary" else (4, 48))
+    # Every cache element is written by the separate path (one slot per token), none left as it was allocated.
+    assert all(bool(torch.isfinite(t).all()) for t in ev.expected_written) and len(ev.expected_written) == 2 * (
+        problem.epilogue == "rotary")
+    result = ev.evaluate(Config(16, 64, 32, 2, 2, 1), 3)
+    assert result.correct, result.error
+
+
+@pytest.mark.parametrize("problem", [ROTARY, GATED], ids=["rotary", "gated"])
+def test_the_paired_forms_precompile_on_their_small_problem(problem):
+    assert precompile(SPACE.name, problem, Config(16, 64, 32, 2, 2, 1).to_dict()) is None
+
+
+class ForgetfulRotarySpace(RmsNormLinearSpace):
+    """Configs with BLOCK_K=64 compute q right but write nothing into the KV cache."""
+
+    def launcher(self, config):
+        run, separate = super().launcher(config), super().launcher(None)
+        if config is not None and config.BLOCK_K == 64:
+            def forgets(inputs):
+                x, w, r, rotary = inputs
+                k, v = rotary.k_cache.clone(), rotary.v_cache.clone()
+                q = separate(inputs)
+                rotary.k_cache.copy_(k), rotary.v_cache.copy_(v)
+                return q
+            return forgets
+        return run
+
+
+def test_a_config_that_skips_the_cache_write_is_wrong():
+    ev = Evaluator(ForgetfulRotarySpace(), ROTARY, DEVICE, FakeTimer(), l2_bytes=1)
+    assert ev.evaluate(Config(16, 64, 32, 2, 2, 1), 3).correct
+    result = ev.evaluate(Config(16, 64, 64, 2, 2, 1), 3)
+    assert not result.correct and result.error.startswith("wrong written tensor")
 
 
 def test_timing_keeps_median_and_spread():
@@ -249,9 +291,9 @@ def test_warm_start_configs_are_tried_first(db):
 
 
 def test_a_rotary_site_is_tuned_only_over_configs_the_runtime_can_rotate_with(db):
-    problem = dataclasses.replace(TINY, epilogue="rotary", head_dim=64)
-    outcome = make_tuner(db, trials=3).tune(problem, warm_start=[Config(16, 32, 64, 2, 5, 1, 2)])
-    assert outcome.study_name == study_name(SPACE.name, "h100", TINY) + "|rotary=64"
+    outcome = make_tuner(db, trials=3).tune(ROTARY, warm_start=[Config(16, 32, 64, 2, 5, 1, 2)])
+    plain = dataclasses.replace(ROTARY, epilogue="", head_dim=0)
+    assert outcome.study_name == study_name(SPACE.name, "h100", plain) + "|rotary=64"
     trials = optuna.load_study(study_name=outcome.study_name, storage=db[0]).trials
     assert len(trials) == 3
     configs = [Config.from_dict(t.params) for t in trials]

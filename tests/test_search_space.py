@@ -1,4 +1,5 @@
 """The declarative search space and the shape sets: pruning, constraints, presets, parsing."""
+import dataclasses
 import json
 
 import pytest
@@ -95,7 +96,9 @@ def test_paired_epilogue_problems_search_only_configs_that_have_that_form():
     assert SPACE.violation(narrow, Problem(32, 4096, 6144), None) is None
     assert "no rotary epilogue for head_dim=128" in SPACE.violation(narrow, rotary, None)
     assert "no gated" in SPACE.violation(Config(16, 16, 128, 2, 5, 8, 1), gated, None)
-    assert SPACE.compile_problem(rotary).epilogue == "rotary"
+    # Compiled small: the rotary form keeps its N (the head counts are compiled in), the gated one N/2's residue.
+    assert SPACE.compile_problem(rotary) == dataclasses.replace(rotary, M=16)
+    assert SPACE.compile_problem(Problem(8, 4096, 22016, epilogue="gated")).N == 32
 
 
 def test_presets_have_the_published_shapes():
@@ -169,3 +172,7 @@ def test_problem_rejects_bad_fields():
         Problem(1, 64, 64, epilogue="rotary")
     with pytest.raises(ValueError, match="Problem.head_dim"):
         Problem(1, 64, 64, head_dim=128)
+    with pytest.raises(ValueError, match="Problem.N=256: a rotary"):
+        Problem(1, 64, 256, epilogue="rotary", head_dim=128)
+    with pytest.raises(ValueError, match="Problem.N=97: a gated"):
+        Problem(1, 64, 97, epilogue="gated")
