@@ -74,9 +74,9 @@ def tune(gpu_name: str, shapes: str, m_spec: str | None, dtype: str, kernel: str
                 raise ValueError(f"--gpu {gpu_name}: device {i} is {info.name!r} ({info.short_name})")
         open_engine(storage)
         optuna_storage(storage)
+        problems = [Problem(m, s.K, s.N, dtype, s.epilogue, s.head_dim, s.kv_heads) for s in sites for m in buckets]
     except (ValueError, RuntimeError, StorageError) as e:
         raise _fail(e) from None
-    problems = [Problem(m, s.K, s.N, dtype, s.epilogue, s.head_dim) for s in sites for m in buckets]
     click.echo(f"tuning {len(problems)} studies ({len(sites)} shapes x {len(buckets)} M buckets) on "
                f"{workers} x {gpu_name}, {trials} trials each, into {storage}", err=True)
     try:

@@ -1,4 +1,5 @@
-"""One Optuna study per (GPU, kernel, dtype, M, K, N): sample, compile ahead, check, time, re-time the top few.
+"""One Optuna study per (GPU, kernel, dtype, M, K, N, epilogue): sample, compile ahead, check, time, re-time the
+top few.
 
 Design choices (see docs for the numbers):
 - A study is one M bucket of one (K, N). Pruning the axes by M keeps each study's space small,
@@ -45,7 +46,8 @@ def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def study_name(kernel: str, gpu: str, problem: Problem) -> str:
-    form = f"|{problem.epilogue}" + (f"={problem.head_dim}" if problem.head_dim else "") if problem.epilogue else ""
+    form = f"|{problem.epilogue}" if problem.epilogue else ""
+    form += f"={problem.head_dim}/{problem.kv_heads}" if problem.epilogue == "rotary" else ""
     return f"{kernel}|{gpu}|{problem.dtype}|M={problem.M}|K={problem.K}|N={problem.N}{form}"
 
 

@@ -52,6 +52,9 @@ GRID_SEQ = (128, 256, 512, 1024, 2048)
 COLUMNS = ["model_name", "variant", "batch_size", "seq_len", "output_len", "latency_ms", "ttft_ms", "tpot_ms",
            "throughput_tokens_per_sec", "peak_memory_mb", "status", "gpu", "tuning_table"]
 RESULTS = Path(__file__).resolve().parent / "bench_results"
+# Each failed try at building the variants' engines together loads the weights again; after these many tries
+# (the grid, then without its largest points, then without the next) every point left runs variant by variant.
+PAIR_ATTEMPTS = 3
 
 
 def row_base(model_name: str, variant: str, args) -> dict:
@@ -173,7 +176,9 @@ def run_model(model: str, variants: list[str], points: list[tuple[int, int]], ar
     pending = sorted(points, key=lambda p: footprint(p, args.output_len))
     alone: list[tuple[int, int]] = []
     engines = None
-    while len(variants) > 1 and pending:
+    attempts = PAIR_ATTEMPTS
+    while len(variants) > 1 and pending and attempts:
+        attempts -= 1
         engines = build_together(path, variants, pending, args)
         if engines is not None:
             break

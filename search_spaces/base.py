@@ -22,15 +22,17 @@ EPILOGUES = ("", "gated", "rotary")
 class Problem:
     """One tuned problem: x (M, K) times weight (N, K).T in `dtype` (a key of DTYPES).
 
-    `epilogue` is the form the runtime runs this product in (kernels/paired.py): "gated" (gate/up with SiLU-and-mul)
-    or "rotary" (QKV rotating q and k of `head_dim`); only configs that have that form are searched, since the
-    runtime falls back to separate kernels for the others. "" is the plain product."""
+    `epilogue` is what the runtime runs after this product (kernels/paired.py): "gated" (gate/up, SiLU-and-mul) or
+    "rotary" (QKV: q and k rotated, k and v written to the KV cache; its heads of `head_dim`, `kv_heads` of them
+    for k and for v, the rest q). Such a problem is timed as the runtime runs it (search_spaces/epilogues.py).
+    "" is the plain product."""
     M: int
     K: int
     N: int
     dtype: str = "bfloat16"
     epilogue: str = ""
     head_dim: int = 0
+    kv_heads: int = 0
 
     def __post_init__(self):
         for name in ("M", "K", "N"):
@@ -41,12 +43,14 @@ class Problem:
             raise ValueError(f"Problem.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
         if self.epilogue not in EPILOGUES:
             raise ValueError(f"Problem.epilogue={self.epilogue!r}: expected one of {EPILOGUES}")
-        if (self.epilogue == "rotary") != (self.head_dim > 0) or self.head_dim % 2:
-            raise ValueError(f"Problem.head_dim={self.head_dim!r}: expected an even head_dim > 0 exactly when "
-                             "epilogue='rotary'")
-        if self.epilogue == "rotary" and (self.N % self.head_dim or self.N // self.head_dim < 3):
-            raise ValueError(f"Problem.N={self.N}: a rotary [q; k; v] site stacks at least 3 heads of "
-                             f"head_dim={self.head_dim}")
+        rotary = self.epilogue == "rotary"
+        if rotary != (self.head_dim > 0) or self.head_dim % 2 or rotary != (self.kv_heads > 0):
+            raise ValueError(f"Problem.head_dim={self.head_dim!r}, kv_heads={self.kv_heads!r}: expected an even "
+                             "head_dim > 0 and kv_heads > 0 exactly when epilogue='rotary'")
+        q_heads = self.N // self.head_dim - 2 * self.kv_heads if rotary else 0
+        if rotary and (self.N % self.head_dim or q_heads < 1 or q_heads % self.kv_heads):
+            raise ValueError(f"Problem.N={self.N}: expected [q; k; v] heads of head_dim={self.head_dim}, "
+                             f"kv_heads={self.kv_heads} for k and for v and a multiple of that for q")
         if self.epilogue == "gated" and self.N % 2:
             raise ValueError(f"Problem.N={self.N}: a gated [gate; up] site stacks two halves, expected an even N")
 

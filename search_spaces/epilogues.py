@@ -1,10 +1,10 @@
-"""The paired epilogues in the tuner: QKV and gate/up timed in the form the runtime runs them (kernels/paired.py).
+"""The paired epilogues in the tuner: QKV and gate/up timed as the runtime runs them (kernels/paired.py).
 
-A "gated" problem runs the fused kernel with SiLU-and-mul in its epilogue; a "rotary" one rotates q and k and
-writes k and v into a KV cache. Their baseline is the separate path the runtime would otherwise take: the norm
-and cuBLAS GEMM (as for the plain product), then the runtime's own SiLU-and-mul or rotary + cache-write kernel.
-Configs stay in the stacked product's terms, the table's currency: gated_config and rotary_config map them onto
-the form that runs.
+A "gated" site ends in SiLU-and-mul, a "rotary" one rotates q and k and writes k and v into a KV cache. A config
+with that form (gated_config, rotary_config: configs stay in the stacked product's terms, the table's currency)
+runs it in the fused kernel's epilogue; one without (split-K, TMA, too narrow a column tile) runs the plain fused
+kernel and then the runtime's separate SiLU-and-mul or rotary kernel, as nanovllm/layers/fused_norm_linear.py
+does. The baseline is the norm and cuBLAS GEMM (as for the plain product), then that separate kernel.
 """
 from __future__ import annotations
 
@@ -21,38 +21,38 @@ _ROPE_THETA = 10000.0
 
 
 def rotary_inputs(problem: Problem, device: torch.device, gen: torch.Generator) -> RotaryKV:
-    """Positions, the cos | sin table and a KV cache for `problem`'s M tokens.
-
-    The split of the heads between q and k/v does not change the work (each weight row is read once, each output
-    column written once: q to the output, k and v to the cache), so q and k/v get equal shares where the head
-    count allows, else one KV head. The cache has exactly one slot per token, in a shuffled order: every element
-    is written, so a missed write shows in the check."""
-    D, heads = problem.head_dim, problem.N // problem.head_dim
-    kv = heads // 3 if heads % 3 == 0 else 1
+    """Positions, the cos | sin table and a KV cache for `problem`'s M tokens. The cache has exactly one slot per
+    token, in a shuffled order: every element is written, so a missed write shows in the check."""
+    D, kv = problem.head_dim, problem.kv_heads
     positions = torch.randint(0, _MAX_POSITION, (problem.M,), generator=gen, device=device)
     inv_freq = _ROPE_THETA ** -(torch.arange(0, D, 2, device=device, dtype=torch.float32) / D)
     angles = torch.outer(torch.arange(_MAX_POSITION, device=device, dtype=torch.float32), inv_freq)
     table = torch.cat([angles.cos(), angles.sin()], dim=-1)
     slots = torch.randperm(problem.M, generator=gen, device=device).to(torch.int32)
     cache = [torch.empty(problem.M, 1, kv, D, device=device, dtype=problem.torch_dtype) for _ in range(2)]
-    return RotaryKV(positions, table, slots, *cache, num_q_heads=heads - 2 * kv)
+    return RotaryKV(positions, table, slots, *cache, num_q_heads=problem.N // D - 2 * kv)
 
 
 def run_fused(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, epilogue: str | RotaryKV,
               config: Config) -> torch.Tensor:
-    """The fused kernel in the epilogue's form: silu(gate) * up, or the rotated q (k and v go to the cache)."""
+    """The runtime's path for `config`: silu(gate) * up, or the rotated q (k and v go to the cache)."""
+    form = gated_config(config) if epilogue == "gated" else rotary_config(config, epilogue.head_dim)
+    if form is None:
+        return _separate_epilogue(fused_rms_norm_linear(x, w, residual=r, config=config)[0], epilogue)
     if epilogue == "gated":
-        return fused_rms_norm_linear(x, w, residual=r, silu_and_mul=True, config=gated_config(config))[0]
-    return fused_rms_norm_linear(x, w, residual=r, rotary=epilogue,
-                                 config=rotary_config(config, epilogue.head_dim))[0]
+        return fused_rms_norm_linear(x, w, residual=r, silu_and_mul=True, config=form)[0]
+    return fused_rms_norm_linear(x, w, residual=r, rotary=epilogue, config=form)[0]
 
 
 def run_separate(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, epilogue: str | RotaryKV) -> torch.Tensor:
     """The baseline: norm, cuBLAS GEMM, then the runtime's SiLU-and-mul or rotary + cache-write kernel."""
+    return _separate_epilogue(baseline_rms_norm_linear(x, w, residual=r)[0], epilogue)
+
+
+def _separate_epilogue(y: torch.Tensor, epilogue: str | RotaryKV) -> torch.Tensor:
     # Imported here: the runtime's package loads transformers, which tuning the plain forms never needs.
     from nanovllm import ops
 
-    y = baseline_rms_norm_linear(x, w, residual=r)[0]
     if epilogue == "gated":
         return ops.silu_and_mul(y)
     D, hq, kv = epilogue.head_dim, epilogue.num_q_heads, epilogue.k_cache.shape[2]

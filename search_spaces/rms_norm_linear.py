@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from kernels.config import Config, default_config, device_has_tma, tma_rows_aligned
-from kernels.paired import RotaryKV, gated_config, rotary_config
+from kernels.paired import RotaryKV
 from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
 from search_spaces.epilogues import rotary_inputs, run_fused, run_separate
@@ -67,18 +67,13 @@ class RmsNormLinearSpace(SearchSpace):
             "SUMSQ_IN_LOOP": [0, 1],
             # Pointer loads, or TMA descriptors with a program per tile or persistent programs (sm_90+).
             "TMA": [0, 1, 2],
-        } | ({"SPLIT_K": [1], "TMA": [0]} if problem.epilogue else {})  # the paired epilogues have neither
+        }
 
     def violation(self, config: Config, problem: Problem, smem_limit: int | None) -> str | None:
         try:
             config.validate(K=problem.K, elem_bytes=problem.elem_bytes, smem_limit=smem_limit, norm=self.has_norm)
         except ValueError as e:
             return str(e)
-        if problem.epilogue == "gated" and gated_config(config) is None:
-            return f"BLOCK_N={config.BLOCK_N}, SPLIT_K={config.SPLIT_K}, TMA={config.TMA}: no gated (SiLU) epilogue"
-        if problem.epilogue == "rotary" and rotary_config(config, problem.head_dim) is None:
-            return (f"BLOCK_N={config.BLOCK_N}, SPLIT_K={config.SPLIT_K}, TMA={config.TMA}: no rotary epilogue for "
-                    f"head_dim={problem.head_dim}")
         if config.TMA:
             if not tma_rows_aligned(problem.K, problem.N, problem.elem_bytes):
                 return f"TMA={config.TMA}: K={problem.K} and N={problem.N} rows must be multiples of 16 bytes"
@@ -141,8 +136,10 @@ class RmsNormLinearSpace(SearchSpace):
         return [rotary.k_cache, rotary.v_cache] if isinstance(rotary, RotaryKV) else []
 
     def footprint_bytes(self, problem: Problem) -> int:
-        # x, the residual and h = x + residual, the weight, the output
-        return (3 * problem.M * problem.K + problem.N * problem.K + problem.M * problem.N) * problem.elem_bytes
+        # x, the residual and h = x + residual, the weight, the output (gated: half the columns; rotary: q, and k and
+        # v into the cache)
+        out = problem.M * problem.N // (2 if problem.epilogue == "gated" else 1)
+        return (3 * problem.M * problem.K + problem.N * problem.K + out) * problem.elem_bytes
 
     def compile_problem(self, problem: Problem) -> Problem:
         """A small problem that compiles to the same binaries: Triton specializes ints on ==1 and %16 only. The

@@ -44,6 +44,7 @@ class Site:
     N: int
     epilogue: str = ""
     head_dim: int = 0
+    kv_heads: int = 0
 
 
 SITE_KERNELS = ("rms_norm_linear", "linear")
@@ -68,8 +69,9 @@ def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm
     if kernel == "linear":
         return [Site("o_proj", heads * head_dim, hidden), Site("down_proj", cfg["intermediate_size"], hidden)]
     # Qwen3 normalizes q and k before the rotary embedding, so its QKV stays a plain product (nanovllm/models).
-    rotary = cfg.get("model_type") not in _QK_NORM_MODELS
-    return [Site("qkv", hidden, (heads + 2 * kv_heads) * head_dim, *(("rotary", head_dim) if rotary else ())),
+    rotary = cfg.get("model_type") not in _QK_NORM_MODELS and head_dim % 2 == 0
+    return [Site("qkv", hidden, (heads + 2 * kv_heads) * head_dim,
+                 *(("rotary", head_dim, kv_heads) if rotary else ())),
             Site("gate_up", hidden, 2 * cfg["intermediate_size"], "gated"),
             Site("lm_head", hidden, cfg["vocab_size"])]
 
@@ -95,7 +97,9 @@ def parse_shapes(spec: str, kernel: str = "rms_norm_linear") -> list[Site]:
                              "an existing config.json path, or NxK (e.g. 12288x4096)")
     unique: dict[tuple[int, int], Site] = {}
     for s in sites:
-        unique.setdefault((s.K, s.N), s)
+        # A (K, N) named twice is tuned once, in the runtime's form where one of the two names it.
+        if (s.K, s.N) not in unique or (s.epilogue and not unique[(s.K, s.N)].epilogue):
+            unique[(s.K, s.N)] = s
     return list(unique.values())
 
 

@@ -21,7 +21,6 @@ from db.models import Measurement, Run
 from db.queries import best_results, search_history
 from db.storage import Recorder, open_engine
 from kernels.config import Config, device_smem_limit
-from kernels.paired import rotary_config
 from search_spaces import Problem, get_space
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
 
@@ -30,7 +29,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SPACE = get_space("rms_norm_linear")
 TINY = Problem(4, 64, 96, "float16")
-ROTARY = Problem(4, 64, 3 * 64, "float16", epilogue="rotary", head_dim=64)  # q, k and v: one head each
+ROTARY = Problem(4, 64, 3 * 64, "float16", epilogue="rotary", head_dim=64, kv_heads=1)  # q, k, v: a head each
 GATED = Problem(4, 64, 96, "float16", epilogue="gated")
 
 
@@ -124,6 +123,20 @@ def test_the_paired_forms_run_fused_against_their_separate_path(problem):
         problem.epilogue == "rotary")
     result = ev.evaluate(Config(16, 64, 32, 2, 2, 1), 3)
     assert result.correct, result.error
+
+
+@pytest.mark.parametrize("problem", [ROTARY, GATED], ids=["rotary", "gated"])
+def test_a_config_without_the_form_runs_plain_then_the_separate_kernel(problem, monkeypatch):
+    import search_spaces.epilogues as epilogues
+
+    calls, fused = [], epilogues.fused_rms_norm_linear
+    monkeypatch.setattr(epilogues, "fused_rms_norm_linear", lambda *a, **kw: calls.append(
+        kw.get("silu_and_mul") or kw.get("rotary") is not None) or fused(*a, **kw))
+    ev = Evaluator(SPACE, problem, DEVICE, FakeTimer(), l2_bytes=1)
+    assert ev.evaluate(Config(16, 64, 32, 2, 2, 1), 3).correct and calls[-1] is True  # the epilogue in the kernel
+    result = ev.evaluate(Config(16, 32, 32, 2, 2, 1, SPLIT_K=2), 3)  # no form: split-K and 16-column halves
+    assert result.correct, result.error
+    assert calls[-1] is False  # the plain kernel; the check passed, so the separate kernel did the rest
 
 
 @pytest.mark.parametrize("problem", [ROTARY, GATED], ids=["rotary", "gated"])
@@ -290,15 +303,14 @@ def test_warm_start_configs_are_tried_first(db):
     assert Config.from_dict(study.trials[0].params) == leader
 
 
-def test_a_rotary_site_is_tuned_only_over_configs_the_runtime_can_rotate_with(db):
-    outcome = make_tuner(db, trials=3).tune(ROTARY, warm_start=[Config(16, 32, 64, 2, 5, 1, 2)])
-    plain = dataclasses.replace(ROTARY, epilogue="", head_dim=0)
-    assert outcome.study_name == study_name(SPACE.name, "h100", plain) + "|rotary=64"
+def test_a_rotary_site_has_a_study_of_its_own_and_every_config_runs(db):
+    leader = Config(16, 32, 64, 2, 5, 1, 1)  # 16-column halves: no rotary form
+    outcome = make_tuner(db, trials=3).tune(ROTARY, warm_start=[leader])
+    plain = dataclasses.replace(ROTARY, epilogue="", head_dim=0, kv_heads=0)
+    assert outcome.study_name == study_name(SPACE.name, "h100", plain) + "|rotary=64/1"
     trials = optuna.load_study(study_name=outcome.study_name, storage=db[0]).trials
-    assert len(trials) == 3
-    configs = [Config.from_dict(t.params) for t in trials]
-    # The leader (16 columns a half, split-K) cannot rotate: never tried; every config tried can.
-    assert all(rotary_config(c, 64) is not None and c.BLOCK_N >= 64 for c in configs)
+    assert Config.from_dict(trials[0].params) == leader
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
 
 
 def test_a_leader_too_short_for_m_is_tried_grouped_and_twice_as_tall_next(db):

@@ -8,7 +8,8 @@ from nanovllm.engine.cuda_graph import decode_arrays, decode_views
 from nanovllm.engine.sequence import Sequence
 from nanovllm.utils.context import reset_context
 from tests.test_engine import prompts
-from tests.test_models_hf import engine as make_engine, make_checkpoint
+from tests.test_models_hf import engine as make_engine
+from tests.test_models_hf import make_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import torch
 
 from nanovllm import LLM, SamplingParams
 from nanovllm.engine.sequence import Sequence
-from tests.test_models_hf import DEVICE, engine as make_engine, make_checkpoint
+from tests.test_models_hf import DEVICE, make_checkpoint
+from tests.test_models_hf import engine as make_engine
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 
