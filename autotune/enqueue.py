@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -86,14 +87,16 @@ def settled_trials(study: optuna.Study, number: int, timeout_s: float = 10.0) ->
         time.sleep(0.01)
 
 
-def duplicate_of(config: Config, trials: list[optuna.trial.FrozenTrial], number: int) -> str | None:
-    """The earlier trial with the same config, if any; a concurrent worker's trial counts as soon as it has
-    chosen its config (`settled_trials` waits for that), and the later of two duplicates yields."""
+def duplicate_of(config: Config, trials: list[optuna.trial.FrozenTrial], number: int,
+                 runs_as: Callable[[Config], Config] = lambda c: c) -> str | None:
+    """The earlier trial whose config runs as this one does (`SearchSpace.runs_as`), if any; a concurrent worker's
+    trial counts as soon as it has chosen its config (`settled_trials` waits for that), and the later of two
+    duplicates yields."""
     for t in trials:
         if t.number >= number or t.state in (TrialState.PRUNED, TrialState.WAITING) or failed_by_heartbeat(t):
             continue
         given = chosen_config(t)
         # A trial stored before an axis existed lacks it: it ran that axis's default, not every value of it.
-        if given and dataclasses.replace(Config(), **given) == config:
+        if given and runs_as(dataclasses.replace(Config(), **given)) == runs_as(config):
             return f"duplicate of trial {t.number}"
     return None

@@ -212,7 +212,8 @@ class Tuner:
             config = self.space.to_config({k: trial.suggest_categorical(k, v) for k, v in axes.items()})
             trial.set_user_attr(CONFIG_ATTR, config.to_dict())
             reason = self.space.violation(config, evaluator.problem, evaluator.smem_limit)
-            reason = reason or duplicate_of(config, settled_trials(study, trial.number), trial.number)
+            reason = reason or duplicate_of(config, settled_trials(study, trial.number), trial.number,
+                                            lambda c: self.space.runs_as(c, evaluator.problem))
         except BaseException:
             _tell(study, trial, None)
             raise

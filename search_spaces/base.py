@@ -78,6 +78,11 @@ class SearchSpace(ABC):
     def heuristics(self, problem: Problem, device: torch.device) -> list[Config]:
         """Hand-picked configs to try first (warm start); may fall outside the axes."""
 
+    def runs_as(self, config: Config, problem: Problem) -> Config:
+        """The config as it runs on `problem`: two configs that run the same kernel are one trial (the tuner skips
+        the second as a duplicate). The config itself by default."""
+        return config
+
     def written(self, inputs: Any) -> list[torch.Tensor]:
         """Tensors a launch on `inputs` writes besides its output (checked like the output); none by default."""
         return []
@@ -101,7 +106,11 @@ class SearchSpace(ABC):
         return Config.from_dict(params)
 
     def feasible(self, problem: Problem, smem_limit: int | None) -> list[Config]:
-        """Every config of the grid that passes the constraints."""
+        """Every config of the grid that passes the constraints, one per kernel that runs."""
         axes = self.axes(problem)
         configs = (self.to_config(dict(zip(axes, values))) for values in itertools.product(*axes.values()))
-        return [c for c in configs if self.violation(c, problem, smem_limit) is None]
+        unique: dict[Config, Config] = {}
+        for c in configs:  # one per kernel that runs (`runs_as`)
+            if self.violation(c, problem, smem_limit) is None:
+                unique.setdefault(self.runs_as(c, problem), c)
+        return list(unique.values())

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from kernels.config import Config, default_config, device_has_tma, tma_rows_aligned
-from kernels.paired import RotaryKV
+from kernels.paired import RotaryKV, rotary_config
 from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
 from search_spaces.epilogues import rotary_inputs, run_fused, run_separate
@@ -130,6 +130,12 @@ class RmsNormLinearSpace(SearchSpace):
                 return baseline_rms_norm_linear(x, w, residual=r)[0]
             return fused_rms_norm_linear(x, w, residual=r, config=config)[0]
         return run
+
+    def runs_as(self, config: Config, problem: Problem) -> Config:
+        # The rotary form halves BLOCK_N, and further until it divides head_dim/2: at head_dim 128, BLOCK_N 128 and
+        # 256 both run 64 columns. Named by the smallest stacked BLOCK_N that runs it.
+        form = rotary_config(config, problem.head_dim) if problem.epilogue == "rotary" else None
+        return dataclasses.replace(config, BLOCK_N=2 * form.BLOCK_N) if form is not None else config
 
     def written(self, inputs: tuple) -> list[torch.Tensor]:
         rotary = inputs[-1]  # the plain linear's inputs end with the weight

@@ -310,7 +310,17 @@ def test_a_rotary_site_has_a_study_of_its_own_and_every_config_runs(db):
     assert outcome.study_name == study_name(SPACE.name, "h100", plain) + "|rotary=64/1"
     trials = optuna.load_study(study_name=outcome.study_name, storage=db[0]).trials
     assert Config.from_dict(trials[0].params) == leader
-    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3  # every config runs, none fails
+    assert all(t.user_attrs["pruned"].startswith("duplicate") for t in trials if t.state == TrialState.PRUNED)
+
+
+def test_configs_that_run_the_same_rotary_kernel_are_one_trial(db):
+    # head_dim 64: BLOCK_N 64, 128 and 256 all run 32-column halves.
+    first, same = Config(16, 64, 64, 2, 2, 1), Config(16, 128, 64, 2, 2, 1)
+    outcome = make_tuner(db, trials=2).tune(ROTARY, warm_start=[first, same])
+    trials = optuna.load_study(study_name=outcome.study_name, storage=db[0]).trials
+    assert trials[1].user_attrs["pruned"] == "duplicate of trial 0"
+    assert Config.from_dict(trials[1].params) == same
 
 
 def test_a_leader_too_short_for_m_is_tried_grouped_and_twice_as_tall_next(db):

@@ -92,6 +92,13 @@ def test_paired_epilogue_problems_keep_the_whole_space_and_compile_small():
         plain = dataclasses.replace(problem, epilogue="", head_dim=0, kv_heads=0)
         assert SPACE.axes(problem) == SPACE.axes(plain)
         assert SPACE.violation(Config(16, 32, 128, 2, 5, 8, 2), problem, None) is None
+    # Stacked tiles that the rotary form runs alike are one config: at head_dim 128, BLOCK_N 128 and 256 run 64.
+    wide, wider = Config(16, 128, 128, 4, 4, 1), Config(16, 256, 128, 4, 4, 1)
+    assert SPACE.runs_as(wide, rotary) == SPACE.runs_as(wider, rotary) == wide
+    assert SPACE.runs_as(wider, gated) == wider and SPACE.runs_as(wider, Problem(32, 4096, 6144)) == wider
+    feasible = SPACE.feasible(rotary, smem_limit=None)
+    assert len({SPACE.runs_as(c, rotary) for c in feasible}) == len(feasible)
+    assert len(feasible) < len(SPACE.feasible(dataclasses.replace(rotary, epilogue="", head_dim=0, kv_heads=0), None))
     # Compiled small: the rotary form keeps its N (the head counts are compiled in), the gated one N/2's residue.
     assert SPACE.compile_problem(rotary) == dataclasses.replace(rotary, M=16)
     assert SPACE.compile_problem(Problem(8, 4096, 22016, epilogue="gated")).N == 32
