@@ -102,7 +102,7 @@ def test_tune_show_export_through_the_cli(tmp_path, fake_gpus):
 
 def test_list_shapes():
     r = CliRunner().invoke(cli.main, ["list-shapes"])
-    assert r.exit_code == 0 and "llama-7b" in r.stdout and "qkv 12288x4096" in r.stdout
+    assert r.exit_code == 0 and "llama-7b" in r.stdout and "qkv 12288x4096 (rotary)" in r.stdout
     assert "linear: o_proj 4096x4096, down_proj 4096x11008" in r.stdout
 
 
@@ -188,6 +188,8 @@ def _digest(path: Path) -> str:
     (["tune", "--gpu", "h100", "--shapes", "96x64", "--trials", "0"], "--trials 0: expected >= 1"),
     (["tune", "--gpu", "h100", "--shapes", "96x64", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
      PG_UNREACHABLE),
+    # 5 query heads cannot share 2 KV heads: the rotary QKV site is refused before anything is stored.
+    (["tune", "--gpu", "h100", "--shapes", "{bad_heads}", "--m", "1"], "Problem.N=1152: expected [q; k; v] heads"),
     (["show", "--table", "{corrupt}"], "not valid JSON"),
     (["show", "--gpu", "h100", "--storage", "sqlite:///{absent}"], "no database file"),
     (["export-table", "--gpu", "l4"], "no finished tuning results"),
@@ -201,7 +203,10 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path, fake_gpus, args, mess
     before = _digest(db)
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"format": "nano-vllm-coconut/lookup-table", ')
-    args = [a.format(corrupt=corrupt, absent=tmp_path / "absent.db") for a in args]
+    bad_heads = tmp_path / "config.json"
+    bad_heads.write_text(json.dumps(dict(model_type="llama", hidden_size=640, intermediate_size=1024,
+                                         num_attention_heads=5, num_key_value_heads=2, vocab_size=1000)))
+    args = [a.format(corrupt=corrupt, absent=tmp_path / "absent.db", bad_heads=bad_heads) for a in args]
     if "--storage" not in args and args[0] != "show":
         args += ["--storage", url]
     r = runner.invoke(cli.main, args)
