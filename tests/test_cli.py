@@ -100,6 +100,29 @@ def test_tune_show_export_through_the_cli(tmp_path, fake_gpus):
         assert s.scalar(select(func.count()).select_from(Run)) == 2
 
 
+def test_tune_a_model_config_runs_its_sites_in_their_forms_and_exports_them(tmp_path, fake_gpus):
+    # A tiny Mistral-like decoder: 2 query heads of 64 sharing 1 KV head, so QKV is rotary, gate/up gated.
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(dict(model_type="mistral", hidden_size=128, intermediate_size=96,
+                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=80)))
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    runner = CliRunner()
+    r = runner.invoke(cli.main, ["tune", "--gpu", "h100", "--shapes", str(config), "--m", "4", "--trials", "2",
+                                 "--dtype", "float16", "--storage", url])
+    assert r.exit_code == 0, r.output
+    trials = counted_trials(url)
+    assert sorted(trials) == ["rms_norm_linear|h100|float16|M=4|K=128|N=192|gated",
+                              "rms_norm_linear|h100|float16|M=4|K=128|N=256|rotary=64/1",
+                              "rms_norm_linear|h100|float16|M=4|K=128|N=80"]
+    for study, done in trials.items():  # every config ran as the runtime would, none of them wrong
+        assert [t.state for t in done if t.state != TrialState.PRUNED] == [TrialState.COMPLETE] * 2, study
+    out = tmp_path / "h100.json"
+    assert runner.invoke(cli.main, ["export-table", "--gpu", "h100", "--out", str(out), "--storage", url]
+                         ).exit_code == 0
+    assert {(e["K"], e["N"]) for e in json.loads(out.read_text())["kernels"]["rms_norm_linear"]} == {
+        (128, 256), (128, 192), (128, 80)}
+
+
 def test_list_shapes():
     r = CliRunner().invoke(cli.main, ["list-shapes"])
     assert r.exit_code == 0 and "llama-7b" in r.stdout and "qkv 12288x4096 (rotary)" in r.stdout
