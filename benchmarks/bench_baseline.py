@@ -39,7 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CsvWriter, gpu_name, require_cuda  # noqa: E402
-from benchmarks.engine_runs import build, engine_kwargs, measure, run_once, summarize, write_profile  # noqa: E402
+from benchmarks.engine_runs import (build, engine_kwargs, footprint, measure, run_once, summarize,  # noqa: E402
+                                   write_profile)
 from nanovllm import LLM  # noqa: E402
 from nanovllm.utils.context import reset_context  # noqa: E402
 from nanovllm.utils.random_checkpoint import cached_random_checkpoint  # noqa: E402
@@ -160,12 +161,6 @@ def run_interleaved(engines: dict[str, tuple[LLM, int]], model_name: str, points
 def csv_name(model: str) -> str:
     """The CSV's model_name: a preset's name, or a checkpoint folder's."""
     return model if model in MODELS else os.path.basename(os.path.normpath(model))
-
-
-def footprint(point: tuple[int, int], output_len: int) -> tuple[int, int]:
-    """(KV-cache blocks, prefill tokens) of a point: what an engine built for it has to hold."""
-    batch, seq_len = point
-    return batch * -(-(seq_len + output_len) // 16), batch * seq_len
 
 
 def run_model(model: str, variants: list[str], points: list[tuple[int, int]], args, writer: CsvWriter) -> None:

@@ -16,6 +16,7 @@ import torch
 from nanovllm import LLM, SamplingParams
 
 SEEDS = itertools.count()
+BLOCK_SIZE = 16  # KV-cache tokens per block
 
 
 def engine_kwargs(variant: str, tuning_table: str | None) -> dict:
@@ -24,12 +25,18 @@ def engine_kwargs(variant: str, tuning_table: str | None) -> dict:
     return {"fused_norm_linear": True, "tuning_table": False if variant == "fused" else tuning_table}
 
 
+def footprint(point: tuple[int, int], output_len: int) -> tuple[int, int]:
+    """(KV-cache blocks, prefill tokens) of a (batch, prompt length) point: what an engine built for it holds."""
+    batch, seq_len = point
+    return batch * -(-(seq_len + output_len) // BLOCK_SIZE), batch * seq_len
+
+
 def build(path: str, variant: str, points: list[tuple[int, int]], output_len: int, tuning_table: str | None) -> LLM:
     """An engine whose KV cache, batch and prefill limits hold every point in `points` and no more."""
-    blocks = max(b * -(-(s + output_len) // 16) for b, s in points)
+    blocks, tokens = (max(sizes) for sizes in zip(*(footprint(p, output_len) for p in points)))
     return LLM(path, dtype=torch.bfloat16, max_model_len=max(s for _, s in points) + output_len,
-               max_num_seqs=max(b for b, _ in points), max_num_batched_tokens=max(b * s for b, s in points),
-               kvcache_block_size=16, num_kvcache_blocks=blocks, **engine_kwargs(variant, tuning_table))
+               max_num_seqs=max(b for b, _ in points), max_num_batched_tokens=tokens,
+               kvcache_block_size=BLOCK_SIZE, num_kvcache_blocks=blocks, **engine_kwargs(variant, tuning_table))
 
 
 def run_once(llm: LLM, batch: int, seq_len: int, output_len: int) -> tuple[float, float]:

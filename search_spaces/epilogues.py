@@ -20,14 +20,19 @@ _MAX_POSITION = 4096
 _ROPE_THETA = 10000.0
 
 
-def rotary_inputs(problem: Problem, device: torch.device, gen: torch.Generator) -> RotaryKV:
-    """Positions, the cos | sin table and a KV cache for `problem`'s M tokens. The cache has exactly one slot per
-    token, in a shuffled order: every element is written, so a missed write shows in the check."""
-    D, kv = problem.head_dim, problem.kv_heads
-    positions = torch.randint(0, _MAX_POSITION, (problem.M,), generator=gen, device=device)
-    inv_freq = _ROPE_THETA ** -(torch.arange(0, D, 2, device=device, dtype=torch.float32) / D)
+def rope_table(head_dim: int, device: torch.device) -> torch.Tensor:
+    """The float32 cos | sin table [max_position, head_dim] of a Neox-style rotary embedding."""
+    inv_freq = _ROPE_THETA ** -(torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(_MAX_POSITION, device=device, dtype=torch.float32), inv_freq)
-    table = torch.cat([angles.cos(), angles.sin()], dim=-1)
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+def rotary_inputs(problem: Problem, table: torch.Tensor, gen: torch.Generator) -> RotaryKV:
+    """Positions and a KV cache for `problem`'s M tokens, rotated by `table` (`rope_table`; read-only, so input
+    copies share it). The cache has exactly one slot per token, in a shuffled order: every element is written, so
+    a missed write shows in the check."""
+    D, kv, device = problem.head_dim, problem.kv_heads, table.device
+    positions = torch.randint(0, _MAX_POSITION, (problem.M,), generator=gen, device=device)
     slots = torch.randperm(problem.M, generator=gen, device=device).to(torch.int32)
     cache = [torch.empty(problem.M, 1, kv, D, device=device, dtype=problem.torch_dtype) for _ in range(2)]
     return RotaryKV(positions, table, slots, *cache, num_q_heads=problem.N // D - 2 * kv)

@@ -17,7 +17,7 @@ from kernels.config import Config, default_config, device_has_tma, tma_rows_alig
 from kernels.paired import RotaryKV, rotary_config
 from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
-from search_spaces.epilogues import rotary_inputs, run_fused, run_separate
+from search_spaces.epilogues import rope_table, rotary_inputs, run_fused, run_separate
 
 _BLOCK_M = (16, 32, 64, 128, 256)
 _BLOCK_N = (32, 64, 128, 256)
@@ -109,6 +109,7 @@ class RmsNormLinearSpace(SearchSpace):
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
         # Generated where they are used: filling a lm_head weight on the CPU would take longer than tuning it.
         gen = torch.Generator(device=device).manual_seed(seed)
+        table = rope_table(problem.head_dim, device) if problem.epilogue == "rotary" else None
         out = []
         for _ in range(copies):
             # Random, never zeros: a kernel that skips work must not pass by accident. Unit-scale outputs.
@@ -117,7 +118,7 @@ class RmsNormLinearSpace(SearchSpace):
             # The runtime always adds the residual stream (every layer but the first): tune what it runs.
             r = torch.randn(problem.M, problem.K, generator=gen, device=device).to(problem.torch_dtype)
             # The paired form travels with the inputs: "" (the plain product), "gated", or the rotary's RotaryKV.
-            epilogue = rotary_inputs(problem, device, gen) if problem.epilogue == "rotary" else problem.epilogue
+            epilogue = rotary_inputs(problem, table, gen) if problem.epilogue == "rotary" else problem.epilogue
             out.append((x, w.to(problem.torch_dtype), r, epilogue))
         return out
 
