@@ -127,8 +127,8 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
             table = load_table(table_path)
             click.echo(f"{table_path}: {table.gpu_name} ({table.gpu}), torch {table.torch}, triton {table.triton}, "
                        f"created {table.created}")
-            rows = [dict(kernel=k, dtype=d, K=K, N=N, M=m, config=_short(c), speedup=x) for (k, K, N, d), buckets
-                    in table.entries.items() for m, c, x in buckets]
+            rows = [dict(kernel=k, dtype=d, K=K, N=N, M=m, config=_short(c), speedup=x, epilogue=f)
+                    for (k, K, N, d), buckets in table.entries.items() for m, c, x, f in buckets]
             click.echo(pd.DataFrame(rows).to_string(index=False))
             return
         gpu_name = check_gpu_arg(gpu_name) if gpu_name else None
@@ -141,7 +141,8 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
     best = best.assign(config=best["config"].map(_short_dict), us=best["median_us"].round(2),
                        spread=best["spread_us"].round(2), base_us=best["baseline_us"].round(2),
                        speedup=best["speedup"].round(3), tflops=best["tflops"].round(1), gbps=best["gbps"].round(0))
-    cols = ["gpu", "kernel", "dtype", "K", "N", "M", "config", "us", "spread", "base_us", "speedup", "tflops", "gbps"]
+    cols = ["gpu", "kernel", "dtype", "K", "N", "M", "config", "us", "spread", "base_us", "speedup", "tflops", "gbps",
+            "epilogue"]
     click.echo(best[cols].to_string(index=False))
 
 

@@ -15,14 +15,22 @@ Format (JSON, format_version 1):
            "buckets": [
              {"M": 1, "config": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4,
                                  "num_stages": 4, "GROUP_M": 1, "SPLIT_K": 4},
-              "latency_us": 25.1, "spread_us": 0.2, "baseline_us": 42.7, "speedup": 1.70},
+              "latency_us": 25.1, "spread_us": 0.2, "baseline_us": 42.7, "speedup": 1.70,
+              "epilogue": "rotary=128/32"},
              ...]}]}
     }
+
+A bucket's optional "epilogue" is the form its result was timed in, as the runtime runs that site: "gated"
+(SiLU-and-mul after gate/up), "rotary=<head_dim>/<kv_heads>" (QKV with the rotary embedding and KV-cache write);
+absent for the plain product. A result timed in its form outranks a plain one of the same bucket, however new: the
+plain timing leaves out the epilogue the runtime runs, and picked tiles that lost end to end (llama-13b at batch 32,
+docs/PERF_NOTES.md session 14). So a later plain `NxK` tune of a model's QKV shape does not replace its buckets.
 
 "kernels" holds one list per tuned kernel: "rms_norm_linear" (the fused sites) and "linear" (its norm-free GEMM,
 o_proj and down_proj); export writes every kernel the database has results for. `export-table --merge` adds
 them to the table already at --out (merge_tables), bucket by bucket: the database's (kernel, K, N, dtype, M)
-results replace the file's, the file's other buckets are kept.
+results replace the file's (unless the file's was timed in its form and the database's was not), the file's other
+buckets are kept.
 
 Bucket rule: a problem with M rows uses the smallest tuned bucket >= M, else the largest bucket.
 A table is only valid for the software it names: configs tuned under one Triton can lose under another.
@@ -30,6 +38,7 @@ A table is only valid for the software it names: configs tuned under one Triton 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -45,6 +54,8 @@ from search_spaces.base import DTYPES
 FORMAT = "nano-vllm-coconut/lookup-table"
 FORMAT_VERSION = 1
 _BUCKET_FIELDS = ("M", "config", "latency_us", "spread_us", "baseline_us", "speedup")
+_BUCKET_KEY = ["kernel", "dtype", "K", "N", "M"]
+_FORM = re.compile(r"(gated|rotary=[1-9][0-9]*/[1-9][0-9]*)?")
 
 
 def build_table(best: pd.DataFrame) -> dict:
@@ -54,8 +65,17 @@ def build_table(best: pd.DataFrame) -> dict:
     if best["gpu"].nunique() != 1:
         raise ValueError(f"results of several GPUs ({', '.join(sorted(best['gpu'].unique()))}); pass --gpu")
     # A driver or Triton upgrade is a new GPU row, while a finished study is not tuned again: keep the newest
-    # result of every bucket (dropping older buckets would silently lose shapes) and say when versions mix.
-    best = best.sort_values("finished_at").groupby(["kernel", "dtype", "K", "N", "M"]).tail(1)
+    # result of every bucket (dropping older buckets would silently lose shapes) and say when versions mix;
+    # a result timed in its form outranks plain ones (module docstring).
+    best = best.assign(formed=best["epilogue"] != "").sort_values(["formed", "finished_at"])
+    chosen = best.groupby(_BUCKET_KEY).tail(1)
+    left_out = best.drop(chosen.index)
+    left_out = left_out[~left_out["formed"]].merge(chosen.loc[chosen["formed"], _BUCKET_KEY], on=_BUCKET_KEY)
+    if not left_out.empty:
+        r = left_out.iloc[0]
+        warnings.warn(f"{len(left_out)} plain result(s) left out for ones timed in the runtime's form (first: "
+                      f"{r.kernel} K={r.K} N={r.N} M={r.M}, study {r.study_name!r})")
+    best = chosen
     newest = best.loc[best["finished_at"].idxmax()]
     if best["gpu_id"].nunique() > 1:
         warnings.warn(f"the {newest['gpu']} table mixes results tuned under several driver/torch/triton versions; "
@@ -63,7 +83,8 @@ def build_table(best: pd.DataFrame) -> dict:
     kernels: dict[str, list] = {}
     for (kernel, dtype, K, N), rows in best.groupby(["kernel", "dtype", "K", "N"], sort=True):
         buckets = [{"M": int(r.M), "config": dict(r.config), "latency_us": float(r.median_us),
-                    "spread_us": float(r.spread_us), "baseline_us": float(r.baseline_us), "speedup": float(r.speedup)}
+                    "spread_us": float(r.spread_us), "baseline_us": float(r.baseline_us), "speedup": float(r.speedup),
+                    **({"epilogue": r.epilogue} if r.epilogue else {})}
                    for r in rows.sort_values("M").itertuples()]
         kernels.setdefault(kernel, []).append({"K": int(K), "N": int(N), "dtype": dtype, "buckets": buckets})
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "gpu": newest["gpu"], "gpu_name": newest["gpu_name"],
@@ -78,8 +99,8 @@ class LookupTable:
     torch: str
     triton: str
     created: str
-    # (kernel, K, N, dtype) -> ascending M buckets: (M, config, measured speedup over the baseline)
-    entries: dict[tuple[str, int, int, str], list[tuple[int, Config, float]]] = field(default_factory=dict)
+    # (kernel, K, N, dtype) -> ascending M buckets: (M, config, measured speedup over the baseline, epilogue)
+    entries: dict[tuple[str, int, int, str], list[tuple[int, Config, float, str]]] = field(default_factory=dict)
 
     def lookup(self, K: int, N: int, M: int, dtype: torch.dtype | str,
                kernel: str = "rms_norm_linear") -> Config | None:
@@ -144,7 +165,11 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
                     raise ValueError(f"{source}: {where} M={b['M']}: bad config ({err})") from None
                 need(isinstance(b["speedup"], (int, float)) and b["speedup"] > 0,
                      f"{where}: bucket M={b['M']}: speedup {b['speedup']!r}, expected a positive number")
-                buckets.append((b["M"], config, float(b["speedup"])))
+                form = b.get("epilogue", "")
+                need(isinstance(form, str) and _FORM.fullmatch(form) is not None,
+                     f"{where}: bucket M={b['M']}: epilogue {form!r}, expected 'gated' or "
+                     "'rotary=<head_dim>/<kv_heads>'")
+                buckets.append((b["M"], config, float(b["speedup"]), form))
             buckets.sort(key=lambda mb: mb[0])
             need(len({b[0] for b in buckets}) == len(buckets), f"{where}: repeated M bucket")
             key = (kernel, e["K"], e["N"], e["dtype"])
@@ -171,8 +196,8 @@ def load_table(path: str | Path) -> LookupTable:
 def merge_tables(old: object, new: dict, source: str = "existing table") -> dict:
     """`new` (just built from a database) added to `old` (a table shipped or exported earlier, checked with
     parse_table), bucket by bucket: a (kernel, K, N, dtype, M) that `new` has takes new's result, every other
-    bucket of `old` is kept (a quick re-tune of one M must not drop the others). The header is the one of the
-    newer table by 'created'."""
+    bucket of `old` is kept (a quick re-tune of one M must not drop the others), and so is one timed in its form
+    where new's was not (module docstring). The header is the one of the newer table by 'created'."""
     parse_table(old, source)
     if old["gpu"] != new["gpu"]:
         raise ValueError(f"{source}: gpu {old['gpu']!r}, but the results to merge are of {new['gpu']!r}")
@@ -184,14 +209,21 @@ def merge_tables(old: object, new: dict, source: str = "existing table") -> dict
         warnings.warn(f"the merged {new['gpu']} table mixes entries tuned under torch {old['torch']}, triton "
                       f"{old['triton']} ({source}) and torch {new['torch']}, triton {new['triton']} (the database); "
                       f"its header names the newest (torch {newest['torch']}, triton {newest['triton']})")
-    kernels = {}
+    kernels, outranked = {}, []
     for kernel in sorted(old["kernels"].keys() | new["kernels"].keys()):
         entries = {_entry_key(e): e for e in old["kernels"].get(kernel, [])}
         for e in new["kernels"].get(kernel, []):
-            tuned = {b["M"] for b in e["buckets"]}
-            kept = [b for b in entries.get(_entry_key(e), {"buckets": []})["buckets"] if b["M"] not in tuned]
-            entries[_entry_key(e)] = {**e, "buckets": sorted(kept + e["buckets"], key=lambda b: b["M"])}
+            buckets = {b["M"]: b for b in entries.get(_entry_key(e), {"buckets": []})["buckets"]}
+            for b in e["buckets"]:
+                if buckets.get(b["M"], {}).get("epilogue") and not b.get("epilogue"):
+                    outranked.append(f"{kernel} K={e['K']} N={e['N']} M={b['M']}")
+                else:
+                    buckets[b["M"]] = b
+            entries[_entry_key(e)] = {**e, "buckets": [buckets[m] for m in sorted(buckets)]}
         kernels[kernel] = [entries[key] for key in sorted(entries)]
+    if outranked:
+        warnings.warn(f"{source}: kept {len(outranked)} bucket(s) timed in the runtime's form over the database's "
+                      f"plain results (first: {outranked[0]})")
     header = {k: newest[k] for k in ("gpu_name", "torch", "triton", "created")}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "gpu": new["gpu"], **header, "kernels": kernels}
 

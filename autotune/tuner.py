@@ -46,8 +46,7 @@ def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def study_name(kernel: str, gpu: str, problem: Problem) -> str:
-    form = f"|{problem.epilogue}" if problem.epilogue else ""
-    form += f"={problem.head_dim}/{problem.kv_heads}" if problem.epilogue == "rotary" else ""
+    form = f"|{problem.form}" if problem.form else ""
     return f"{kernel}|{gpu}|{problem.dtype}|M={problem.M}|K={problem.K}|N={problem.N}{form}"
 
 

@@ -13,7 +13,8 @@ BEST_COLUMNS = ["gpu", "gpu_id", "gpu_name", "torch", "triton", "kernel", "dtype
 
 
 def best_results(engine: Engine, gpu: str | None = None) -> pd.DataFrame:
-    """The re-timed winner of the latest finished run of every study (optionally of one normalized GPU name)."""
+    """The re-timed winner of the latest finished run of every study (optionally of one normalized GPU name), with
+    the form it was timed in (`epilogue`, study_form)."""
     latest = (select(func.max(Run.id).label("id")).where(Run.status == "finished", Run.best_measurement_id.is_not(None))
               .group_by(Run.study_name).subquery())
     q = (select(Gpu.short_name, Gpu.id, Gpu.name, Gpu.torch_version, Gpu.triton_version, Kernel.name, Shape.dtype,
@@ -29,7 +30,15 @@ def best_results(engine: Engine, gpu: str | None = None) -> pd.DataFrame:
     with Session(engine) as s:
         rows = s.execute(q).all()
     df = pd.DataFrame([tuple(r) for r in rows], columns=BEST_COLUMNS)
+    df["epilogue"] = df["study_name"].map(study_form)
     return df.sort_values(["gpu", "kernel", "dtype", "K", "N", "M"], ignore_index=True)
+
+
+def study_form(study_name: str) -> str:
+    """The form a study timed its problem in: the field autotune.tuner.study_name appends after N ("gated",
+    "rotary=<head_dim>/<kv_heads>"), "" for the plain product."""
+    fields = study_name.split("|")
+    return fields[6] if len(fields) > 6 else ""
 
 
 def search_history(engine: Engine, study_name: str) -> pd.DataFrame:

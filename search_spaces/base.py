@@ -55,6 +55,11 @@ class Problem:
             raise ValueError(f"Problem.N={self.N}: a gated [gate; up] site stacks two halves, expected an even N")
 
     @property
+    def form(self) -> str:
+        """The epilogue as study names and lookup tables record it: "", "gated" or "rotary=<head_dim>/<kv_heads>"."""
+        return f"rotary={self.head_dim}/{self.kv_heads}" if self.epilogue == "rotary" else self.epilogue
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 

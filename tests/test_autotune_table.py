@@ -3,11 +3,12 @@ import copy
 import json
 import warnings
 
+import pandas as pd
 import pytest
 import torch
 
 from autotune.device import check_gpu_arg, normalize_gpu_name
-from autotune.table import FORMAT, FORMAT_VERSION, load_table, merge_tables, parse_table, write_table
+from autotune.table import FORMAT, FORMAT_VERSION, build_table, load_table, merge_tables, parse_table, write_table
 from kernels.config import Config
 
 C1 = Config(16, 64, 128, 4, 4, 1, 4).to_dict()
@@ -15,8 +16,8 @@ C64 = Config(64, 128, 64, 4, 4, 8, 1).to_dict()
 C4K = Config(128, 128, 64, 8, 3, 8, 1).to_dict()
 
 
-def bucket(M, config):
-    return dict(M=M, config=config, latency_us=10.0, spread_us=0.1, baseline_us=13.0, speedup=1.3)
+def bucket(M, config, **form):
+    return dict(M=M, config=config, latency_us=10.0, spread_us=0.1, baseline_us=13.0, speedup=1.3, **form)
 
 
 TABLE = {
@@ -63,6 +64,9 @@ def _broken(edit):
      r"M=64: bad config \(Config.BLOCK_M=24"),
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0]["config"].update(COLOR=1)), "unknown field"),
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][1].update(dtype="bfloat16")), "appears twice"),
+    (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0].update(epilogue="rotary")),
+     "M=64: epilogue 'rotary', expected 'gated' or 'rotary=<head_dim>/<kv_heads>'"),
+    (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0].update(epilogue=1)), "epilogue 1"),
 ])
 def test_malformed_tables_name_the_problem(table, match):
     with pytest.raises(ValueError, match=match):
@@ -118,6 +122,46 @@ def test_merge_keeps_the_old_buckets_and_replaces_the_retuned_ones():
     # Another card with the same short name (PCIe vs SXM) merges, with a word.
     with pytest.warns(UserWarning, match="tuned on 'NVIDIA H100 80GB HBM3', the results to merge on 'NVIDIA H100 PCIe'"):
         merge_tables(TABLE, _fresh(torch="2.11.0", gpu_name="NVIDIA H100 PCIe"))
+
+
+def test_a_bucket_timed_in_its_form_outranks_a_plain_one_when_merging():
+    key = ("rms_norm_linear", 4096, 12288, "bfloat16")
+    old = _broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0].update(epilogue="rotary=128/32"))
+    assert [f for *_, f in parse_table(old).entries[key]] == ["", "rotary=128/32", ""]  # M = 1, 64, 4096
+    plain = {**_fresh(torch="2.11.0"), "kernels": {"rms_norm_linear": [
+        {"K": 4096, "N": 12288, "dtype": "bfloat16", "buckets": [bucket(1, C4K), bucket(64, C1)]}]}}
+    with pytest.warns(UserWarning, match=r"kept 1 bucket\(s\) timed in the runtime's form over the database's plain "
+                                         r"results \(first: rms_norm_linear K=4096 N=12288 M=64\)"):
+        merged = parse_table(merge_tables(old, plain))
+    assert [(m, c, f) for m, c, _, f in merged.entries[key]] == [
+        (1, Config.from_dict(C4K), ""), (64, Config.from_dict(C64), "rotary=128/32"), (4096, Config.from_dict(C4K), "")]
+    formed = copy.deepcopy(plain)
+    formed["kernels"]["rms_norm_linear"][0]["buckets"][1]["epilogue"] = "rotary=128/32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merged = parse_table(merge_tables(old, formed))
+    assert merged.lookup(4096, 12288, 64, "bfloat16") == Config.from_dict(C1)  # a form result replaces the old one
+
+
+def _result(M, config, finished, epilogue=""):
+    """One db.queries.best_results row."""
+    form = f"|{epilogue}" if epilogue else ""
+    return dict(gpu="h100", gpu_id=1, gpu_name="NVIDIA H100 80GB HBM3", torch="2.11.0", triton="3.6.0",
+                kernel="rms_norm_linear", dtype="bfloat16", K=4096, N=12288, M=M, config=config, median_us=10.0,
+                spread_us=0.1, baseline_us=13.0, speedup=1.3, tflops=1.0, gbps=1.0,
+                finished_at=pd.Timestamp(finished), epilogue=epilogue,
+                study_name=f"rms_norm_linear|h100|bfloat16|M={M}|K=4096|N=12288{form}")
+
+
+def test_export_prefers_a_result_timed_in_its_form_over_a_newer_plain_one():
+    best = pd.DataFrame([_result(16, C64, "2026-11-01", "rotary=128/32"), _result(16, C1, "2026-11-02"),
+                         _result(1, C4K, "2026-11-01"), _result(1, C1, "2026-11-02")])
+    with pytest.warns(UserWarning, match=r"1 plain result\(s\) left out for ones timed in the runtime's form \(first: "
+                                         r"rms_norm_linear K=4096 N=12288 M=16, study '.*\|N=12288'\)"):
+        table = build_table(best)
+    buckets = table["kernels"]["rms_norm_linear"][0]["buckets"]
+    assert [(b["M"], b["config"], b.get("epilogue")) for b in buckets] == [(1, C1, None), (16, C64, "rotary=128/32")]
+    assert parse_table(table).entries[("rms_norm_linear", 4096, 12288, "bfloat16")][1][3] == "rotary=128/32"
 
 
 @pytest.mark.parametrize("old, match", [

@@ -119,8 +119,16 @@ def test_tune_a_model_config_runs_its_sites_in_their_forms_and_exports_them(tmp_
     out = tmp_path / "h100.json"
     assert runner.invoke(cli.main, ["export-table", "--gpu", "h100", "--out", str(out), "--storage", url]
                          ).exit_code == 0
-    assert {(e["K"], e["N"]) for e in json.loads(out.read_text())["kernels"]["rms_norm_linear"]} == {
-        (128, 256), (128, 192), (128, 80)}
+    forms = {(e["K"], e["N"]): [b.get("epilogue") for b in e["buckets"]]
+             for e in json.loads(out.read_text())["kernels"]["rms_norm_linear"]}
+    assert forms == {(128, 256): ["rotary=64/1"], (128, 192): ["gated"], (128, 80): [None]}
+    # A later plain tune of the QKV shape does not replace the bucket timed in its form.
+    assert runner.invoke(cli.main, ["tune", "--gpu", "h100", "--shapes", "256x128", "--m", "4", "--trials", "1",
+                                    "--dtype", "float16", "--storage", url]).exit_code == 0
+    with pytest.warns(UserWarning, match=r"1 plain result\(s\) left out .* K=128 N=256 M=4"):
+        r = runner.invoke(cli.main, ["export-table", "--gpu", "h100", "--out", str(out), "--storage", url])
+    assert r.exit_code == 0, r.output
+    assert load_table(out).entries[("rms_norm_linear", 128, 256, "float16")][0][3] == "rotary=64/1"
 
 
 def test_list_shapes():
