@@ -38,7 +38,6 @@ A table is only valid for the software it names: configs tuned under one Triton 
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -49,17 +48,17 @@ import pandas as pd
 import torch
 
 from kernels.config import Config
-from search_spaces.base import DTYPES
+from search_spaces.base import DTYPES, FORM_PATTERN
 
 FORMAT = "nano-vllm-coconut/lookup-table"
 FORMAT_VERSION = 1
 _BUCKET_FIELDS = ("M", "config", "latency_us", "spread_us", "baseline_us", "speedup")
 _BUCKET_KEY = ["kernel", "dtype", "K", "N", "M"]
-_FORM = re.compile(r"(gated|rotary=[1-9][0-9]*/[1-9][0-9]*)?")
 
 
 def build_table(best: pd.DataFrame) -> dict:
-    """The table of one GPU from `db.queries.best_results` rows: the newest finished result of every bucket."""
+    """The table of one GPU from `db.queries.best_results` rows: the newest finished result of every bucket,
+    preferring one timed in its form (module docstring)."""
     if best.empty:
         raise ValueError("no finished tuning results to export (run `cli.py tune` first)")
     if best["gpu"].nunique() != 1:
@@ -69,11 +68,12 @@ def build_table(best: pd.DataFrame) -> dict:
     # a result timed in its form outranks plain ones (module docstring).
     best = best.assign(formed=best["epilogue"] != "").sort_values(["formed", "finished_at"])
     chosen = best.groupby(_BUCKET_KEY).tail(1)
-    left_out = best.drop(chosen.index)
-    left_out = left_out[~left_out["formed"]].merge(chosen.loc[chosen["formed"], _BUCKET_KEY], on=_BUCKET_KEY)
-    if not left_out.empty:
-        r = left_out.iloc[0]
-        warnings.warn(f"{len(left_out)} plain result(s) left out for ones timed in the runtime's form (first: "
+    kept = chosen.loc[chosen["formed"], [*_BUCKET_KEY, "finished_at"]]
+    newer = best[~best["formed"]].merge(kept, on=_BUCKET_KEY, suffixes=("", "_kept"))
+    newer = newer[newer["finished_at"] > newer["finished_at_kept"]]
+    if not newer.empty:
+        r = newer.iloc[0]
+        warnings.warn(f"{len(newer)} newer plain result(s) left out for ones timed in the runtime's form (first: "
                       f"{r.kernel} K={r.K} N={r.N} M={r.M}, study {r.study_name!r})")
     best = chosen
     newest = best.loc[best["finished_at"].idxmax()]
@@ -166,7 +166,7 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
                 need(isinstance(b["speedup"], (int, float)) and b["speedup"] > 0,
                      f"{where}: bucket M={b['M']}: speedup {b['speedup']!r}, expected a positive number")
                 form = b.get("epilogue", "")
-                need(isinstance(form, str) and _FORM.fullmatch(form) is not None,
+                need(isinstance(form, str) and FORM_PATTERN.fullmatch(form) is not None,
                      f"{where}: bucket M={b['M']}: epilogue {form!r}, expected 'gated' or "
                      "'rotary=<head_dim>/<kv_heads>'")
                 buckets.append((b["M"], config, float(b["speedup"]), form))

@@ -7,9 +7,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from db.models import Gpu, Kernel, Measurement, Run, Shape
+from search_spaces.base import FORM_PATTERN
 
 BEST_COLUMNS = ["gpu", "gpu_id", "gpu_name", "torch", "triton", "kernel", "dtype", "K", "N", "M", "config",
-                "median_us", "spread_us", "baseline_us", "speedup", "tflops", "gbps", "finished_at", "study_name"]
+                "median_us", "spread_us", "baseline_us", "speedup", "tflops", "gbps", "finished_at", "study_name",
+                "epilogue"]
 
 
 def best_results(engine: Engine, gpu: str | None = None) -> pd.DataFrame:
@@ -29,16 +31,18 @@ def best_results(engine: Engine, gpu: str | None = None) -> pd.DataFrame:
         q = q.where(Gpu.short_name == gpu)
     with Session(engine) as s:
         rows = s.execute(q).all()
-    df = pd.DataFrame([tuple(r) for r in rows], columns=BEST_COLUMNS)
-    df["epilogue"] = df["study_name"].map(study_form)
+    df = pd.DataFrame([(*r, study_form(r.study_name)) for r in rows], columns=BEST_COLUMNS)
     return df.sort_values(["gpu", "kernel", "dtype", "K", "N", "M"], ignore_index=True)
 
 
 def study_form(study_name: str) -> str:
     """The form a study timed its problem in: the field autotune.tuner.study_name appends after N ("gated",
-    "rotary=<head_dim>/<kv_heads>"), "" for the plain product."""
+    "rotary=<head_dim>/<kv_heads>"), "" for the plain product. Names from before commit 5fb9888 do not say how their
+    study timed: "rotary=<head_dim>" counts as plain here, and the "gated" studies of 7a2518c timed the stacked
+    product (re-tune those sites before exporting such a database)."""
     fields = study_name.split("|")
-    return fields[6] if len(fields) > 6 else ""
+    form = fields[6] if len(fields) > 6 else ""
+    return form if FORM_PATTERN.fullmatch(form) else ""
 
 
 def search_history(engine: Engine, study_name: str) -> pd.DataFrame:

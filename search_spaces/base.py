@@ -6,6 +6,7 @@ code only ever talks to this interface.
 from __future__ import annotations
 
 import itertools
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -16,6 +17,8 @@ from kernels.config import Config
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 EPILOGUES = ("", "gated", "rotary")
+# Problem.form as study names and lookup tables record it ("" for the plain product).
+FORM_PATTERN = re.compile(r"(gated|rotary=[1-9][0-9]*/[1-9][0-9]*)?")
 
 
 @dataclass(frozen=True)

@@ -156,12 +156,20 @@ def _result(M, config, finished, epilogue=""):
 def test_export_prefers_a_result_timed_in_its_form_over_a_newer_plain_one():
     best = pd.DataFrame([_result(16, C64, "2026-11-01", "rotary=128/32"), _result(16, C1, "2026-11-02"),
                          _result(1, C4K, "2026-11-01"), _result(1, C1, "2026-11-02")])
-    with pytest.warns(UserWarning, match=r"1 plain result\(s\) left out for ones timed in the runtime's form \(first: "
+    with pytest.warns(UserWarning, match=r"1 newer plain result\(s\) left out for ones timed in the runtime's form \(first: "
                                          r"rms_norm_linear K=4096 N=12288 M=16, study '.*\|N=12288'\)"):
         table = build_table(best)
     buckets = table["kernels"]["rms_norm_linear"][0]["buckets"]
     assert [(b["M"], b["config"], b.get("epilogue")) for b in buckets] == [(1, C1, None), (16, C64, "rotary=128/32")]
     assert parse_table(table).entries[("rms_norm_linear", 4096, 12288, "bfloat16")][1][3] == "rotary=128/32"
+    # An older plain result is not worth a word; between two form results the newer wins.
+    best = pd.DataFrame([_result(16, C1, "2026-11-01"), _result(16, C64, "2026-11-02", "rotary=128/32"),
+                         _result(16, C4K, "2026-11-03", "rotary=128/8")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = build_table(best)
+    assert [(b["config"], b["epilogue"]) for b in table["kernels"]["rms_norm_linear"][0]["buckets"]] == [
+        (C4K, "rotary=128/8")]
 
 
 @pytest.mark.parametrize("old, match", [

@@ -125,7 +125,7 @@ def test_tune_a_model_config_runs_its_sites_in_their_forms_and_exports_them(tmp_
     # A later plain tune of the QKV shape does not replace the bucket timed in its form.
     assert runner.invoke(cli.main, ["tune", "--gpu", "h100", "--shapes", "256x128", "--m", "4", "--trials", "1",
                                     "--dtype", "float16", "--storage", url]).exit_code == 0
-    with pytest.warns(UserWarning, match=r"1 plain result\(s\) left out .* K=128 N=256 M=4"):
+    with pytest.warns(UserWarning, match=r"1 newer plain result\(s\) left out .* K=128 N=256 M=4"):
         r = runner.invoke(cli.main, ["export-table", "--gpu", "h100", "--out", str(out), "--storage", url])
     assert r.exit_code == 0, r.output
     assert load_table(out).entries[("rms_norm_linear", 128, 256, "float16")][0][3] == "rotary=64/1"

@@ -5,7 +5,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from db.models import SCHEMA_VERSION
-from db.queries import best_results
+from db.queries import best_results, study_form
 from db.storage import Recorder, RunKey, StorageError, open_engine, optuna_storage
 from tests.conftest import PG_UNREACHABLE
 
@@ -78,6 +78,17 @@ def test_best_results_takes_the_latest_finished_run_of_each_study(tmp_path):
     assert len(best) == 1 and best.loc[0, "median_us"] == 25.0 and best.loc[0, "gpu"] == "h100"
     assert best_results(engine, "a100").empty
     assert rec.finished_best("s1").median_us == 25.0
+    assert best.loc[0, "epilogue"] == ""
+
+
+@pytest.mark.parametrize("name, form", [
+    ("rms_norm_linear|h100|bfloat16|M=16|K=4096|N=12288|rotary=128/8", "rotary=128/8"),
+    ("rms_norm_linear|h100|bfloat16|M=16|K=4096|N=22016|gated", "gated"),
+    ("rms_norm_linear|h100|bfloat16|M=16|K=4096|N=32000", ""),
+    ("rms_norm_linear|h100|bfloat16|M=16|K=4096|N=12288|rotary=128", ""),  # before 5fb9888: not form-timed
+])
+def test_study_form_reads_the_suffix_study_name_writes(name, form):
+    assert study_form(name) == form
 
 
 
