@@ -42,7 +42,7 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     for prompt, out in zip(prompts, outputs):
         shown = prompt if isinstance(prompt, str) else f"<{len(prompt)} random token ids>"
-        print(f"\nPrompt: {shown!r}\nCompletion: {out['text']!r}")
+        print(f"\nPrompt: {shown!r}\nCompletion ({out['finish_reason']}): {out['text']!r}")
     num_tokens = sum(len(o["token_ids"]) for o in outputs)
     print(f"\n{num_tokens} tokens in {elapsed:.2f} s ({num_tokens / elapsed:.1f} tok/s) on {llm.config.device}")
 

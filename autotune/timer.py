@@ -1,7 +1,7 @@
 """How a candidate is timed: the Timer interface and the CUDA-event timer used on the GPU.
 
 Timers are injected into the objective, so the whole tuning pipeline runs on the CPU with a
-deterministic test double (autotune.testing.FakeTimer) and on the GPU with CudaEventTimer.
+deterministic test double (tests/doubles.py FakeTimer) and on the GPU with CudaEventTimer.
 
 CudaEventTimer keeps the weight cold: the objective hands it several input sets ("rotating
 buffers") whose total size exceeds the L2 cache several times, and consecutive launches use

@@ -46,7 +46,7 @@ def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def study_name(kernel: str, gpu: str, problem: Problem) -> str:
-    form = f"|{problem.form}" if problem.form else ""
+    form = f"|{problem.epilogue.form}" if problem.epilogue.paired else ""
     return f"{kernel}|{gpu}|{problem.dtype}|M={problem.M}|K={problem.K}|N={problem.N}{form}"
 
 
@@ -130,7 +130,8 @@ class Tuner:
             return StudyOutcome(name, problem, best, None, (best.config,), skipped=True)
 
         run_id = self.recorder.start_run(self.gpu.to_record(), RunKey(
-            name, self.space.name, problem.M, problem.K, problem.N, problem.dtype, s.sampler, s.trials, s.timeout_s))
+            name, self.space.name, problem.M, problem.K, problem.N, problem.dtype, s.sampler, s.trials, s.timeout_s,
+            epilogue=problem.epilogue.form))
         try:
             evaluator = Evaluator(self.space, problem, self.device, self.timer, self.gpu.l2_bytes)
             base = evaluator.time_baseline(s.repeats)

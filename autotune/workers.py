@@ -2,12 +2,12 @@
 
 The studies are sorted by (dtype, K, N, M) and cut into contiguous slices, one per worker, so each
 study has exactly one writer (what SQLite needs) and consecutive M buckets of a shape mostly stay
-on one worker, where the leaders of one bucket warm-start the next.
+on one worker, where the leaders of one bucket warm-start the next. What the workers run on (their devices, clock
+and compile processes) is the Hardware passed in (autotune/hardware.py).
 """
 from __future__ import annotations
 
 import multiprocessing
-import os
 from dataclasses import dataclass
 
 import optuna
@@ -15,10 +15,9 @@ import torch
 from tqdm import tqdm
 
 from autotune.compile_pool import CompilePool
-from autotune.device import detect_gpu, fake_gpu_count
+from autotune.hardware import Hardware
 from autotune.heartbeat import tuning_storage
 from autotune.objective import Result
-from autotune.timer import CudaEventTimer, Timer
 from autotune.tuner import Progress, StudyOutcome, Tuner, TuneSettings
 from db.storage import Recorder, open_engine
 from search_spaces import Problem, get_space
@@ -31,6 +30,7 @@ class Job:
     kernel: str
     problems: tuple[Problem, ...]
     settings: TuneSettings
+    hardware: Hardware
     device_index: int = 0
     compile_processes: int = 0
 
@@ -46,27 +46,16 @@ def partition(problems: list[Problem], workers: int) -> list[list[Problem]]:
     return out
 
 
-def _timer() -> Timer:
-    if fake_gpu_count():
-        from autotune.testing import FakeTimer
-        return FakeTimer()
-    return CudaEventTimer()
-
-
-def run_job(job: Job, progress: Progress | None = None, timer: Timer | None = None) -> list[StudyOutcome]:
+def run_job(job: Job, progress: Progress | None = None) -> list[StudyOutcome]:
     """Tune the job's studies in order on one device; the leaders of each study warm-start the next M bucket."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if fake_gpu_count():
-        # Pretend GPUs share the one real device, if any; without one the kernel runs in the interpreter.
-        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        device = torch.device("cuda", job.device_index)
+    device = job.hardware.device(job.device_index)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    gpu = detect_gpu(job.device_index)
+    gpu = job.hardware.detect(job.device_index)
     space = get_space(job.kernel)
     tuner_args = (space, tuning_storage(job.storage_url), Recorder(open_engine(job.storage_url)), gpu, device,
-                  timer or _timer())
+                  job.hardware.timer())
     outcomes: list[StudyOutcome] = []
     with CompilePool(job.compile_processes, device) as pool:
         tuner = Tuner(*tuner_args, pool=pool, settings=job.settings, progress=progress)
@@ -145,15 +134,9 @@ def run_workers(jobs: list[Job]) -> None:
         raise RuntimeError(f"tuning worker(s) failed: {', '.join(failed)}")
 
 
-def default_compile_processes(workers: int) -> int:
-    """Compile processes per worker: the CPU cores shared among the GPUs (none on the CPU test path)."""
-    if fake_gpu_count():
-        return 0
-    return max(1, min(16, (os.cpu_count() or 2) // workers - 1))
-
-
 def make_jobs(storage_url: str, kernel: str, problems: list[Problem], settings: TuneSettings, workers: int,
-              compile_processes: int | None = None) -> list[Job]:
-    procs = default_compile_processes(workers) if compile_processes is None else compile_processes
-    return [Job(storage_url, kernel, tuple(part), settings, device_index=i, compile_processes=procs)
+              hardware: Hardware) -> list[Job]:
+    """One job per worker (GPUs 0..workers-1), each with its slice of the studies."""
+    procs = hardware.compile_processes(workers)
+    return [Job(storage_url, kernel, tuple(part), settings, hardware, device_index=i, compile_processes=procs)
             for i, part in enumerate(partition(problems, workers)) if part]

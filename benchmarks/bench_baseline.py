@@ -44,7 +44,7 @@ from benchmarks.engine_runs import (build, engine_kwargs, footprint, measure, ru
 from nanovllm import LLM  # noqa: E402
 from nanovllm.utils.context import reset_context  # noqa: E402
 from nanovllm.utils.random_checkpoint import cached_random_checkpoint  # noqa: E402
-from nanovllm.utils.tuning import find_table  # noqa: E402
+from tuning_table import find_table  # noqa: E402
 
 MODELS = ("llama-7b", "llama-13b", "mistral-7b", "qwen3-0.6b")
 VARIANTS = ("baseline", "fused", "tuned")

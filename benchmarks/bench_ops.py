@@ -20,8 +20,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.common import (CsvWriter, copies_to_overflow_l2, gpu_name, measure_ceilings,  # noqa: E402
                                require_cuda, time_us)
-from nanovllm.ops.attention_decode import paged_decode_attention_triton  # noqa: E402
-from nanovllm.ops.attention_prefill import paged_prefill_attention_triton  # noqa: E402
+from kernels.attention_decode import paged_decode_attention_triton  # noqa: E402
+from kernels.attention_prefill import paged_prefill_attention_triton  # noqa: E402
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 DTYPE = torch.bfloat16

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autotune.compile_pool import CompilePool  # noqa: E402
 from autotune.device import detect_gpu  # noqa: E402
 from autotune.objective import Evaluator  # noqa: E402
-from autotune.table import load_table  # noqa: E402
+from tuning_table import load_table  # noqa: E402
 from autotune.timer import CudaEventTimer, Timing, Workload  # noqa: E402
 from autotune.tuner import Tuner, TuneSettings  # noqa: E402
 from benchmarks.common import copy_bandwidth_gbps  # noqa: E402
@@ -116,7 +116,8 @@ def compare_part(args, timer: CudaEventTimer, copy_bw: float) -> list[dict]:
             ev = Evaluator(SPACE, problem, device, timer, detect_gpu().l2_bytes)
             base = ev.time_baseline(args.repeats)
             row = dict(shape=site.name, K=site.K, N=site.N, M=M, baseline_us=base.median_us)
-            tuned = table.lookup(site.K, site.N, M, torch.bfloat16) if table else None
+            bucket = table.bucket("rms_norm_linear", site.K, site.N, torch.bfloat16, M) if table else None
+            tuned = bucket.config if bucket else None
             for name, config in (("default", default_config(M, site.N, site.K, device)), ("tuned", tuned)):
                 r = ev.evaluate(config, args.repeats) if config is not None else None
                 row[f"{name}_us"] = r.timing.median_us if r and r.correct else math.nan

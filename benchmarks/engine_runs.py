@@ -31,12 +31,15 @@ def footprint(point: tuple[int, int], output_len: int) -> tuple[int, int]:
     return batch * -(-(seq_len + output_len) // BLOCK_SIZE), batch * seq_len
 
 
-def build(path: str, variant: str, points: list[tuple[int, int]], output_len: int, tuning_table: str | None) -> LLM:
-    """An engine whose KV cache, batch and prefill limits hold every point in `points` and no more."""
+def build(path: str, variant: str, points: list[tuple[int, int]], output_len: int, tuning_table: str | None,
+          **options) -> LLM:
+    """An engine whose KV cache, batch and prefill limits hold every point in `points` and no more; `options` go
+    to LLM (the experiments' `fusion=FusionOptions(...)`)."""
     blocks, tokens = (max(sizes) for sizes in zip(*(footprint(p, output_len) for p in points)))
     return LLM(path, dtype=torch.bfloat16, max_model_len=max(s for _, s in points) + output_len,
                max_num_seqs=max(b for b, _ in points), max_num_batched_tokens=tokens,
-               kvcache_block_size=BLOCK_SIZE, num_kvcache_blocks=blocks, **engine_kwargs(variant, tuning_table))
+               kvcache_block_size=BLOCK_SIZE, num_kvcache_blocks=blocks, **engine_kwargs(variant, tuning_table),
+               **options)
 
 
 def run_once(llm: LLM, batch: int, seq_len: int, output_len: int) -> tuple[float, float]:

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import click
 
-from autotune.device import check_gpu_arg
 from dashboard.bench import read_bench_csvs
 from dashboard.data import DashboardData, load
 from dashboard.page import build_page
 from db.storage import DEFAULT_URL, StorageError, optuna_storage, redact
+from tuning_table import check_gpu_arg
 
 
 def _bench_gpu(gpu: str | None, data: DashboardData) -> str | None:

@@ -12,7 +12,8 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, 
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
+# Bumped together with a new revision in db/migrations/versions/, which migrates the databases of the last one.
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -50,14 +51,17 @@ class Kernel(Base):
 
 
 class Shape(Base):
-    """One tuned problem: x (M, K) @ weight (N, K).T in `dtype`."""
+    """One tuned problem: x (M, K) @ weight (N, K).T in `dtype`, timed with `epilogue` applied after the product
+    (its form in kernels/epilogue.py: "" for the product itself, "gated", "rotary=<head_dim>/<kv_heads>")."""
     __tablename__ = "nvc_shapes"
-    __table_args__ = (UniqueConstraint("M", "K", "N", "dtype"),)
+    # Named, unlike schema 1's, so that a later migration can drop it on every backend.
+    __table_args__ = (UniqueConstraint("M", "K", "N", "dtype", "epilogue", name="uq_nvc_shapes_M_K_N_dtype_epilogue"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     M: Mapped[int] = mapped_column(Integer)
     K: Mapped[int] = mapped_column(Integer)
     N: Mapped[int] = mapped_column(Integer)
     dtype: Mapped[str] = mapped_column(String(16))
+    epilogue: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
 
 class Run(Base):

@@ -2,7 +2,8 @@
 
 The URL is any SQLAlchemy URL: `sqlite:///tuning.db` (embedded, one writer per study) or
 `postgresql://user@host/db` (shared between machines, several writers per study).
-A database whose nvc_ tables carry another schema version is refused before anything is written.
+A database of the previous schema is migrated (db/migrations) in one transaction; one of a schema this code does
+not know is refused before anything is written.
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Iterator
 
 import optuna
-from sqlalchemy import create_engine, event, inspect, select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import create_engine, event, insert, inspect, select, text
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from db import migrations
 from db.models import (SCHEMA_VERSION, Base, ExportedTable, Gpu, Kernel, Measurement, Run, SchemaVersion, Shape,
                        utcnow)
 
@@ -65,20 +67,29 @@ def _enable_wal(engine: Engine) -> None:
         dbapi_conn.execute("PRAGMA journal_mode=WAL")
 
 
-def _check_schema(engine: Engine, url: str) -> bool:
-    """True when our tables must be created; raises StorageError on any other schema version."""
-    tables = set(inspect(engine).get_table_names())
-    ours = {t for t in tables if t.startswith("nvc_")}
-    if not ours:
-        return True
-    if SchemaVersion.__tablename__ not in ours:
+_FRESH = "fresh"
+
+
+def _pending(conn: Connection, url: str) -> str | None:
+    """What opening must do first: _FRESH (no nvc_ tables yet), the revision to migrate from, or None (current).
+    Raises StorageError for a schema this code does not know."""
+    tables = set(inspect(conn).get_table_names())
+    if not any(t.startswith("nvc_") for t in tables):
+        return _FRESH
+    if SchemaVersion.__tablename__ not in tables:
         raise StorageError(f"{redact(url)}: has nvc_ tables but no schema version; refusing to touch it")
-    with Session(engine) as s:
-        found = s.scalars(select(SchemaVersion.version)).all()
-    if found != [SCHEMA_VERSION]:
+    found = conn.scalars(select(SchemaVersion.version)).all()
+    if len(found) != 1 or not 1 <= found[0] <= SCHEMA_VERSION:
         raise StorageError(f"{redact(url)}: tuning schema version {found[0] if found else 'missing'}, this code "
                            f"reads version {SCHEMA_VERSION}; use another --storage or a matching nano-vllm-coconut")
-    return False
+    if migrations.VERSION_TABLE in tables:
+        revision = conn.execute(text(f"SELECT version_num FROM {migrations.VERSION_TABLE}")).scalar()
+    else:
+        revision = migrations.BASELINE if found == [1] else None  # schema 1 predates alembic
+    if revision != migrations.revision(found[0]):
+        raise StorageError(f"{redact(url)}: tuning schema version {found[0]} at migration revision "
+                           f"{revision or 'none'}, which this code does not know; refusing to touch it")
+    return None if found[0] == SCHEMA_VERSION else revision
 
 
 def open_engine(url: str, create: bool = True) -> Engine:
@@ -104,21 +115,48 @@ def open_engine(url: str, create: bool = True) -> Engine:
 
 
 def _check_and_create(engine: Engine, url: str, create: bool) -> None:
-    fresh = _check_schema(engine, url)
-    if fresh and not create:
+    with engine.connect() as conn:
+        pending = _pending(conn, url)
+    if pending is None:
+        return
+    if pending == _FRESH and not create:
         raise StorageError(f"--storage {redact(url)}: holds no tuning results (run `cli.py tune` first)")
-    if fresh:
+    if pending == _FRESH and engine.dialect.name == "sqlite":
+        _enable_wal(engine)
+        engine.dispose()
+    # A migration is lossless, so read-only users (create=False) migrate too.
+    with _write_transaction(engine) as conn:
+        pending = _pending(conn, url)  # again: another process may have done it while we waited for the lock
+        if pending == _FRESH:
+            Base.metadata.create_all(conn)
+            conn.execute(insert(SchemaVersion).values(version=SCHEMA_VERSION))
+            migrations.stamp(conn, "head")
+        elif pending is not None:
+            try:
+                if migrations.VERSION_TABLE not in inspect(conn).get_table_names():
+                    migrations.stamp(conn, pending)
+                migrations.upgrade(conn)
+            except Exception as e:
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise StorageError(f"--storage {redact(url)}: migrating the tuning schema to version {SCHEMA_VERSION} "
+                                   f"failed ({reason}); the database is left as it was") from e
+
+
+@contextmanager
+def _write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction for DDL and rows alike, committed at the end. pysqlite would run DDL outside any
+    transaction; BEGIN IMMEDIATE also takes SQLite's write lock at once, so processes opening together queue here."""
+    with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
-            _enable_wal(engine)
-            engine.dispose()
-        Base.metadata.create_all(engine)
-        with Session(engine) as s, s.begin():
-            s.add(SchemaVersion(version=SCHEMA_VERSION))
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield conn
+        conn.commit()
 
 
 @contextmanager
 def _schema_lock(engine: Engine) -> Iterator[None]:
-    """On PostgreSQL, machines starting at once create the schema one after the other (an advisory lock)."""
+    """On PostgreSQL, machines starting at once create or migrate the schema one after the other (an advisory
+    lock)."""
     if engine.dialect.name != "postgresql":
         yield
         return
@@ -165,6 +203,7 @@ class RunKey:
     sampler: str
     trials_budget: int
     timeout_s: float | None
+    epilogue: str = ""  # its form (kernels/epilogue.py), "" for the plain product
 
 
 class Recorder:
@@ -188,7 +227,7 @@ class Recorder:
                                       memory_bytes=gpu["memory_bytes"]),
                 name=gpu["name"], driver=gpu["driver"], torch_version=gpu["torch"], triton_version=gpu["triton"])
             kernel = _get_or_create(s, Kernel, name=key.kernel)
-            shape = _get_or_create(s, Shape, M=key.M, K=key.K, N=key.N, dtype=key.dtype)
+            shape = _get_or_create(s, Shape, M=key.M, K=key.K, N=key.N, dtype=key.dtype, epilogue=key.epilogue)
             run = Run(study_name=key.study_name, gpu_id=gpu_row.id, kernel_id=kernel.id, shape_id=shape.id,
                       sampler=key.sampler, trials_budget=key.trials_budget, timeout_s=key.timeout_s,
                       host=socket.gethostname())

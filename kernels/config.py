@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+# The activation dtypes the GEMM kernels take, by the names tables, studies and the CLI use.
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _POW2_FIELDS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")
 # tl.dot needs every tile dimension to be at least 16.
 _MIN_BLOCK = 16

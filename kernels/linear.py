@@ -21,7 +21,7 @@ from kernels import prepare
 from kernels.checks import check_inputs, check_like
 from kernels.config import Config
 from kernels.pdl import pdl_launch_args
-from kernels.rms_norm_linear import launch, main_loop
+from kernels.gemm import launch, main_loop
 from kernels.row_stats import launch_row_stats, row_chunks
 
 __all__ = ["linear", "linear_residual"]
@@ -32,16 +32,17 @@ RESIDUAL_CHUNK = 1024
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           config: Config | None = None) -> torch.Tensor:
-    """x @ weight.T + bias, as F.linear; config None: kernels.config.default_config for the shape."""
+           config: Config | None = None, trusted: bool = False) -> torch.Tensor:
+    """x @ weight.T + bias, as F.linear; config None: kernels.config.default_config for the shape. trusted: `config`
+    was validated for this shape and device already (tuning_table.select_configs)."""
     check_inputs(x, weight, bias, None, None)
     K, N = x.shape[-1], weight.shape[0]
-    out, _ = launch(x.reshape(-1, K), weight, bias, config, has_norm=False)
+    out, _ = launch(x.reshape(-1, K), weight, bias, config, has_norm=False, trusted=trusted)
     return out.reshape(*x.shape[:-1], N)
 
 
 def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor, *,
-                    config: Config | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    config: Config | None = None, trusted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, row_sumsq): h = (x @ weight.T + bias) + residual, rounded as F.linear and the add round it, and the
     fp32 sums of squares of h's rows as partial sums over chunks of RESIDUAL_CHUNK columns, (chunks,
     *x.shape[:-1]), which `fused_rms_norm_linear(h, ..., row_sumsq=...)` takes instead of computing them."""
@@ -50,7 +51,7 @@ def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     check_like("residual", residual, (*lead, N), x.dtype, x)
     x2, r2 = x.reshape(-1, K), residual.reshape(-1, N)
     M = x2.shape[0]
-    config = prepare.choose_config(config, M, N, K, x2, weight, None, None, has_norm=False)
+    config = prepare.choose_config(config, M, N, K, x2, weight, None, None, has_norm=False, trusted=trusted)
     bias = bias.contiguous() if bias is not None else None  # indexed with unit stride
     # With one split the GEMM writes its output into h, and the row statistics add the residual in place.
     h = prepare.new_buffer((M, N), x2, x2.dtype)

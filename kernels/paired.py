@@ -7,12 +7,10 @@ A program then streams, for each of its BLOCK_N columns, a row and its pair, int
   Neox-style rotary embedding mixes. It rotates q and k by each token's position and stores q to the output
   and k and v straight into the paged KV cache (the rotary + KV-write kernel is gone). A program's columns lie in
   one head, so BLOCK_N must divide D/2.
-`gated_config` and `rotary_config` map a config tuned for the plain stacked product onto these forms: half the
-BLOCK_N, so that a program streams the same weight rows and the grid keeps its size.
+kernels/epilogue.py names these forms and maps a config tuned for the plain stacked product onto them.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +18,9 @@ import triton
 import triton.language as tl
 
 from kernels.checks import check_like
-from kernels.config import Config
+from kernels.epilogue import Epilogue, rotary
 
 _MIN_BLOCK = 16  # tl.dot's smallest tile dimension
-_MIN_ROTARY_BLOCK_N = 32
 
 
 @dataclass(frozen=True)
@@ -41,6 +38,11 @@ class RotaryKV:
     @property
     def head_dim(self) -> int:
         return self.cos_sin_cache.shape[1]
+
+    @property
+    def epilogue(self) -> Epilogue:
+        """The rotary epilogue these buffers serve."""
+        return rotary(self.head_dim, self.k_cache.shape[2])
 
     def check(self, x2: torch.Tensor, weight: torch.Tensor) -> None:
         """Raise naming the argument that does not fit an (M, K) input and its stacked [q; k; v] weight."""
@@ -77,28 +79,6 @@ class RotaryKV:
                     (M > 1 and t.stride(0) != 1):
                 raise ValueError(f"rotary.{name}: expected a contiguous int32/int64 tensor of shape ({M},) on "
                                  f"{x2.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
-
-
-def gated_config(config: Config) -> Config | None:
-    """The GATED form of a config tuned for the stacked [gate; up] product; None where the epilogue cannot apply
-    the activation: split-K, TMA, or a BLOCK_N that would halve below 16."""
-    if config.SPLIT_K != 1 or config.TMA or config.BLOCK_N < 2 * _MIN_BLOCK:
-        return None
-    return dataclasses.replace(config, BLOCK_N=config.BLOCK_N // 2)
-
-
-def rotary_config(config: Config, head_dim: int) -> Config | None:
-    """The ROTARY form of a config tuned for the stacked [q; k; v] product: half the BLOCK_N, or less where that
-    does not divide head_dim/2; None for split-K and TMA configs, and where no BLOCK_N of at least 32 divides it.
-    At 16 columns a program's two dots and its rotation no longer pay: llama-7b's M = 16 config (BLOCK_N = 32,
-    halved to 16) took batch-16 decode from 1.078x to 1.025x its baseline on an H200 (docs/PERF_NOTES.md)."""
-    half = head_dim // 2
-    block_n = config.BLOCK_N // 2
-    while block_n >= _MIN_ROTARY_BLOCK_N and half % block_n:
-        block_n //= 2
-    if config.SPLIT_K != 1 or config.TMA or block_n < _MIN_ROTARY_BLOCK_N or head_dim % 2:
-        return None
-    return dataclasses.replace(config, BLOCK_N=block_n)
 
 
 @triton.jit

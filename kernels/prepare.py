@@ -6,7 +6,7 @@ import dataclasses
 import torch
 
 from kernels.config import Config, default_config, device_smem_limit
-from kernels.paired import gated_config, rotary_config
+from kernels.epilogue import PLAIN, Epilogue
 from kernels.tma_gemm import tma_problem
 
 _INT32_LIMIT = 2**31
@@ -29,24 +29,22 @@ def is_wide(workspace: int, *tensors: torch.Tensor) -> bool:
 
 def choose_config(config: Config | None, M: int, N: int, K: int, x2: torch.Tensor, weight: torch.Tensor,
                   residual: torch.Tensor | None, norm_weight: torch.Tensor | None, has_norm: bool,
-                  gated: bool = False, rotary_head_dim: int | None = None) -> Config:
-    """The config to launch for an (M, K) x (K, N) product: `config` validated, or the default for the shape
-    (with pointer loads where TMA cannot take these tensors). gated, or rotary_head_dim given: the GATED or ROTARY
-    epilogue of kernels/paired.py, whose programs stream two weight tiles (BLOCK_N column pairs)."""
-    paired = gated or rotary_head_dim is not None
+                  epilogue: Epilogue = PLAIN, trusted: bool = False) -> Config:
+    """The config to launch for an (M, K) x (K, N) product: `config`, or the default for the shape (with pointer
+    loads where TMA cannot take these tensors). A paired `epilogue` (kernels/paired.py) streams two weight tiles,
+    BLOCK_N column pairs. A given config is validated unless `trusted`: the runtime's configs were, once, where
+    tuning_table.select_configs resolved them for this shape and device."""
     chosen = config is None
     if chosen:
-        config = default_config(M, N, K, x2.device, x2.element_size(), tma=not paired)
-        if paired:
+        config = default_config(M, N, K, x2.device, x2.element_size(), tma=not epilogue.paired)
+        if epilogue.paired:
             one_split = dataclasses.replace(config, SPLIT_K=1)
-            derived = gated_config(one_split) if gated else rotary_config(one_split, rotary_head_dim)
-            config = derived or dataclasses.replace(one_split, BLOCK_N=16)
+            config = epilogue.launched(one_split) or dataclasses.replace(one_split, BLOCK_N=16)
     elif not isinstance(config, Config):
         raise TypeError(f"config: expected a kernels.Config or None, got {type(config).__name__}")
-    limit = device_smem_limit(x2.device)
-    config.validate(K=K, elem_bytes=x2.element_size(), smem_limit=limit, norm=has_norm)
-    if paired:
-        _check_paired(config, rotary_head_dim, x2.element_size(), limit)
+    if trusted and not chosen:
+        return config
+    check_launch(config, K, x2.element_size(), device_smem_limit(x2.device), has_norm, epilogue)
     if config.TMA:
         problem = tma_problem(x2, residual, weight, norm_weight)
         if problem and chosen:  # the default's choice, from the shape alone: pointer loads take any layout
@@ -56,15 +54,21 @@ def choose_config(config: Config | None, M: int, N: int, K: int, x2: torch.Tenso
     return config
 
 
-def _check_paired(config: Config, rotary_head_dim: int | None, elem_bytes: int, limit: int | None) -> None:
-    what = "silu_and_mul" if rotary_head_dim is None else "rotary"
+def check_launch(config: Config, K: int, elem_bytes: int, smem_limit: int | None, has_norm: bool,
+                 epilogue: Epilogue) -> None:
+    """Raise ValueError naming why `config` (already in `epilogue`'s launched form) cannot run on K columns
+    within `smem_limit` bytes of shared memory."""
+    config.validate(K=K, elem_bytes=elem_bytes, smem_limit=smem_limit, norm=has_norm)
+    if not epilogue.paired:
+        return
+    what = "silu_and_mul" if epilogue.kind == "gated" else "rotary"
     if config.SPLIT_K != 1 or config.TMA:
         raise ValueError(f"config: {what} is applied in the GEMM's epilogue, which needs SPLIT_K=1 and TMA=0; got "
                          f"SPLIT_K={config.SPLIT_K}, TMA={config.TMA}")
-    if rotary_head_dim is not None and (rotary_head_dim // 2) % config.BLOCK_N:
+    if epilogue.kind == "rotary" and (epilogue.head_dim // 2) % config.BLOCK_N:
         raise ValueError(f"config: with rotary a program's columns lie in one head: BLOCK_N={config.BLOCK_N} must "
-                         f"divide head_dim/2={rotary_head_dim // 2}")
+                         f"divide head_dim/2={epilogue.head_dim // 2}")
     need = dataclasses.replace(config, BLOCK_N=2 * config.BLOCK_N).smem_bytes(elem_bytes)
-    if limit is not None and need > limit:
+    if smem_limit is not None and need > smem_limit:
         raise ValueError(f"config: with {what} each stage holds two weight tiles: needs ~{need} bytes of shared "
-                         f"memory, the device allows {limit}")
+                         f"memory, the device allows {smem_limit}")

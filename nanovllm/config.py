@@ -1,11 +1,13 @@
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from nanovllm.models import MODEL_REGISTRY
+from tuning_table import FusionOptions
 
 
 @dataclass
@@ -15,7 +17,8 @@ class Config:
     model: str
     dtype: torch.dtype | str | None = None
     device: torch.device | str | None = None
-    max_model_len: int = 4096
+    # None: 4096, or the model's max_position_embeddings where that is less; a longer one given is cut to it.
+    max_model_len: int | None = None
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 16384
     gpu_memory_utilization: float = 0.9
@@ -25,17 +28,25 @@ class Config:
     num_kvcache_blocks: int | None = None
     # RMSNorm + QKV and RMSNorm + gate/up projections through one fused kernel (False: separate norm and GEMM).
     fused_norm_linear: bool = True
-    # The fused kernel's tuned configs: a lookup table path, None to find the GPU's (nanovllm/utils/tuning.py),
+    # The fused kernel's tuned configs: a lookup table path, None to find the GPU's (tuning_table/find.py),
     # False for the heuristic default configs.
     tuning_table: str | os.PathLike | bool | None = None
+    # Which M run the tuned kernels (tuning_table/select.py).
+    fusion: FusionOptions = field(default_factory=FusionOptions)
     hf_config: PretrainedConfig = field(init=False)
 
     def __post_init__(self) -> None:
         config_file = os.path.join(str(self.model), "config.json")
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"model_path {self.model!r} is not a folder with a config.json")
-        with open(config_file) as f:
-            architectures = json.load(f).get("architectures") or []
+        try:
+            with open(config_file) as f:
+                hf = json.load(f)
+        except ValueError as e:  # not JSON, or not UTF-8 text
+            raise ValueError(f"cannot parse {config_file}: {e}") from None
+        if not isinstance(hf, dict):
+            raise ValueError(f"cannot parse {config_file}: not a JSON object")
+        architectures = hf.get("architectures") or []
         if not any(a in MODEL_REGISTRY for a in architectures):
             raise ValueError(
                 f"unsupported architecture {architectures} in {config_file}; supported: {sorted(MODEL_REGISTRY)}"
@@ -47,6 +58,9 @@ class Config:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
         self.dtype = self._resolve_dtype()
+        max_positions = self.hf_config.max_position_embeddings
+        if self.max_model_len is None:
+            self.max_model_len = min(4096, max_positions)
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -62,9 +76,14 @@ class Config:
         table = self.tuning_table
         if not (table is None or table is False or isinstance(table, (str, os.PathLike))):
             raise ValueError(f"tuning_table must be a path, None (find the GPU's table) or False, got {table!r}")
+        if not isinstance(self.fusion, FusionOptions):
+            raise ValueError(f"fusion must be a tuning_table.FusionOptions, got {self.fusion!r}")
         if table is not None and table is not False and not self.fused_norm_linear:
             raise ValueError("tuning_table is given but fused_norm_linear=False: it only configures the fused kernel")
-        self.max_model_len = min(self.max_model_len, self.hf_config.max_position_embeddings)
+        if self.max_model_len > max_positions:
+            warnings.warn(f"max_model_len={self.max_model_len} is more than the model's max_position_embeddings="
+                          f"{max_positions}: using {max_positions}", stacklevel=4)
+            self.max_model_len = max_positions
 
     def _resolve_dtype(self) -> torch.dtype:
         dtype = self.dtype

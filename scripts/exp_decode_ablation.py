@@ -6,8 +6,8 @@ benchmarks/bench_baseline.py does (CUDA graphs, greedy, median of --repeats runs
 - tuned: the fused kernel and the plain-linear GEMM where the GPU's table says they won;
 - tuned-no-linear: the same table without its "linear" entries (o_proj/down_proj on cuBLAS);
 - tuned-no-pdl: tuned, every Triton kernel launched without programmatic dependent launch;
-- tuned-fuse64: tuned, but shapes the table lacks run the fused default config up to 64 rows (the rule before
-  this experiment; now FUSED_MAX_M = 16).
+- tuned-fuse64: tuned, but shapes the table lacks run the fused default config up to 64 rows
+  (FusionOptions(untuned_max_m=64); the default is 16).
 
     python scripts/exp_decode_ablation.py --model llama-7b --batch_size 16 32 --seq_len 128 --output abl.csv
 """
@@ -27,10 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels.pdl  # noqa: E402
-import nanovllm.utils.tuning as tuning  # noqa: E402
 from benchmarks.engine_runs import build, measure  # noqa: E402
 from nanovllm.utils.random_checkpoint import cached_random_checkpoint  # noqa: E402
-from nanovllm.utils.tuning import find_table  # noqa: E402
+from tuning_table import FusionOptions, find_table  # noqa: E402
 
 SETTINGS = ("baseline", "tuned", "tuned-no-linear", "tuned-no-pdl", "tuned-fuse64")
 
@@ -60,13 +59,12 @@ def main() -> None:
     tables = {"tuned": str(table), "tuned-no-linear": without_linear(table), "tuned-no-pdl": str(table),
               "tuned-fuse64": str(table)}
     points = [(b, s) for b in args.batch_size for s in args.seq_len]
-    fused_max_m = tuning.FUSED_MAX_M
     rows = []
     for setting in args.settings:
-        tuning.FUSED_MAX_M = 64 if setting == "tuned-fuse64" else fused_max_m
         variant = "baseline" if setting == "baseline" else "tuned"
+        options = {"fusion": FusionOptions(untuned_max_m=64)} if setting == "tuned-fuse64" else {}
         with kernels.pdl.pdl_off() if setting == "tuned-no-pdl" else contextlib.nullcontext():
-            llm = build(path, variant, points, args.output_len, tables.get(setting))
+            llm = build(path, variant, points, args.output_len, tables.get(setting), **options)
             for batch, seq_len in points:
                 row = measure(llm, batch, seq_len, args.output_len, args.repeats, None)
                 rows.append({"setting": setting, "batch_size": batch, "seq_len": seq_len, "tpot_ms": row["tpot_ms"]})

@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from triton.runtime.errors import OutOfResources  # noqa: E402
 
 from benchmarks.common import CsvWriter, copies_to_overflow_l2, gpu_name, require_cuda, time_us  # noqa: E402
-from nanovllm.ops import attention_decode as ad  # noqa: E402
-from nanovllm.ops.reference import paged_decode_attention_reference  # noqa: E402
+from kernels import attention_decode as ad  # noqa: E402
+from kernels.reference import paged_decode_attention_reference  # noqa: E402
 
 BLOCK_SIZE, HEAD_DIM, DTYPE = 16, 128, torch.bfloat16
 # (label, batch, context length, query heads, KV heads)

@@ -138,7 +138,7 @@ def tma_modes(c):
 def ours_configs(M, N, K, dev):
     cfgs = [default_config(M, N, K, dev)]
     try:  # the autotuned table the runtime would use, when it covers the shape
-        from autotune.table import load_table
+        from tuning_table import load_table
         t = load_table(Path(__file__).resolve().parents[1] / "tables" / "h200.json").lookup(K, N, M, torch.bfloat16)
         if t is not None and t not in cfgs:
             cfgs.insert(0, t)

@@ -1,7 +1,8 @@
 """Declarative search spaces, one per tunable kernel, and the shape sets they are tuned on."""
 from __future__ import annotations
 
-from search_spaces.base import DTYPES, Problem, SearchSpace
+from kernels.config import DTYPES
+from search_spaces.base import Problem, SearchSpace
 from search_spaces.linear import LinearSpace
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
 

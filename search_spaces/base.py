@@ -6,61 +6,39 @@ code only ever talks to this interface.
 from __future__ import annotations
 
 import itertools
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from kernels.config import Config
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-EPILOGUES = ("", "gated", "rotary")
-# Problem.form as study names and lookup tables record it ("" for the plain product).
-FORM_PATTERN = re.compile(r"(gated|rotary=[1-9][0-9]*/[1-9][0-9]*)?")
-
+from kernels.config import DTYPES, Config
+from kernels.epilogue import PLAIN, Epilogue
 
 @dataclass(frozen=True)
 class Problem:
-    """One tuned problem: x (M, K) times weight (N, K).T in `dtype` (a key of DTYPES).
-
-    `epilogue` is what the runtime runs after this product (kernels/paired.py): "gated" (gate/up, SiLU-and-mul) or
-    "rotary" (QKV: q and k rotated, k and v written to the KV cache; its heads of `head_dim`, `kv_heads` of them
-    for k and for v, the rest q). Such a problem is timed as the runtime runs it (search_spaces/epilogues.py).
-    "" is the plain product."""
+    """One tuned problem: x (M, K) times weight (N, K).T in `dtype` (a key of kernels.config.DTYPES), followed by
+    `epilogue`, what the runtime runs after this product (kernels/epilogue.py); a gated or rotary problem is timed
+    as the runtime runs it (search_spaces/epilogues.py)."""
     M: int
     K: int
     N: int
     dtype: str = "bfloat16"
-    epilogue: str = ""
-    head_dim: int = 0
-    kv_heads: int = 0
+    epilogue: Epilogue = PLAIN
 
     def __post_init__(self):
         for name in ("M", "K", "N"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Problem.{name}={v!r}: expected a positive int")
         if self.dtype not in DTYPES:
             raise ValueError(f"Problem.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
-        if self.epilogue not in EPILOGUES:
-            raise ValueError(f"Problem.epilogue={self.epilogue!r}: expected one of {EPILOGUES}")
-        rotary = self.epilogue == "rotary"
-        if rotary != (self.head_dim > 0) or self.head_dim % 2 or rotary != (self.kv_heads > 0):
-            raise ValueError(f"Problem.head_dim={self.head_dim!r}, kv_heads={self.kv_heads!r}: expected an even "
-                             "head_dim > 0 and kv_heads > 0 exactly when epilogue='rotary'")
-        q_heads = self.N // self.head_dim - 2 * self.kv_heads if rotary else 0
-        if rotary and (self.N % self.head_dim or q_heads < 1 or q_heads % self.kv_heads):
-            raise ValueError(f"Problem.N={self.N}: expected [q; k; v] heads of head_dim={self.head_dim}, "
-                             f"kv_heads={self.kv_heads} for k and for v and a multiple of that for q")
-        if self.epilogue == "gated" and self.N % 2:
-            raise ValueError(f"Problem.N={self.N}: a gated [gate; up] site stacks two halves, expected an even N")
-
-    @property
-    def form(self) -> str:
-        """The epilogue as study names and lookup tables record it: "", "gated" or "rotary=<head_dim>/<kv_heads>"."""
-        return f"rotary={self.head_dim}/{self.kv_heads}" if self.epilogue == "rotary" else self.epilogue
+        if not isinstance(self.epilogue, Epilogue):
+            raise ValueError(f"Problem.epilogue={self.epilogue!r}: expected a kernels.epilogue.Epilogue")
+        try:
+            self.epilogue.check_rows(self.N)
+        except ValueError as e:
+            raise ValueError(f"Problem.{e}") from None
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -1,17 +1,19 @@
 """The paired epilogues in the tuner: QKV and gate/up timed as the runtime runs them (kernels/paired.py).
 
 A "gated" site ends in SiLU-and-mul, a "rotary" one rotates q and k and writes k and v into a KV cache. A config
-with that form (gated_config, rotary_config: configs stay in the stacked product's terms, the table's currency)
-runs it in the fused kernel's epilogue; one without (split-K, TMA, too narrow a column tile) runs the plain fused
-kernel and then the runtime's separate SiLU-and-mul or rotary kernel, as nanovllm/layers/fused_norm_linear.py
+with that form (Epilogue.launched: configs stay in the stacked product's terms, the table's currency) runs it in
+the fused kernel's epilogue; one without (split-K, TMA, too narrow a column tile) runs the plain fused kernel and
+then the runtime's separate SiLU-and-mul or rotary kernel, as nanovllm/layers/fused_norm_linear.py
 does. The baseline is the norm and cuBLAS GEMM (as for the plain product), then that separate kernel.
 """
 from __future__ import annotations
 
 import torch
 
+from kernels import ops
 from kernels.config import Config
-from kernels.paired import RotaryKV, gated_config, rotary_config
+from kernels.epilogue import GATED, Epilogue
+from kernels.paired import RotaryKV
 from kernels.reference import baseline_rms_norm_linear
 from kernels.rms_norm_linear import fused_rms_norm_linear
 from search_spaces.base import Problem
@@ -31,37 +33,32 @@ def rotary_inputs(problem: Problem, table: torch.Tensor, gen: torch.Generator) -
     """Positions and a KV cache for `problem`'s M tokens, rotated by `table` (`rope_table`; read-only, so input
     copies share it). The cache has exactly one slot per token, in a shuffled order: every element is written, so
     a missed write shows in the check."""
-    D, kv, device = problem.head_dim, problem.kv_heads, table.device
+    D, kv, device = problem.epilogue.head_dim, problem.epilogue.kv_heads, table.device
     positions = torch.randint(0, _MAX_POSITION, (problem.M,), generator=gen, device=device)
     slots = torch.randperm(problem.M, generator=gen, device=device).to(torch.int32)
     cache = [torch.empty(problem.M, 1, kv, D, device=device, dtype=problem.torch_dtype) for _ in range(2)]
-    return RotaryKV(positions, table, slots, *cache, num_q_heads=problem.N // D - 2 * kv)
+    return RotaryKV(positions, table, slots, *cache, num_q_heads=problem.epilogue.q_heads(problem.N))
 
 
-def run_fused(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, epilogue: str | RotaryKV,
+def run_fused(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, epilogue: Epilogue, kv: RotaryKV | None,
               config: Config) -> torch.Tensor:
-    """The runtime's path for `config`: silu(gate) * up, or the rotated q (k and v go to the cache)."""
-    form = gated_config(config) if epilogue == "gated" else rotary_config(config, epilogue.head_dim)
+    """The runtime's path for `config`: silu(gate) * up, or the rotated q (k and v go to `kv`'s cache)."""
+    form = epilogue.launched(config)
     if form is None:
-        return _separate_epilogue(fused_rms_norm_linear(x, w, residual=r, config=config)[0], epilogue)
-    if epilogue == "gated":
-        return fused_rms_norm_linear(x, w, residual=r, silu_and_mul=True, config=form)[0]
-    return fused_rms_norm_linear(x, w, residual=r, rotary=epilogue, config=form)[0]
+        return _separate_epilogue(fused_rms_norm_linear(x, w, residual=r, config=config)[0], epilogue, kv)
+    return fused_rms_norm_linear(x, w, residual=r, epilogue=epilogue, rotary=kv, config=form)[0]
 
 
-def run_separate(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, epilogue: str | RotaryKV) -> torch.Tensor:
+def run_separate(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, epilogue: Epilogue,
+                 kv: RotaryKV | None) -> torch.Tensor:
     """The baseline: norm, cuBLAS GEMM, then the runtime's SiLU-and-mul or rotary + cache-write kernel."""
-    return _separate_epilogue(baseline_rms_norm_linear(x, w, residual=r)[0], epilogue)
+    return _separate_epilogue(baseline_rms_norm_linear(x, w, residual=r)[0], epilogue, kv)
 
 
-def _separate_epilogue(y: torch.Tensor, epilogue: str | RotaryKV) -> torch.Tensor:
-    # Imported here: the runtime's package loads transformers, which tuning the plain forms never needs.
-    from nanovllm import ops
-
-    if epilogue == "gated":
+def _separate_epilogue(y: torch.Tensor, epilogue: Epilogue, kv: RotaryKV | None) -> torch.Tensor:
+    if epilogue == GATED:
         return ops.silu_and_mul(y)
-    D, hq, kv = epilogue.head_dim, epilogue.num_q_heads, epilogue.k_cache.shape[2]
-    q, k, v = y.split([hq * D, kv * D, kv * D], dim=-1)
-    return ops.apply_rotary_and_store_kvcache(q.view(-1, hq, D), k.view(-1, kv, D), v.view(-1, kv, D),
-                                              epilogue.positions, epilogue.cos_sin_cache, epilogue.k_cache,
-                                              epilogue.v_cache, epilogue.slot_mapping)
+    D, hq, heads = kv.head_dim, kv.num_q_heads, kv.k_cache.shape[2]
+    q, k, v = y.split([hq * D, heads * D, heads * D], dim=-1)
+    return ops.apply_rotary_and_store_kvcache(q.view(-1, hq, D), k.view(-1, heads, D), v.view(-1, heads, D),
+                                              kv.positions, kv.cos_sin_cache, kv.k_cache, kv.v_cache, kv.slot_mapping)

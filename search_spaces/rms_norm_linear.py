@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from kernels.config import Config, default_config, device_has_tma, tma_rows_aligned
-from kernels.paired import RotaryKV, rotary_config
+from kernels.paired import RotaryKV
 from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
 from search_spaces.epilogues import rope_table, rotary_inputs, run_fused, run_separate
@@ -109,7 +109,8 @@ class RmsNormLinearSpace(SearchSpace):
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
         # Generated where they are used: filling a lm_head weight on the CPU would take longer than tuning it.
         gen = torch.Generator(device=device).manual_seed(seed)
-        table = rope_table(problem.head_dim, device) if problem.epilogue == "rotary" else None
+        rotary = problem.epilogue.kind == "rotary"
+        table = rope_table(problem.epilogue.head_dim, device) if rotary else None
         out = []
         for _ in range(copies):
             # Random, never zeros: a kernel that skips work must not pass by accident. Unit-scale outputs.
@@ -117,16 +118,17 @@ class RmsNormLinearSpace(SearchSpace):
             w = torch.randn(problem.N, problem.K, generator=gen, device=device).div_(math.sqrt(problem.K))
             # The runtime always adds the residual stream (every layer but the first): tune what it runs.
             r = torch.randn(problem.M, problem.K, generator=gen, device=device).to(problem.torch_dtype)
-            # The paired form travels with the inputs: "" (the plain product), "gated", or the rotary's RotaryKV.
-            epilogue = rotary_inputs(problem, table, gen) if problem.epilogue == "rotary" else problem.epilogue
-            out.append((x, w.to(problem.torch_dtype), r, epilogue))
+            # The epilogue travels with the inputs, and the rotary one's positions and KV cache.
+            kv = rotary_inputs(problem, table, gen) if rotary else None
+            out.append((x, w.to(problem.torch_dtype), r, problem.epilogue, kv))
         return out
 
     def launcher(self, config: Config | None) -> Callable[[Any], torch.Tensor]:
         def run(inputs: tuple) -> torch.Tensor:
-            x, w, r, epilogue = inputs
-            if epilogue:
-                return run_separate(x, w, r, epilogue) if config is None else run_fused(x, w, r, epilogue, config)
+            x, w, r, epilogue, kv = inputs
+            if epilogue.paired:
+                return run_separate(x, w, r, epilogue, kv) if config is None else \
+                    run_fused(x, w, r, epilogue, kv, config)
             if config is None:
                 return baseline_rms_norm_linear(x, w, residual=r)[0]
             return fused_rms_norm_linear(x, w, residual=r, config=config)[0]
@@ -135,7 +137,7 @@ class RmsNormLinearSpace(SearchSpace):
     def runs_as(self, config: Config, problem: Problem) -> Config:
         # The rotary form halves BLOCK_N, and further until it divides head_dim/2: at head_dim 128, BLOCK_N 128 and
         # 256 both run 64 columns. Named by the smallest stacked BLOCK_N that runs it.
-        form = rotary_config(config, problem.head_dim) if problem.epilogue == "rotary" else None
+        form = problem.epilogue.launched(config) if problem.epilogue.kind == "rotary" else None
         return dataclasses.replace(config, BLOCK_N=2 * form.BLOCK_N) if form is not None else config
 
     def written(self, inputs: tuple) -> list[torch.Tensor]:
@@ -145,7 +147,7 @@ class RmsNormLinearSpace(SearchSpace):
     def footprint_bytes(self, problem: Problem) -> int:
         # x, the residual and h = x + residual, the weight, the output (gated: half the columns; rotary: q, and k and
         # v into the cache)
-        out = problem.M * problem.N // (2 if problem.epilogue == "gated" else 1)
+        out = problem.M * problem.N // (2 if problem.epilogue.kind == "gated" else 1)
         return (3 * problem.M * problem.K + problem.N * problem.K + out) * problem.elem_bytes
 
     def compile_problem(self, problem: Problem) -> Problem:
@@ -153,5 +155,5 @@ class RmsNormLinearSpace(SearchSpace):
         rotary form compiles its head counts in, so its N stays; the gated one runs N/2 columns."""
         def small(v: int, unit: int = 16) -> int:
             return v if v <= unit else unit + v % unit
-        N = {"rotary": problem.N, "gated": small(problem.N, 32)}.get(problem.epilogue, small(problem.N))
+        N = {"rotary": problem.N, "gated": small(problem.N, 32)}.get(problem.epilogue.kind, small(problem.N))
         return dataclasses.replace(problem, M=small(problem.M), N=N)

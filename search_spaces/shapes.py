@@ -15,6 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernels.epilogue import GATED, PLAIN, Epilogue
+from kernels.epilogue import rotary as epilogue_rotary
+
 # Decode batch sizes up to prefill's batch x sequence length.
 DEFAULT_M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
@@ -38,13 +41,14 @@ _NXK = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 @dataclass(frozen=True)
 class Site:
-    """One tuned linear site: weight (N, K), run with `epilogue` (search_spaces.base.Problem)."""
+    """One tuned linear site: weight (N, K), run with `epilogue` (kernels/epilogue.py)."""
     name: str
     K: int
     N: int
-    epilogue: str = ""
-    head_dim: int = 0
-    kv_heads: int = 0
+    epilogue: Epilogue = PLAIN
+
+    def __post_init__(self) -> None:
+        self.epilogue.check_rows(self.N)
 
 
 SITE_KERNELS = ("rms_norm_linear", "linear")
@@ -70,9 +74,12 @@ def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm
         return [Site("o_proj", heads * head_dim, hidden), Site("down_proj", cfg["intermediate_size"], hidden)]
     # Qwen3 normalizes q and k before the rotary embedding, so its QKV stays a plain product (nanovllm/models).
     rotary = cfg.get("model_type") not in _QK_NORM_MODELS and head_dim % 2 == 0
-    return [Site("qkv", hidden, (heads + 2 * kv_heads) * head_dim,
-                 *(("rotary", head_dim, kv_heads) if rotary else ())),
-            Site("gate_up", hidden, 2 * cfg["intermediate_size"], "gated"),
+    try:
+        qkv = Site("qkv", hidden, (heads + 2 * kv_heads) * head_dim, epilogue_rotary(head_dim, kv_heads) if rotary
+                   else PLAIN)
+    except ValueError as e:
+        raise ValueError(f"{source}: the QKV site does not fit its heads: {e}") from None
+    return [qkv, Site("gate_up", hidden, 2 * cfg["intermediate_size"], GATED),
             Site("lm_head", hidden, cfg["vocab_size"])]
 
 
@@ -98,7 +105,7 @@ def parse_shapes(spec: str, kernel: str = "rms_norm_linear") -> list[Site]:
     unique: dict[tuple[int, int], Site] = {}
     for s in sites:
         # A (K, N) named twice is tuned once, in the runtime's form where one of the two names it.
-        if (s.K, s.N) not in unique or (s.epilogue and not unique[(s.K, s.N)].epilogue):
+        if (s.K, s.N) not in unique or (s.epilogue.paired and not unique[(s.K, s.N)].epilogue.paired):
             unique[(s.K, s.N)] = s
     return list(unique.values())
 

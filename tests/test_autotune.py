@@ -13,13 +13,14 @@ from sqlalchemy.orm import Session
 from autotune.compile_pool import CompilePool, precompile
 from autotune.heartbeat import tuning_storage
 from autotune.objective import Evaluator
-from autotune.table import build_table
-from autotune.testing import FakeTimer, fake_gpu
+from autotune.export import build_table
+from tests.doubles import FakeTimer, fake_gpu
 from autotune.timer import Timing
 from autotune.tuner import Tuner, TuneSettings, study_name
 from db.models import Measurement, Run
 from db.queries import best_results, search_history
 from db.storage import Recorder, open_engine
+from kernels.epilogue import GATED, PLAIN, rotary
 from kernels.config import Config, device_smem_limit
 from search_spaces import Problem, get_space
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
@@ -29,8 +30,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SPACE = get_space("rms_norm_linear")
 TINY = Problem(4, 64, 96, "float16")
-ROTARY = Problem(4, 64, 3 * 64, "float16", epilogue="rotary", head_dim=64, kv_heads=1)  # q, k, v: a head each
-GATED = Problem(4, 64, 96, "float16", epilogue="gated")
+ROTARY = Problem(4, 64, 3 * 64, "float16", epilogue=rotary(64, 1))  # q, k, v: a head each
+GATED = Problem(4, 64, 96, "float16", epilogue=GATED)
 
 
 class WrongResultSpace(RmsNormLinearSpace):
@@ -117,10 +118,10 @@ def test_wrong_results_and_launch_failures_become_reasons():
 def test_the_paired_forms_run_fused_against_their_separate_path(problem):
     ev = Evaluator(SPACE, problem, DEVICE, FakeTimer(), l2_bytes=1)
     q_or_act = ev.expected
-    assert q_or_act.shape == ((4, 1, 64) if problem.epilogue == "rotary" else (4, 48))
+    assert q_or_act.shape == ((4, 1, 64) if problem.epilogue.kind == "rotary" else (4, 48))
     # Every cache element is written by the separate path (one slot per token), none left as it was allocated.
     assert all(bool(torch.isfinite(t).all()) for t in ev.expected_written) and len(ev.expected_written) == 2 * (
-        problem.epilogue == "rotary")
+        problem.epilogue.kind == "rotary")
     result = ev.evaluate(Config(16, 64, 32, 2, 2, 1), 3)
     assert result.correct, result.error
 
@@ -131,7 +132,7 @@ def test_a_config_without_the_form_runs_plain_then_the_separate_kernel(problem, 
 
     calls, fused = [], epilogues.fused_rms_norm_linear
     monkeypatch.setattr(epilogues, "fused_rms_norm_linear", lambda *a, **kw: calls.append(
-        kw.get("silu_and_mul") or kw.get("rotary") is not None) or fused(*a, **kw))
+        kw.get("epilogue", PLAIN).paired) or fused(*a, **kw))
     ev = Evaluator(SPACE, problem, DEVICE, FakeTimer(), l2_bytes=1)
     assert ev.evaluate(Config(16, 64, 32, 2, 2, 1), 3).correct and calls[-1] is True  # the epilogue in the kernel
     result = ev.evaluate(Config(16, 32, 32, 2, 2, 1, SPLIT_K=2), 3)  # no form: split-K and 16-column halves
@@ -151,7 +152,7 @@ class ForgetfulRotarySpace(RmsNormLinearSpace):
         run, separate = super().launcher(config), super().launcher(None)
         if config is not None and config.BLOCK_K == 64:
             def forgets(inputs):
-                x, w, r, rotary = inputs
+                rotary = inputs[-1]  # x, w, r, the epilogue and its KV cache
                 k, v = rotary.k_cache.clone(), rotary.v_cache.clone()
                 q = separate(inputs)
                 rotary.k_cache.copy_(k), rotary.v_cache.copy_(v)
@@ -307,7 +308,7 @@ def test_warm_start_configs_are_tried_first(db):
 def test_a_rotary_site_has_a_study_of_its_own_and_every_config_runs(db):
     leader = Config(16, 32, 64, 2, 5, 1, 1)  # 16-column halves: no rotary form
     outcome = make_tuner(db, trials=3).tune(ROTARY, warm_start=[leader])
-    plain = dataclasses.replace(ROTARY, epilogue="", head_dim=0, kv_heads=0)
+    plain = dataclasses.replace(ROTARY, epilogue=PLAIN)
     assert outcome.study_name == study_name(SPACE.name, "h100", plain) + "|rotary=64/1"
     trials = optuna.load_study(study_name=outcome.study_name, storage=db[0]).trials
     assert Config.from_dict(trials[0].params) == leader

@@ -6,7 +6,7 @@ import optuna
 import pandas as pd
 import torch
 
-from autotune.testing import FakeTimer, fake_gpu
+from tests.doubles import FakeTimer, fake_gpu
 from benchmarks import bench_search
 from search_spaces import Problem
 

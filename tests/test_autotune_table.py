@@ -7,13 +7,21 @@ import pandas as pd
 import pytest
 import torch
 
-from autotune.device import check_gpu_arg, normalize_gpu_name
-from autotune.table import FORMAT, FORMAT_VERSION, build_table, load_table, merge_tables, parse_table, write_table
+from tuning_table import check_gpu_arg, normalize_gpu_name
+from autotune.export import build_table, merge_tables
+from tuning_table.format import FORMAT, FORMAT_VERSION, load_table, parse_table, write_table
 from kernels.config import Config
 
 C1 = Config(16, 64, 128, 4, 4, 1, 4).to_dict()
 C64 = Config(64, 128, 64, 4, 4, 8, 1).to_dict()
 C4K = Config(128, 128, 64, 8, 3, 8, 1).to_dict()
+
+
+
+def config_of(table, kernel, K, N, dtype, M):
+    """The config the bucket rule picks, or None for an untuned (K, N, dtype)."""
+    bucket = table.bucket(kernel, K, N, dtype, M)
+    return bucket.config if bucket is not None else None
 
 
 def bucket(M, config, **form):
@@ -35,14 +43,14 @@ def test_round_trip_and_bucket_rule(tmp_path):
     write_table(TABLE, path)
     table = load_table(path)
     assert (table.gpu, table.torch, table.triton) == ("h100", "2.11.0", "3.6.0")
-    look = lambda M: table.lookup(4096, 12288, M, torch.bfloat16)  # noqa: E731
+    look = lambda M: config_of(table, "rms_norm_linear", 4096, 12288, torch.bfloat16, M)  # noqa: E731
     # The smallest tuned bucket >= M, else the largest.
     assert look(1) == Config.from_dict(C1)
     assert look(2) == look(64) == Config.from_dict(C64)
     assert look(65) == look(4096) == look(100_000) == Config.from_dict(C4K)
-    assert table.lookup(4096, 12288, 1, "float16") == Config.from_dict(C4K)
-    assert table.lookup(4096, 12288, 1, torch.float32) is None
-    assert table.lookup(4096, 4096, 1, torch.bfloat16) is None
+    assert config_of(table, "rms_norm_linear", 4096, 12288, "float16", 1) == Config.from_dict(C4K)
+    assert config_of(table, "rms_norm_linear", 4096, 12288, torch.float32, 1) is None
+    assert config_of(table, "rms_norm_linear", 4096, 4096, torch.bfloat16, 1) is None
 
 
 def _broken(edit):
@@ -65,7 +73,7 @@ def _broken(edit):
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0]["config"].update(COLOR=1)), "unknown field"),
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][1].update(dtype="bfloat16")), "appears twice"),
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0].update(epilogue="rotary")),
-     "M=64: epilogue 'rotary', expected 'gated' or 'rotary=<head_dim>/<kv_heads>'"),
+     "M=64: epilogue 'rotary': expected '', 'gated' or 'rotary=<head_dim>/<kv_heads>'"),
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0].update(epilogue=1)), "epilogue 1"),
 ])
 def test_malformed_tables_name_the_problem(table, match):
@@ -105,14 +113,16 @@ def test_merge_keeps_the_old_buckets_and_replaces_the_retuned_ones():
         merged = merge_tables(old, new)
     assert old == TABLE  # the inputs are not modified
     table = parse_table(merged)
-    assert table.lookup(4096, 12288, 1, "float16") == Config.from_dict(C4K)  # only in the old table: kept
+    # only in the old table: kept
+    assert config_of(table, "rms_norm_linear", 4096, 12288, "float16", 1) == Config.from_dict(C4K)
     # The re-tuned entry gains the new M=16 bucket and keeps its other buckets.
-    assert [m for m, *_ in table.entries[("rms_norm_linear", 4096, 12288, "bfloat16")]] == [1, 16, 64, 4096]
-    assert table.lookup(4096, 12288, 16, "bfloat16") == Config.from_dict(C64)
+    assert [b.M for b in table.entries[("rms_norm_linear", 4096, 12288, "bfloat16")]] == [1, 16, 64, 4096]
+    assert config_of(table, "rms_norm_linear", 4096, 12288, "bfloat16", 16) == Config.from_dict(C64)
     retuned = merge_tables(TABLE, {**_fresh(), "kernels": {"rms_norm_linear": [
         {"K": 4096, "N": 12288, "dtype": "bfloat16", "buckets": [bucket(64, C1)]}]}})
-    assert parse_table(retuned).lookup(4096, 12288, 64, "bfloat16") == Config.from_dict(C1)  # the database wins
-    assert table.lookup(4096, 4096, 1, "bfloat16", "linear").SPLIT_K == 4  # only in the new table
+    # the database wins
+    assert config_of(parse_table(retuned), "rms_norm_linear", 4096, 12288, "bfloat16", 64) == Config.from_dict(C1)
+    assert config_of(table, "linear", 4096, 4096, "bfloat16", 1).SPLIT_K == 4  # only in the new table
     assert (merged["torch"], merged["created"]) == ("2.13.0", "2026-12-01T00:00:00+00:00")
     # An old table created later names the header; with equal versions nothing is said.
     with warnings.catch_warnings():
@@ -127,20 +137,21 @@ def test_merge_keeps_the_old_buckets_and_replaces_the_retuned_ones():
 def test_a_bucket_timed_in_its_form_outranks_a_plain_one_when_merging():
     key = ("rms_norm_linear", 4096, 12288, "bfloat16")
     old = _broken(lambda t: t["kernels"]["rms_norm_linear"][0]["buckets"][0].update(epilogue="rotary=128/32"))
-    assert [f for *_, f in parse_table(old).entries[key]] == ["", "rotary=128/32", ""]  # M = 1, 64, 4096
+    assert [b.epilogue.form for b in parse_table(old).entries[key]] == ["", "rotary=128/32", ""]  # M = 1, 64, 4096
     plain = {**_fresh(torch="2.11.0"), "kernels": {"rms_norm_linear": [
         {"K": 4096, "N": 12288, "dtype": "bfloat16", "buckets": [bucket(1, C4K), bucket(64, C1)]}]}}
     with pytest.warns(UserWarning, match=r"kept 1 bucket\(s\) timed in the runtime's form over the database's plain "
                                          r"results \(first: rms_norm_linear K=4096 N=12288 M=64\)"):
         merged = parse_table(merge_tables(old, plain))
-    assert [(m, c, f) for m, c, _, f in merged.entries[key]] == [
+    assert [(b.M, b.config, b.epilogue.form) for b in merged.entries[key]] == [
         (1, Config.from_dict(C4K), ""), (64, Config.from_dict(C64), "rotary=128/32"), (4096, Config.from_dict(C4K), "")]
     formed = copy.deepcopy(plain)
     formed["kernels"]["rms_norm_linear"][0]["buckets"][1]["epilogue"] = "rotary=128/32"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         merged = parse_table(merge_tables(old, formed))
-    assert merged.lookup(4096, 12288, 64, "bfloat16") == Config.from_dict(C1)  # a form result replaces the old one
+    # a form result replaces the old one
+    assert config_of(merged, "rms_norm_linear", 4096, 12288, "bfloat16", 64) == Config.from_dict(C1)
 
 
 def _result(M, config, finished, epilogue=""):
@@ -161,7 +172,7 @@ def test_export_prefers_a_result_timed_in_its_form_over_a_newer_plain_one():
         table = build_table(best)
     buckets = table["kernels"]["rms_norm_linear"][0]["buckets"]
     assert [(b["M"], b["config"], b.get("epilogue")) for b in buckets] == [(1, C1, None), (16, C64, "rotary=128/32")]
-    assert parse_table(table).entries[("rms_norm_linear", 4096, 12288, "bfloat16")][1][3] == "rotary=128/32"
+    assert parse_table(table).entries[("rms_norm_linear", 4096, 12288, "bfloat16")][1].epilogue.form == "rotary=128/32"
     # An older plain result is not worth a word; between two form results the newer wins.
     best = pd.DataFrame([_result(16, C1, "2026-11-01"), _result(16, C64, "2026-11-02", "rotary=128/32"),
                          _result(16, C4K, "2026-11-03", "rotary=128/8")])

@@ -33,7 +33,7 @@ def test_compare_profiles_splits_time_and_launches_by_category(tmp_path):
         ("sm90_xmma_gemm_bf16bf16_bf16f32", 200.0), ("_decode_split_kernel", 40.0), ("_decode_merge_kernel", 10.0),
         ("_silu_and_mul_kernel", 5.0)])
     optimized = trace(tmp_path / "b.json", [
-        ("_row_stats_kernel", 4.0), ("_rms_norm_linear_kernel", 90.0), ("_rms_norm_linear_kernel", 180.0),
+        ("_row_stats_kernel", 4.0), ("_gemm_kernel", 90.0), ("_gemm_kernel", 180.0),
         ("_decode_split_kernel", 50.0), ("_silu_and_mul_kernel", 5.0)])
     out = tmp_path / "cmp.csv"
     result = run("scripts/compare_profiles.py", baseline, optimized, "--output", str(out))
@@ -49,8 +49,8 @@ def test_compare_profiles_splits_time_and_launches_by_category(tmp_path):
     assert table.loc["attention", ["speedup", "diff_launches"]].tolist() == pytest.approx([1.0, -1])
     # Kernel by kernel, the largest change first; a kernel one side lacks has zeros there.
     kernels = pd.read_csv(tmp_path / "cmp_kernels.csv", index_col="kernel")
-    assert kernels.index[0] == "_rms_norm_linear_kernel"
-    assert kernels.loc["_rms_norm_linear_kernel", ["baseline_ms", "optimized_ms", "optimized_launches",
+    assert kernels.index[0] == "_gemm_kernel"
+    assert kernels.loc["_gemm_kernel", ["baseline_ms", "optimized_ms", "optimized_launches",
                                                    "optimized_us_per_launch"]].tolist() == pytest.approx(
         [0.0, 0.27, 2, 135.0])
     assert kernels.loc["_decode_split_kernel", ["baseline_us_per_launch", "diff_ms"]].tolist() == pytest.approx(
@@ -64,7 +64,7 @@ def test_compare_profiles_reads_nsys_kernel_summaries(tmp_path):
               "StdDev (ns)", "Name"]
     for name, rows in (("a.csv", [[80, 8000, 4, 2000, 2000, 2000, 2000, 0, "ampere_bf16_s16816gemm"],
                                   [20, 2000, 4, 500, 500, 500, 500, 0, "_rms_norm_kernel"]]),
-                       ("b.csv", [[100, 7000, 4, 1750, 1750, 1750, 1750, 0, "_rms_norm_linear_kernel"]])):
+                       ("b.csv", [[100, 7000, 4, 1750, 1750, 1750, 1750, 0, "_gemm_kernel"]])):
         with open(tmp_path / name, "w", newline="") as f:
             csv.writer(f).writerows([header, *rows])
     result = run("scripts/compare_profiles.py", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"),

@@ -98,3 +98,24 @@ def test_can_append_false_when_a_new_block_is_needed_and_none_is_free():
     a.num_computed_tokens = 4
     a.append_token(5)
     assert not bm.can_append(a)
+
+
+def test_reset_frees_every_block_and_drops_only_the_hashes_of_held_blocks():
+    bm = BlockManager(8, BLOCK)
+    done = seq(list(range(9)))
+    bm.allocate(done)
+    cached = done.block_table[:2]
+    bm.deallocate(done)  # finished: its two full blocks stay cached
+    held = seq([9] * 9)
+    bm.allocate(held)
+    bm._take_block(next(iter(bm.free_block_ids)))  # a block taken by a step that failed before recording it
+    bm.reset()
+    assert bm.num_free_blocks == 8 and not bm.used_block_ids and all(b.ref_count == 0 for b in bm.blocks)
+    # The held blocks, whose K/V the failed step may not have written, are no longer a cached prefix...
+    again = seq([9] * 9)
+    bm.allocate(again)
+    assert again.num_cached_tokens == 0
+    # ...and were reused first, before the blocks that still cache the finished sequence's prefix.
+    revived = seq(list(range(9)))
+    bm.allocate(revived)
+    assert revived.num_cached_tokens == 8 and revived.block_table[:2] == cached

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from sqlalchemy.orm import Session
 
 from autotune.compile_pool import CompilePool
-from autotune.table import build_table
-from autotune.testing import FakeTimer, fake_gpu
+from autotune.export import build_table
+from tests.doubles import FakeTimer, fake_gpu
 from autotune.timer import Workload
 from autotune.tuner import Tuner, TuneSettings, study_name
 from dashboard.command import dashboard_command

@@ -1,11 +1,13 @@
-"""Our tables next to Optuna's: created on first use, versioned, refused when the version differs."""
+"""Our tables next to Optuna's: created on first use, versioned, refused when the version is unknown (migrations:
+tests/test_db_migration.py)."""
 import hashlib
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from db import migrations
 from db.models import SCHEMA_VERSION
-from db.queries import best_results, study_form
+from db.queries import best_results
 from db.storage import Recorder, RunKey, StorageError, open_engine, optuna_storage
 from tests.conftest import PG_UNREACHABLE
 
@@ -26,11 +28,13 @@ def test_schema_is_created_on_first_use_next_to_optunas(tmp_path):
             "nvc_exported_tables", "studies", "trials"} <= tables
     with engine.connect() as c:
         assert c.execute(text("SELECT version FROM nvc_schema_version")).scalars().all() == [SCHEMA_VERSION]
+        assert c.execute(text("SELECT version_num FROM nvc_alembic_version")).scalars().all() == [migrations.head()]
+    assert "epilogue" in {col["name"] for col in inspect(engine).get_columns("nvc_shapes")}
     open_engine(url)  # reopening is fine
 
 
-@pytest.mark.parametrize("version", [SCHEMA_VERSION - 1, SCHEMA_VERSION + 1])
-def test_other_schema_versions_are_refused_and_the_file_left_untouched(tmp_path, version):
+@pytest.mark.parametrize("version", [0, SCHEMA_VERSION + 1])
+def test_unknown_schema_versions_are_refused_and_the_file_left_untouched(tmp_path, version):
     path = tmp_path / "old.db"
     url = f"sqlite:///{path}"
     open_engine(url).dispose()
@@ -81,16 +85,20 @@ def test_best_results_takes_the_latest_finished_run_of_each_study(tmp_path):
     assert best.loc[0, "epilogue"] == ""
 
 
-@pytest.mark.parametrize("name, form", [
-    ("rms_norm_linear|h100|bfloat16|M=16|K=4096|N=12288|rotary=128/8", "rotary=128/8"),
-    ("rms_norm_linear|h100|bfloat16|M=16|K=4096|N=22016|gated", "gated"),
-    ("rms_norm_linear|h100|bfloat16|M=16|K=4096|N=32000", ""),
-    ("rms_norm_linear|h100|bfloat16|M=16|K=4096|N=12288|rotary=128", ""),  # before 5fb9888: not form-timed
-])
-def test_study_form_reads_the_suffix_study_name_writes(name, form):
-    assert study_form(name) == form
-
-
+def test_each_epilogue_of_a_shape_is_its_own_shape_row(tmp_path):
+    engine = open_engine(f"sqlite:///{tmp_path / 'e.db'}")
+    rec = Recorder(engine)
+    for name, form in [("plain", ""), ("gated", "gated"), ("rotary", "rotary=128/8"), ("again", "gated")]:
+        run = rec.start_run(GPU, RunKey(name, "rms_norm_linear", 16, 4096, 12288, "bfloat16", "tpe", 3, None,
+                                        epilogue=form))
+        m = rec.add_measurement(run, phase="retime", trial_number=None, config={"BLOCK_M": 16}, correct=True,
+                                median_us=5.0, spread_us=0.1, speedup=1.2)
+        rec.finish_run(run, "finished", m)
+    with engine.connect() as c:
+        assert sorted(c.execute(text("SELECT epilogue FROM nvc_shapes")).scalars()) == ["", "gated", "rotary=128/8"]
+    best = best_results(engine)
+    assert dict(zip(best["study_name"], best["epilogue"])) == {
+        "plain": "", "gated": "gated", "rotary": "rotary=128/8", "again": "gated"}
 
 
 @pytest.mark.postgres

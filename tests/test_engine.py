@@ -1,6 +1,8 @@
 """Engine paths that must not change the tokens (prefix cache, preemption, chunked prefill) and bad input."""
+import dataclasses
 import gc
 import json
+import warnings
 
 import pytest
 import torch
@@ -116,6 +118,8 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(path, plain):
     a = engine.generate(prompts(), params, use_tqdm=False)
     b = engine.generate(prompts(), params, use_tqdm=False)
     assert a == b
+    # top_k=0 is off, as in Hugging Face, like top_k=-1.
+    assert engine.generate(prompts(), dataclasses.replace(params, top_k=0), use_tqdm=False) == a
     top1 = SamplingParams(temperature=1.0, top_k=1, max_tokens=24, ignore_eos=True)
     assert [o["token_ids"] for o in engine.generate(prompts(), top1, use_tqdm=False)] == plain
 
@@ -125,6 +129,24 @@ def test_stop_token_ends_the_completion_and_is_kept(path, plain):
     params = SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[stop])
     out = llm(path).generate(prompts()[:1], params, use_tqdm=False)[0]["token_ids"]
     assert out == plain[0][:plain[0].index(stop) + 1]
+
+
+def test_eos_finishes_with_reason_stop_and_special_tokens_are_left_out_of_the_text(path, monkeypatch):
+    engine = llm(path)
+    eos = engine.tokenizer.eos_token_id
+    # Every sampled token is EOS, which the random model would rarely pick itself.
+    monkeypatch.setattr(engine.model_runner, "_sample", lambda logits, seqs: torch.full((len(seqs),), eos))
+    out = engine.generate(["Hello world"], SamplingParams(temperature=0, max_tokens=5), use_tqdm=False)
+    assert out == [{"text": "", "token_ids": [eos], "finish_reason": "stop"}]
+
+
+def test_a_request_cut_at_max_model_len_finishes_with_reason_length_and_one_warning(path, plain):
+    engine = llm(path, max_model_len=40)
+    with pytest.warns(UserWarning, match="2 of 3 requests stopped at max_model_len=40") as record:
+        outputs = engine.generate(prompts(), GREEDY, use_tqdm=False)  # prompts of 21, 9 and 35 tokens
+    assert len(record) == 1
+    assert [o["token_ids"] for o in outputs] == [plain[0][:19], plain[1], plain[2][:5]]
+    assert [o["finish_reason"] for o in outputs] == ["length"] * 3
 
 
 def test_decode_runs_ahead_and_a_sequence_ending_early_keeps_its_tokens(path, plain, monkeypatch):
@@ -150,7 +172,9 @@ def test_string_prompts_and_per_prompt_params(path):
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (3, 5)]
     outputs = engine.generate(texts, params, use_tqdm=False)
     assert [len(o["token_ids"]) for o in outputs] == [3, 5]
-    assert [o["text"] for o in outputs] == [engine.tokenizer.decode(o["token_ids"]) for o in outputs]
+    assert [o["text"] for o in outputs] == [engine.tokenizer.decode(o["token_ids"], skip_special_tokens=True)
+                                            for o in outputs]
+    assert [o["finish_reason"] for o in outputs] == ["length", "length"]
     ids = [engine.tokenizer.encode(t) for t in texts]
     assert engine.generate(ids, params, use_tqdm=False) == outputs
 
@@ -162,6 +186,18 @@ def test_bad_model_paths(tmp_path):
     with pytest.raises(ValueError, match="Qwen3ForCausalLM") as info:
         LLM(str(tmp_path), device=DEVICE)
     assert "GPT2LMHeadModel" in str(info.value) and "LlamaForCausalLM" in str(info.value)
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],')
+    with pytest.raises(ValueError, match="cannot parse .*config.json") as info:
+        LLM(str(tmp_path), device=DEVICE)
+    assert "\n" not in str(info.value)
+
+
+def test_max_model_len_beyond_the_model_is_cut_with_a_warning(path):
+    with pytest.warns(UserWarning, match="max_model_len=10000000 is more than .*max_position_embeddings=256"):
+        assert llm(path, max_model_len=10**7).config.max_model_len == 256
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default is cut to the model's length without a word
+        assert llm(path, max_model_len=None).config.max_model_len == 256
 
 
 def test_default_kv_cache_size(path):
@@ -182,13 +218,6 @@ def test_kv_cache_too_small_for_one_sequence(path):
         llm(path, num_kvcache_blocks=4)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=0),
-                                    dict(max_tokens=0)])
-def test_invalid_sampling_values(kwargs):
-    with pytest.raises(ValueError, match=next(iter(kwargs))):
-        SamplingParams(**kwargs)
-
-
 @pytest.mark.parametrize("kwargs", [dict(max_num_seqs=0), dict(gpu_memory_utilization=1.5), dict(dtype="int8"),
                                     dict(kvcache_block_size=12)])
 def test_invalid_engine_arguments(path, kwargs):
@@ -202,7 +231,11 @@ def test_rejected_requests_leave_the_engine_serving(path, plain):
     for bad, error in [([], "empty prompt"), (list(range(1, 130)), "max_model_len=128"), ([1, 99999], "token ids")]:
         with pytest.raises(ValueError, match=error):
             engine.generate(good[:1] + [bad], GREEDY, use_tqdm=False)
-    with pytest.raises(TypeError, match="sampling_params"):
+    for bad, error in [([1, True], r"prompts\[1\]\[1\] must be a token id \(int\), got bool True"),
+                       ([2.0], r"prompts\[1\]\[0\] .* got float 2.0"), (5, r"prompts\[1\] must be a str")]:
+        with pytest.raises(TypeError, match=error):
+            engine.generate(good[:1] + [bad], GREEDY, use_tqdm=False)
+    with pytest.raises(TypeError, match=r"sampling_params for prompts\[2\]"):
         engine.generate(good, [GREEDY, GREEDY, {"temperature": 0}], use_tqdm=False)
     assert engine.is_finished()
     assert [o["token_ids"] for o in engine.generate(good, GREEDY, use_tqdm=False)] == plain

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from autotune import heartbeat
 from autotune.heartbeat import Heartbeat, failed_by_heartbeat, tuning_storage
-from autotune.testing import FakeTimer
+from tests.doubles import FakeTimer
 from autotune.tuner import counts_against_budget, study_name
 from db.models import Measurement
 from db.storage import open_engine, resolve_url

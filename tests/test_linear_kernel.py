@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from autotune.objective import Evaluator
-from autotune.table import build_table, parse_table
-from autotune.testing import FakeTimer
+from autotune.export import build_table
+from tuning_table import parse_table
+from tests.doubles import FakeTimer
 from db.queries import best_results
 from kernels import prepare
 from kernels.config import Config, device_has_tma
@@ -135,8 +136,8 @@ def test_tune_both_kernels_and_export_both(db):  # noqa: F811 - the fixture
     data = build_table(best_results(db[1]))
     assert sorted(data["kernels"]) == ["linear", "rms_norm_linear"]
     table = parse_table(data)
-    assert table.lookup(64, 96, 3, torch.float16, "linear") == plain.best.config
-    assert table.lookup(64, 96, 3, torch.float16) is not None
+    assert table.bucket("linear", 64, 96, torch.float16, 3).config == plain.best.config
+    assert table.bucket("rms_norm_linear", 64, 96, torch.float16, 3) is not None
     data["kernels"]["linear"][0]["buckets"][0]["config"]["SUMSQ_IN_LOOP"] = 1
     with pytest.raises(ValueError, match="kernels.linear.*SUMSQ_IN_LOOP=1"):
         parse_table(data)

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from nanovllm.ops import paged_decode_attention, paged_prefill_attention
-from nanovllm.ops.attention_decode import paged_decode_attention_triton
-from nanovllm.ops.attention_prefill import paged_prefill_attention_triton
-from nanovllm.ops.reference import paged_decode_attention_reference, paged_prefill_attention_reference
+from kernels.ops import paged_decode_attention, paged_prefill_attention
+from kernels.attention_decode import paged_decode_attention_triton
+from kernels.attention_prefill import paged_prefill_attention_triton
+from kernels.reference import paged_decode_attention_reference, paged_prefill_attention_reference
 
 CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])

@@ -40,18 +40,18 @@ CASES = [
     # The plain linear's epilogue (1024 columns a program there): x_ptr is its split-K workspace.
     ("_row_stats_kernel", dict(PARTS=4, HAS_BIAS=True, HAS_RESIDUAL=True, WRITE_H=True, WIDE=False, BLOCK_K=1024),
      dict(num_warps=4), {"x_ptr": "*fp32"}),
-    ("_rms_norm_linear_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=True, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
+    ("_gemm_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=True, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
                                      EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
                                      BLOCK_N=128, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=False,
                                      ROTARY=False, HALF=1, NUM_Q_HEADS=0, NUM_KV_HEADS=0, SS_PARTS=1),
      dict(num_warps=4, num_stages=4)),
     # The MLP's gate/up site with SiLU-and-mul in the epilogue, and the QKV site with the rotary and the KV write.
-    ("_rms_norm_linear_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
+    ("_gemm_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
                                      EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
                                      BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=True, ROTARY=False,
                                      HALF=1, NUM_Q_HEADS=0, NUM_KV_HEADS=0, SS_PARTS=1),
      dict(num_warps=4, num_stages=3)),
-    ("_rms_norm_linear_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
+    ("_gemm_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
                                      EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
                                      BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=False, ROTARY=True,
                                      HALF=64, NUM_Q_HEADS=32, NUM_KV_HEADS=32, SS_PARTS=4),
@@ -66,7 +66,7 @@ DESCRIPTORS = {"a_desc": "tensordesc<bf16[128,64]>", "w_desc": "tensordesc<bf16[
                "o_desc": "tensordesc<bf16[128,128]>"}
 # Compiled here without the launch-time specializations of M, N and K (== 1, % 16), the GEMM's K loop is not
 # pipelined and spills; what it compiles to at launch is timed by the tuner. It is here for the PDL order only.
-SPILLS_UNCHECKED = {"_rms_norm_linear_kernel"}
+SPILLS_UNCHECKED = {"_gemm_kernel"}
 INT32_POINTERS = {"block_tables_ptr", "cu_seqlens_q_ptr", "seq_lens_ptr"}
 INT64_POINTERS = {"slot_ptr", "pos_ptr", "idx_ptr"}
 FP32_POINTERS = {"part_o_ptr", "part_lse_ptr", "cos_sin_ptr", "logits_ptr", "temp_ptr", "noise_ptr", "val_ptr",
@@ -75,7 +75,7 @@ GLOBAL_ACCESS = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.glob
                            re.MULTILINE)
 # kernels/pdl.py: the GEMMs place the next kernel after their main loop (the last MMA); every other kernel
 # but decode attention places the next one before it waits.
-GEMMS = {"_rms_norm_linear_kernel", "_tma_gemm_kernel"}
+GEMMS = {"_gemm_kernel", "_tma_gemm_kernel"}
 # Decode attention runs in several waves: the next kernel is placed only as its programs exit.
 PLACE_NEXT_ON_EXIT = {"_decode_split_kernel", "_decode_merge_kernel"}
 MMA = re.compile(r"^\s*(@!?%p\d+\s+)?(mma\.sync|wgmma\.mma_async)", re.MULTILINE)
@@ -109,14 +109,14 @@ def main() -> None:
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
     from triton.compiler import ASTSource
 
-    from kernels import rms_norm_linear, row_stats, split_k, tma_gemm
-    from nanovllm.ops import activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling
+    from kernels import gemm, row_stats, split_k, tma_gemm
+    from kernels import activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling
 
     ptxas = get_ptxas(90).path
     if not os.path.exists(ptxas):
         print(f"no ptxas at {ptxas}")
         sys.exit(SKIP)
-    modules = [activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling, rms_norm_linear,
+    modules = [activation, attention_decode, attention_prefill, norm, rotary_kvcache, sampling, gemm,
                row_stats, split_k, tma_gemm]
     kernels = {name: getattr(m, name) for m in modules for name in dir(m) if name.endswith("_kernel")}
     for name, constexprs, options, *types in CASES:

@@ -3,10 +3,10 @@ dispatch. The fused rotary + KV-cache write kernel is tested in test_ops_rotary_
 import pytest
 import torch
 
-from nanovllm.ops import apply_rotary_and_store_kvcache, rms_norm, silu_and_mul
-from nanovllm.ops.activation import silu_and_mul_triton
-from nanovllm.ops.norm import rms_norm_triton
-from nanovllm.ops.reference import apply_rotary_reference, rms_norm_reference, silu_and_mul_reference
+from kernels.ops import apply_rotary_and_store_kvcache, rms_norm, silu_and_mul
+from kernels.activation import silu_and_mul_triton
+from kernels.norm import rms_norm_triton
+from kernels.reference import apply_rotary_reference, rms_norm_reference, silu_and_mul_reference
 
 CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])

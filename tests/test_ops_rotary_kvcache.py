@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from nanovllm.layers.rotary_embedding import RotaryEmbedding
-from nanovllm.ops.reference import apply_rotary_and_store_kvcache_reference, apply_rotary_reference
-from nanovllm.ops.rotary_kvcache import apply_rotary_and_store_kvcache_triton
+from kernels.reference import apply_rotary_and_store_kvcache_reference, apply_rotary_reference
+from kernels.rotary_kvcache import apply_rotary_and_store_kvcache_triton
 from tests.test_ops_layers import DTYPES, make_cos_sin_cache, rand
 
 NUM_BLOCKS, BLOCK_SIZE = 4, 16

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from nanovllm.ops import sample
-from nanovllm.ops.reference import gumbel_argmax_reference
-from nanovllm.ops.sampling import apply_top_k_top_p, gumbel_argmax_triton
+from kernels.ops import sample
+from kernels.reference import gumbel_argmax_reference
+from kernels.sampling import apply_top_k_top_p, gumbel_argmax_triton
 
 
 def test_gumbel_argmax_matches_reference(device):

@@ -156,3 +156,31 @@ def test_a_sequence_that_ends_before_the_step_ahead_is_skipped_there():
     s.postprocess([a, b], [99, 13])  # the step ahead still computed a row for a: dropped
     assert a.completion_token_ids == [7, 0] and b.completion_token_ids == [7, 12, 13]
     assert list(s.running) == [b]
+
+
+def test_finish_reasons():
+    s = scheduler(max_model_len=8)
+    eos, stop, tokens, length = (Sequence([1, 2], SamplingParams(max_tokens=5)),
+                                 Sequence([1, 2], SamplingParams(max_tokens=5, stop_token_ids=[9])),
+                                 Sequence([1, 2], SamplingParams(max_tokens=1)),
+                                 Sequence([1, 2, 3, 4, 5, 6, 7], SamplingParams(max_tokens=5)))
+    for seq in (eos, stop, tokens, length):
+        s.add(seq)
+    seqs, _ = s.schedule()
+    s.postprocess(seqs, [0, 9, 7, 7])
+    assert [seq.finish_reason for seq in seqs] == ["stop", "stop", "length", "length"]
+    assert s.is_finished()
+
+
+def test_abort_all_empties_the_scheduler_mid_step_ahead():
+    s = scheduler(max_num_seqs=2)
+    a, b = decode_batch(s, [[1, 2, 3], [4, 5, 6, 7]])
+    waiting = Sequence([8, 9], SamplingParams())
+    s.add(waiting)
+    assert s.schedule_ahead([a, b]) == [a, b]  # interrupted here: placeholders appended, their step never recorded
+    s.abort_all()
+    assert s.is_finished() and not s.block_manager.used_block_ids and s.block_manager.num_free_blocks == 64
+    for seq in (a, b, waiting):
+        assert seq.is_finished and seq.finish_reason == "abort" and not seq.block_table
+        assert PLACEHOLDER_TOKEN not in seq.token_ids
+    assert a.token_ids == [1, 2, 3, 7]

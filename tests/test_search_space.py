@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from kernels.epilogue import GATED, PLAIN, Epilogue, rotary
 from kernels.config import Config
 from search_spaces import Problem, get_space
 from search_spaces.shapes import DEFAULT_M_BUCKETS, parse_m_buckets, parse_shapes, sites_from_config
@@ -84,26 +85,26 @@ def test_compile_problem_keeps_triton_specializations():
 
 
 def test_paired_epilogue_problems_keep_the_whole_space_and_compile_small():
-    rotary = Problem(32, 4096, 6144, epilogue="rotary", head_dim=128, kv_heads=8)
-    gated = Problem(32, 4096, 28672, epilogue="gated")
+    qkv = Problem(32, 4096, 6144, epilogue=rotary(128, 8))
+    gated = Problem(32, 4096, 28672, epilogue=GATED)
     # A config without the form (split-K, TMA, 32 columns) still runs, as the runtime runs it: plain, then the
     # separate kernel (search_spaces/epilogues.py); the timing decides.
-    for problem in (rotary, gated):
-        plain = dataclasses.replace(problem, epilogue="", head_dim=0, kv_heads=0)
+    for problem in (qkv, gated):
+        plain = dataclasses.replace(problem, epilogue=PLAIN)
         assert SPACE.axes(problem) == SPACE.axes(plain)
         assert SPACE.violation(Config(16, 32, 128, 2, 5, 8, 2), problem, None) is None
     # Stacked tiles that the rotary form runs alike are one config: at head_dim 128, BLOCK_N 128 and 256 run 64.
     wide, wider = Config(16, 128, 128, 4, 4, 1), Config(16, 256, 128, 4, 4, 1)
-    assert SPACE.runs_as(wide, rotary) == SPACE.runs_as(wider, rotary) == wide
+    assert SPACE.runs_as(wide, qkv) == SPACE.runs_as(wider, qkv) == wide
     assert SPACE.runs_as(wider, gated) == wider and SPACE.runs_as(wider, Problem(32, 4096, 6144)) == wider
-    feasible = SPACE.feasible(rotary, smem_limit=None)
-    assert len({SPACE.runs_as(c, rotary) for c in feasible}) == len(feasible)
-    assert len(feasible) < len(SPACE.feasible(dataclasses.replace(rotary, epilogue="", head_dim=0, kv_heads=0), None))
+    feasible = SPACE.feasible(qkv, smem_limit=None)
+    assert len({SPACE.runs_as(c, qkv) for c in feasible}) == len(feasible)
+    assert len(feasible) < len(SPACE.feasible(dataclasses.replace(qkv, epilogue=PLAIN), None))
     # Compiled small: the rotary form keeps its N (the head counts are compiled in), the gated one N/2's residue.
-    assert SPACE.compile_problem(rotary) == dataclasses.replace(rotary, M=16)
-    assert SPACE.compile_problem(Problem(8, 4096, 22016, epilogue="gated")).N == 32
+    assert SPACE.compile_problem(qkv) == dataclasses.replace(qkv, M=16)
+    assert SPACE.compile_problem(Problem(8, 4096, 22016, epilogue=GATED)).N == 32
     # The gated form writes half the columns.
-    plain_bytes = SPACE.footprint_bytes(dataclasses.replace(gated, epilogue=""))
+    plain_bytes = SPACE.footprint_bytes(dataclasses.replace(gated, epilogue=PLAIN))
     assert SPACE.footprint_bytes(gated) == plain_bytes - 32 * 14336 * 2
 
 
@@ -115,10 +116,10 @@ def test_presets_have_the_published_shapes():
     for preset in ("llama-13b", "mistral-7b"):
         assert len(parse_shapes(preset)) == 3
     # Each site in the form the runtime runs it; Qwen3 normalizes q and k before rotating them.
-    forms = {s.name: (s.epilogue, s.head_dim, s.kv_heads) for s in parse_shapes("mistral-7b")}
-    assert forms == {"qkv": ("rotary", 128, 8), "gate_up": ("gated", 0, 0), "lm_head": ("", 0, 0)}
-    assert {s.name: s.epilogue for s in parse_shapes("qwen3-0.6b")} == {"qkv": "", "gate_up": "gated", "lm_head": ""}
-    assert {s.epilogue for s in parse_shapes("llama-7b", kernel="linear")} == {""}
+    forms = {s.name: s.epilogue for s in parse_shapes("mistral-7b")}
+    assert forms == {"qkv": rotary(128, 8), "gate_up": GATED, "lm_head": PLAIN}
+    assert {s.name: s.epilogue for s in parse_shapes("qwen3-0.6b")} == {"qkv": PLAIN, "gate_up": GATED, "lm_head": PLAIN}
+    assert {s.epilogue for s in parse_shapes("llama-7b", kernel="linear")} == {PLAIN}
 
 
 def test_config_json_and_nxk_lists(tmp_path):
@@ -130,7 +131,7 @@ def test_config_json_and_nxk_lists(tmp_path):
     mixed = parse_shapes("12288x4096, 96X64 ,llama-7b")
     assert [(s.N, s.K) for s in mixed] == [(12288, 4096), (96, 64), (22016, 4096), (32000, 4096)]
     # Named twice, llama-7b's QKV is tuned once, in its rotary form, where the NxK first put it.
-    assert (mixed[0].name, mixed[0].epilogue) == ("qkv", "rotary")
+    assert (mixed[0].name, mixed[0].epilogue.kind) == ("qkv", "rotary")
 
 
 def test_linear_sites_need_no_vocab_size(tmp_path):
@@ -176,14 +177,18 @@ def test_problem_rejects_bad_fields():
         Problem(1, 64, 64, "int8")
     with pytest.raises(ValueError, match="Problem.epilogue"):
         Problem(1, 64, 64, epilogue="silu")
-    with pytest.raises(ValueError, match="Problem.head_dim"):
-        Problem(1, 64, 64, epilogue="rotary", head_dim=32)  # no kv_heads
-    with pytest.raises(ValueError, match="Problem.head_dim"):
-        Problem(1, 64, 64, head_dim=128, kv_heads=1)
+    with pytest.raises(ValueError, match="epilogue.kv_heads=0: expected a positive int exactly for a rotary"):
+        Epilogue("rotary", head_dim=32)  # no kv_heads
+    with pytest.raises(ValueError, match="epilogue.head_dim=128: expected a positive int exactly for a rotary"):
+        Epilogue(head_dim=128, kv_heads=1)
+    with pytest.raises(ValueError, match="epilogue 'silu': expected '', 'gated' or 'rotary=<head_dim>/<kv_heads>'"):
+        Epilogue.parse("silu")
+    assert Epilogue.parse("rotary=128/8") == rotary(128, 8) and Epilogue.parse("") == PLAIN
+    assert rotary(128, 8).form == "rotary=128/8" and GATED.form == "gated" and PLAIN.form == ""
     with pytest.raises(ValueError, match=r"Problem.N=256: expected \[q; k; v\] heads"):
-        Problem(1, 64, 256, epilogue="rotary", head_dim=128, kv_heads=1)  # 2 heads: no room for q
+        Problem(1, 64, 256, epilogue=rotary(128, 1))  # 2 heads: no room for q
     with pytest.raises(ValueError, match="Problem.N=640"):
-        Problem(1, 64, 640, epilogue="rotary", head_dim=128, kv_heads=2)  # 1 q head for 2 KV heads
-    assert Problem(1, 64, 768, epilogue="rotary", head_dim=128, kv_heads=1).kv_heads == 1
+        Problem(1, 64, 640, epilogue=rotary(128, 2))  # 1 q head for 2 KV heads
+    assert Problem(1, 64, 768, epilogue=rotary(128, 1)).epilogue.kv_heads == 1
     with pytest.raises(ValueError, match="Problem.N=97: a gated"):
-        Problem(1, 64, 97, epilogue="gated")
+        Problem(1, 64, 97, epilogue=GATED)

@@ -5,7 +5,7 @@ In Triton's interpreter on CPU (fp16/fp32) and compiled on an sm_90+ GPU (also b
 import pytest
 import torch
 
-import kernels.rms_norm_linear as rnl
+import kernels.gemm as gemm
 from kernels import prepare
 from kernels.config import Config, device_has_tma
 from kernels.rms_norm_linear import fused_rms_norm_linear, reference_rms_norm_linear
@@ -34,7 +34,7 @@ def test_tma_main_loop(M, K, N, dtype, config):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_persistent_programs_walk_several_tiles(monkeypatch, dtype):
     """With fewer programs than tiles each program loops; the epilogue must store the tile it computed."""
-    monkeypatch.setattr(rnl, "sm_count", lambda device: 3)
+    monkeypatch.setattr(gemm, "sm_count", lambda device: 3)
     check(make_inputs(70, 128, 200, dtype, bias=True, residual=True), dtype,
           Config(16, 32, 64, num_warps=2, num_stages=2, GROUP_M=2, TMA=2))
 

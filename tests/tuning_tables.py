@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import triton
 
-from autotune.table import FORMAT, FORMAT_VERSION
+from tuning_table.format import FORMAT, FORMAT_VERSION
 from kernels.config import Config
 
 # One program per 64 x 256 tile: Triton's CPU interpreter is slow per program, not per element.

@@ -118,6 +118,19 @@ class BlockManager:
         seq.num_computed_tokens = 0
         seq.num_cached_tokens = 0
 
+    def reset(self) -> None:
+        """Free every block, for when no sequence holds any (Scheduler.abort_all). A block that was held loses its
+        hash, since the step that failed may not have written its K/V; it goes to the front of the free list, to be
+        reused before the blocks that still cache a prefix."""
+        for block in self.blocks:
+            if block.ref_count or block.block_id not in self.free_block_ids:
+                if block.hash is not None and self.hash_to_block_id.get(block.hash) == block.block_id:
+                    del self.hash_to_block_id[block.hash]
+                block.hash, block.token_ids, block.ref_count = None, [], 0
+                self.free_block_ids[block.block_id] = None
+                self.free_block_ids.move_to_end(block.block_id, last=False)
+        self.used_block_ids.clear()
+
     def needs_block(self, seq: Sequence) -> bool:
         # A decode step writes the K/V of the last token, at position len(seq) - 1.
         return (len(seq) - 1) % self.block_size == 0

@@ -1,5 +1,7 @@
+import numbers
 import os
 import time
+import warnings
 from dataclasses import fields
 
 from tqdm.auto import tqdm
@@ -46,31 +48,43 @@ class LLMEngine:
         # A decode step launched ahead (step()): its sequences and its PendingTokens.
         self.ahead: tuple[list[Sequence], PendingTokens] | None = None
 
-    def _make_sequence(self, prompt: str | list[int], sampling_params: SamplingParams) -> Sequence:
+    def _make_sequence(self, prompt: str | list[int], sampling_params: SamplingParams, name: str) -> Sequence:
+        """The request checked (`name` says which one in errors), not yet queued."""
         if not isinstance(sampling_params, SamplingParams):
-            raise TypeError(f"sampling_params must be SamplingParams, got {type(sampling_params).__name__}")
+            raise TypeError(f"sampling_params for {name} must be SamplingParams, got {type(sampling_params).__name__}")
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError(f"model_path {self.config.model!r} has no tokenizer: give prompts as token ids")
             token_ids = self.tokenizer.encode(prompt)
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            token_ids = list(prompt)
+        elif isinstance(prompt, (list, tuple)):
+            for i, t in enumerate(prompt):
+                if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+                    raise TypeError(f"{name}[{i}] must be a token id (int), got {type(t).__name__} {t!r}")
+            token_ids = [int(t) for t in prompt]
         else:
-            raise TypeError(f"a prompt must be a str or a list of token ids (ints), got {type(prompt).__name__}")
+            raise TypeError(f"{name} must be a str or a list of token ids (ints), got {type(prompt).__name__}")
         if not token_ids:
-            raise ValueError("a prompt must have at least one token, got an empty prompt")
+            raise ValueError(f"{name} is an empty prompt; a prompt must have at least one token")
         if len(token_ids) > self.config.max_model_len:
-            raise ValueError(
-                f"a prompt has {len(token_ids)} tokens, more than max_model_len={self.config.max_model_len}")
+            raise ValueError(f"{name} has {len(token_ids)} tokens, more than max_model_len={self.config.max_model_len}")
         vocab_size = self.config.hf_config.vocab_size
         if not all(0 <= t < vocab_size for t in token_ids):
-            raise ValueError(f"prompt token ids must be in [0, {vocab_size}), got {min(token_ids)}..{max(token_ids)}")
+            raise ValueError(f"{name} has token ids out of [0, {vocab_size}): {min(token_ids)}..{max(token_ids)}")
         return Sequence(token_ids, sampling_params)
 
     def add_request(self, prompt: str | list[int], sampling_params: SamplingParams) -> Sequence:
-        seq = self._make_sequence(prompt, sampling_params)
+        seq = self._make_sequence(prompt, sampling_params, "prompt")
         self.scheduler.add(seq)
         return seq
+
+    def abort_all(self) -> None:
+        """Abort every request (finish_reason "abort"), leaving the engine empty and consistent; step() and generate()
+        call it when they fail or are interrupted, wherever that happens. The step launched ahead, if any, is
+        dropped unread: the device runs steps in launch order, so the K/V it still writes land before any later
+        step's, in blocks that the reset KV cache no longer lists as caching a prefix, and its pinned read-back
+        buffer is kept by torch's caching host allocator until its copy is done."""
+        self.ahead = None
+        self.scheduler.abort_all()
 
     def step(self) -> tuple[list[Sequence], int]:
         """Run one scheduled batch; returns the sequences it finished and its token count (negative for decode).
@@ -79,7 +93,16 @@ class LLMEngine:
         before this step's tokens are read back, so the GPU goes on while the host records them and schedules. A
         sequence that ends at this step on a token (EOS, a stop token) also ran in the step ahead, whose result for
         it is dropped; one that ends by its length is left out of it.
+
+        If it raises (or is interrupted), every request is aborted first (abort_all), so the engine can go on.
         """
+        try:
+            return self._step()
+        except BaseException:
+            self.abort_all()
+            raise
+
+    def _step(self) -> tuple[list[Sequence], int]:
         if self.ahead is not None:
             (seqs, pending), is_prefill, self.ahead = self.ahead, False, None
         else:
@@ -103,7 +126,11 @@ class LLMEngine:
     def generate(self, prompts: list[str] | list[list[int]],
                  sampling_params: SamplingParams | list[SamplingParams] = SamplingParams(),
                  use_tqdm: bool = True) -> list[dict]:
-        """Generate for every prompt; returns, in prompt order, {"text": str, "token_ids": list[int]} each."""
+        """Generate for every prompt; returns, in prompt order, {"text": str, "token_ids": list[int],
+        "finish_reason": "stop" | "length"} each: "stop" for EOS or a stop token (kept in token_ids; special tokens
+        are left out of text), "length" for max_tokens or max_model_len (warned about, as it cuts a request short).
+        If it raises or is interrupted (Ctrl-C), every request is aborted (abort_all): the engine is ready for the
+        next call."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             raise TypeError("prompts must be a list of prompts (strings or lists of token ids), not a single prompt")
         if not isinstance(sampling_params, list):
@@ -111,23 +138,35 @@ class LLMEngine:
         if len(sampling_params) != len(prompts):
             raise ValueError(f"got {len(sampling_params)} sampling_params for {len(prompts)} prompts")
         # Every request is checked before any is queued, so a bad one leaves the engine clean for the next call.
-        seqs = [self._make_sequence(p, sp) for p, sp in zip(prompts, sampling_params)]
+        seqs = [self._make_sequence(p, sp, f"prompts[{i}]") for i, (p, sp) in enumerate(zip(prompts, sampling_params))]
+        try:
+            self._run(seqs, use_tqdm)
+        except BaseException:
+            self.abort_all()
+            raise
+        cut = sum(1 for seq in seqs if seq.finish_reason == "length"
+                  and seq.num_completion_tokens < seq.sampling_params.max_tokens)
+        if cut:
+            warnings.warn(f"{cut} of {len(seqs)} requests stopped at max_model_len={self.config.max_model_len} "
+                          "before max_tokens (finish_reason 'length')", stacklevel=2)
+        return [{"text": self._decode(seq.completion_token_ids), "token_ids": seq.completion_token_ids,
+                 "finish_reason": seq.finish_reason} for seq in seqs]
+
+    def _run(self, seqs: list[Sequence], use_tqdm: bool) -> None:
         for seq in seqs:
             self.scheduler.add(seq)
-        pbar = tqdm(total=len(seqs), desc="Generating", dynamic_ncols=True, disable=not use_tqdm)
         prefill_tput = decode_tput = 0.0
-        while not self.is_finished():
-            start = time.perf_counter()
-            finished, num_tokens = self.step()
-            elapsed = time.perf_counter() - start
-            if num_tokens > 0:
-                prefill_tput = num_tokens / elapsed
-            else:
-                decode_tput = -num_tokens / elapsed
-            pbar.set_postfix(prefill=f"{prefill_tput:.0f}tok/s", decode=f"{decode_tput:.0f}tok/s", refresh=False)
-            pbar.update(len(finished))
-        pbar.close()
-        return [{"text": self._decode(seq.completion_token_ids), "token_ids": seq.completion_token_ids} for seq in seqs]
+        with tqdm(total=len(seqs), desc="Generating", dynamic_ncols=True, disable=not use_tqdm) as pbar:
+            while not self.is_finished():
+                start = time.perf_counter()
+                finished, num_tokens = self.step()
+                elapsed = time.perf_counter() - start
+                if num_tokens > 0:
+                    prefill_tput = num_tokens / elapsed
+                else:
+                    decode_tput = -num_tokens / elapsed
+                pbar.set_postfix(prefill=f"{prefill_tput:.0f}tok/s", decode=f"{decode_tput:.0f}tok/s", refresh=False)
+                pbar.update(len(finished))
 
     def _decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids) if self.tokenizer is not None else ""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer is not None else ""

@@ -1,4 +1,7 @@
+"""The model runner: builds the model and its KV cache, picks each site's kernels from the tuning table, runs a step."""
+import logging
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -7,13 +10,15 @@ from nanovllm.config import Config
 from nanovllm.engine.cuda_graph import DecodeGraphs, decode_arrays, decode_views, logits_bytes
 from nanovllm.engine.sequence import Sequence
 from nanovllm.layers.attention import Attention
-from nanovllm.layers.fused_norm_linear import fuse_norm_linear, fuse_rotary, fuse_silu
+from nanovllm.layers.fused_norm_linear import fuse_norm_linear
 from nanovllm.layers.sampler import Sampler
 from nanovllm.models import MODEL_REGISTRY
 from nanovllm.utils.context import reset_context, set_context
 from nanovllm.utils.loader import load_model
-from nanovllm.utils.tuning import open_table, resolve_configs, resolve_linear_configs
+from kernels.epilogue import PLAIN
+from tuning_table import open_table, select_configs
 
+logger = logging.getLogger(__name__)
 # The CPU KV cache takes at most this share of the available RAM.
 CPU_KV_CACHE_RAM_FRACTION = 0.25
 
@@ -58,24 +63,42 @@ class ModelRunner:
                                        hf_config.vocab_size, self.device)
 
     def _fuse_norm_linear(self) -> None:
-        pairs = self.model.norm_linear_pairs()
-        shapes = sorted({(linear.weight.shape[1], linear.weight.shape[0]) for _, linear in pairs})
+        """Every fused site and plain linear gets its launches per M from the tuning table (tuning_table's selection
+        rule), resolved once here so that a forward pass (and the CUDA graphs captured from it) only indexes a
+        list."""
         # The most rows one forward pass can have: a prefill step, an eager decode batch or a CUDA-graph batch.
         max_m = max(self.config.max_num_batched_tokens, self.config.max_num_seqs, 512)
-        opened = open_table(self.config.tuning_table, self.device)  # read once for both kinds of site
-        configs = resolve_configs(opened, shapes, self.dtype, self.device, max_m)
-        for norm, linear in pairs:
-            fuse_norm_linear(norm, linear, configs[linear.weight.shape[1], linear.weight.shape[0]])
-        for linear in self.model.gate_up_linears():
-            fuse_silu(linear)
-        for linear, head_dim in self.model.rotary_linears():
-            fuse_rotary(linear, head_dim)
+        path, table = open_table(self.config.tuning_table, self.device)
+        source = f"tuning table {path}"
+        selected = {}
+
+        def launches(kernel, linear, epilogue):
+            K, N = linear.weight.shape[1], linear.weight.shape[0]
+            key = (kernel, K, N, epilogue)
+            if key not in selected:
+                selected[key] = select_configs(table, kernel, K, N, self.dtype, epilogue, self.device, max_m,
+                                               self.config.fusion, source)
+            return selected[key]
+
+        for norm, linear, epilogue in self.model.norm_linear_sites():
+            fuse_norm_linear(norm, linear, launches("rms_norm_linear", linear, epilogue))
         # o_proj and down_proj: the norm-free tuned GEMM where the table's "linear" entries say it beat cuBLAS.
-        plain = self.model.plain_linears()
-        shapes = sorted({(linear.weight.shape[1], linear.weight.shape[0]) for linear in plain})
-        linear_configs = resolve_linear_configs(opened, shapes, self.dtype, self.device, max_m)
-        for linear in plain:
-            linear.linear_configs = linear_configs[linear.weight.shape[1], linear.weight.shape[0]]
+        for linear in self.model.plain_linears():
+            linear.launches = launches("linear", linear, PLAIN)
+        self._log_coverage(path, table, selected)
+
+    def _log_coverage(self, path, table, selected) -> None:
+        dtype = str(self.dtype).removeprefix("torch.")
+        where = f"tuning table {path} ({table.gpu}, torch {table.torch}, triton {table.triton})" if table else \
+            "no tuning table"
+        for kernel in ("rms_norm_linear", "linear"):
+            shapes = sorted({(K, N) for k, K, N, _ in selected if k == kernel})
+            missing = [s for s in shapes if table is None or table.largest_bucket(kernel, *s, self.dtype) is None]
+            logger.info("%s: %s covers %d of the model's %d %s shapes", kernel, where, len(shapes) - len(missing),
+                        len(shapes), dtype)
+            if table is not None and missing and kernel == "rms_norm_linear":
+                warnings.warn(f"tuning table {path} has no {dtype} configs for (K, N) {missing}: those run the "
+                              "heuristic default configs", stacklevel=3)
 
     def _block_bytes(self) -> int:
         attn = self.attention_layers[0]

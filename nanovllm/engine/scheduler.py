@@ -130,16 +130,31 @@ class Scheduler:
                 seq.token_ids[-1] = token_id
             else:
                 seq.append_token(token_id)
-            if self._should_stop(seq, token_id):
+            seq.finish_reason = self._finish_reason(seq, token_id)
+            if seq.finish_reason is not None:
                 seq.status = SequenceStatus.FINISHED
                 self.block_manager.deallocate(seq)
                 self.running.remove(seq)
 
-    def _should_stop(self, seq: Sequence, token_id: int) -> bool:
+    def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
         params = seq.sampling_params
-        return (
-            (not params.ignore_eos and token_id in self.eos_token_ids)
-            or (params.stop_token_ids is not None and token_id in params.stop_token_ids)
-            or seq.num_completion_tokens >= params.max_tokens
-            or len(seq) >= self.max_model_len
-        )
+        if ((not params.ignore_eos and token_id in self.eos_token_ids)
+                or (params.stop_token_ids is not None and token_id in params.stop_token_ids)):
+            return "stop"
+        if seq.num_completion_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
+            return "length"
+        return None
+
+    def abort_all(self) -> None:
+        """Finish every request with reason "abort" and free the whole KV cache (LLMEngine.abort_all). Made for a step
+        that failed part-way, so it trusts no bookkeeping the step may have left half-done: the block manager is
+        reset rather than given back each sequence's blocks."""
+        for seq in (*self.waiting, *self.running):
+            if seq.ahead:
+                seq.token_ids.pop()  # the placeholder of a step that never got its token
+            seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+            seq.block_table = []
+            seq.num_computed_tokens = seq.num_cached_tokens = seq.num_scheduled_tokens = 0
+        self.waiting.clear()
+        self.running.clear()
+        self.block_manager.reset()

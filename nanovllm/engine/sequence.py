@@ -26,6 +26,9 @@ class Sequence:
     def __init__(self, token_ids: list[int], sampling_params: SamplingParams = SamplingParams()):
         self.seq_id = next(Sequence._ids)
         self.status = SequenceStatus.WAITING
+        # Why it finished: "stop" (EOS or a stop token), "length" (max_tokens or max_model_len) or "abort" (a step
+        # failed or was interrupted: LLMEngine.abort_all).
+        self.finish_reason: str | None = None
         self.token_ids = list(token_ids)
         self.num_prompt_tokens = len(token_ids)
         self.block_table: list[int] = []

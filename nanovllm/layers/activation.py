@@ -1,7 +1,8 @@
+"""SiLU-and-mul, the MLP's activation over the stacked [gate; up] projection."""
 import torch
 from torch import nn
 
-from nanovllm import ops
+from kernels import ops
 
 
 class SiluAndMul(nn.Module):

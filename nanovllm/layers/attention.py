@@ -1,7 +1,8 @@
+"""Paged attention of one layer: writes k and v into its KV-cache slice and attends over it."""
 import torch
 from torch import nn
 
-from nanovllm import ops
+from kernels import ops
 from nanovllm.layers.rotary_embedding import RotaryEmbedding
 from nanovllm.utils.context import get_context
 

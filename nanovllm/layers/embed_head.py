@@ -1,3 +1,4 @@
+"""The token embedding and the LM head (float32 logits; in prefill only for the rows the step samples)."""
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -3,39 +3,33 @@ MLP's SiLU-and-mul, or the attention's rotary embedding and KV-cache write, in i
 before it, whose epilogue hands that norm its row statistics."""
 import torch
 
-from kernels.config import Config
+from kernels.epilogue import GATED, PLAIN, Epilogue
 from kernels.linear import linear_residual
-from kernels.paired import RotaryKV, gated_config, rotary_config
+from kernels.paired import RotaryKV
 from kernels.rms_norm_linear import fold_norm_weight, fused_rms_norm_linear
 from nanovllm.layers.activation import SiluAndMul
 from nanovllm.layers.attention import Attention
 from nanovllm.layers.layernorm import RMSNorm
 from nanovllm.layers.linear import Linear, triton_runs
 from nanovllm.utils.context import get_context
+from tuning_table import Launch
 
 
-def fuse_norm_linear(norm: RMSNorm, linear: Linear, configs: list[Config | None]) -> None:
-    """Move the norm's gain into `linear`'s weight (once, after loading) and route `norm_linear` through the kernel.
+def fuse_norm_linear(norm: RMSNorm, linear: Linear, launches: list[Launch | None]) -> None:
+    """Move the norm's gain into `linear`'s weight (once, after loading) and route its site through the kernel.
 
-    `configs[M]` is the kernel config for a batch of M rows, None where the separate norm and cuBLAS GEMM are
-    faster (nanovllm.utils.tuning.resolve_configs); with the gain folded, that path runs the norm with a unit gain.
+    `launches[M]` is what the site runs for a batch of M rows (tuning_table.select_configs for the site's epilogue),
+    None where the separate norm and cuBLAS GEMM are faster; with the gain folded, that path runs the norm with a
+    unit gain.
     """
     linear.weight.data = fold_norm_weight(linear.weight.data, norm.weight.data)
     norm.weight.data.fill_(1.0)
-    linear.norm_configs = configs
+    linear.launches = launches
 
 
-def fuse_silu(linear: Linear) -> None:
-    """For the MLP's stacked gate/up projection, after `fuse_norm_linear`: where its config can apply SiLU-and-mul
-    in the epilogue (kernels.paired.gated_config), `norm_linear_silu` runs one kernel for norm, GEMM and activation."""
-    linear.gated_configs = [gated_config(c) if c is not None else None for c in linear.norm_configs]
-
-
-def fuse_rotary(linear: Linear, head_dim: int) -> None:
-    """For the attention's stacked QKV projection, after `fuse_norm_linear` (not where q and k are normalized
-    before the rotary embedding, as in Qwen3): where its config can rotate and write the KV cache in the epilogue
-    (kernels.paired.rotary_config), `norm_linear_rotary` runs one kernel for norm, GEMM, rotary and cache write."""
-    linear.rotary_configs = [rotary_config(c, head_dim) if c is not None else None for c in linear.norm_configs]
+def _launch(linear: Linear, x: torch.Tensor) -> Launch | None:
+    launch = linear.launches[x.shape[0]] if linear.launches is not None else None
+    return launch if launch is not None and launch.kernel == "rms_norm_linear" and triton_runs(x) else None
 
 
 def linear_add_residual(linear: Linear, x: torch.Tensor,
@@ -46,10 +40,10 @@ def linear_add_residual(linear: Linear, x: torch.Tensor,
     (kernels/linear.py): (h, None, sums), and the next fused site launches no row-statistics kernel. Elsewhere
     (F.linear): (linear(x), residual, None), and the next norm adds the residual itself.
     """
-    config = linear.linear_configs[x.shape[0]] if linear.linear_configs is not None else None
-    if config is None or not triton_runs(x):
+    launch = linear.launches[x.shape[0]] if linear.launches is not None else None
+    if launch is None or launch.kernel != "linear" or not triton_runs(x):
         return linear(x), residual, None
-    h, sumsq = linear_residual(x, linear.weight, linear.bias, residual, config=config)
+    h, sumsq = linear_residual(x, linear.weight, linear.bias, residual, config=launch.config, trusted=True)
     return h, None, sumsq
 
 
@@ -57,47 +51,46 @@ def norm_linear(norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: torch.
                 sumsq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """linear(norm(x + residual)) and the new residual stream x + residual (x alone when residual is None).
     With `sumsq` (from `linear_add_residual`), x already is the stream and these are its rows' sums of squares."""
-    config = linear.norm_configs[x.shape[0]] if linear.norm_configs is not None else None
-    # Where the kernel cannot run, the separate path computes the same.
-    if config is None or not triton_runs(x):
+    launch = _launch(linear, x)
+    if launch is None:  # the separate path computes the same
         if residual is None:
             return linear(norm(x)), x
         y, residual = norm(x, residual)
         return linear(y), residual
-    return _fused(norm, linear, x, residual, sumsq, config, gated=False)
+    return _fused(norm, linear, x, residual, sumsq, launch, PLAIN)
 
 
 def norm_linear_silu(norm: RMSNorm, linear: Linear, act: SiluAndMul, x: torch.Tensor, residual: torch.Tensor | None,
                      sumsq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """act(linear(norm(x + residual))) for the MLP's stacked gate/up projection, and the new residual stream, as
-    `norm_linear`. One kernel where `linear.gated_configs[M]` is set: SiLU-and-mul in the fused kernel's epilogue,
-    the [M, 2I] projection never in memory."""
-    config = linear.gated_configs[x.shape[0]] if linear.gated_configs is not None else None
-    if config is None or not triton_runs(x):
+    `norm_linear`. One kernel where this M's launch has the gated epilogue: SiLU-and-mul in the fused kernel's
+    epilogue, the [M, 2I] projection never in memory."""
+    launch = _launch(linear, x)
+    if launch is None or launch.epilogue != GATED:
         y, residual = norm_linear(norm, linear, x, residual, sumsq)
         return act(y), residual
-    return _fused(norm, linear, x, residual, sumsq, config, gated=True)
+    return _fused(norm, linear, x, residual, sumsq, launch, GATED)
 
 
 def norm_linear_rotary(norm: RMSNorm, linear: Linear, attn: Attention, positions: torch.Tensor, x: torch.Tensor,
                        residual: torch.Tensor | None,
                        sumsq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """The attention's input: `norm_linear` of the QKV projection as (qkv, residual, False), or, where
-    `linear.rotary_configs[M]` is set, one kernel that also rotates q and k and writes k and v into `attn`'s KV
+    """The attention's input: `norm_linear` of the QKV projection as (qkv, residual, False), or, where this M's
+    launch has the rotary epilogue, one kernel that also rotates q and k and writes k and v into `attn`'s KV
     cache: (q [M, heads, head_dim], residual, True), for `attn.attend`."""
-    config = linear.rotary_configs[x.shape[0]] if linear.rotary_configs is not None else None
-    if config is None or not triton_runs(x):
+    launch = _launch(linear, x)
+    if launch is None or launch.epilogue.kind != "rotary":
         return *norm_linear(norm, linear, x, residual, sumsq), False
     ctx = get_context()
-    rotary = RotaryKV(positions, attn.rotary_emb.cos_sin_cache, ctx.slot_mapping, attn.k_cache, attn.v_cache,
-                      attn.num_heads)
-    return *_fused(norm, linear, x, residual, sumsq, config, rotary=rotary), True
+    kv = RotaryKV(positions, attn.rotary_emb.cos_sin_cache, ctx.slot_mapping, attn.k_cache, attn.v_cache,
+                  attn.num_heads)
+    return *_fused(norm, linear, x, residual, sumsq, launch, launch.epilogue, kv), True
 
 
 def _fused(norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: torch.Tensor | None, sumsq: torch.Tensor | None,
-           config: Config, gated: bool = False, rotary: RotaryKV | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    epilogue = dict(silu_and_mul=gated, rotary=rotary, config=config)
+           launch: Launch, epilogue: Epilogue, rotary: RotaryKV | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    kwargs = dict(epilogue=epilogue, rotary=rotary, config=launch.config, trusted=True)
     if sumsq is not None:
-        return fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, row_sumsq=sumsq, **epilogue), x
-    out = fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, residual=residual, **epilogue)
+        return fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, row_sumsq=sumsq, **kwargs), x
+    out = fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, residual=residual, **kwargs)
     return out if residual is not None else (out, x)

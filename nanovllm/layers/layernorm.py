@@ -1,7 +1,8 @@
+"""RMSNorm, with the residual add fused in."""
 import torch
 from torch import nn
 
-from nanovllm import ops
+from kernels import ops
 
 
 class RMSNorm(nn.Module):

@@ -1,11 +1,13 @@
+"""The model's linear layers (plain, stacked [gate; up], stacked [q; k; v]) with their checkpoint loaders; a plain
+one runs the tuned norm-free GEMM where its launches say so."""
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.config import Config
 from kernels.linear import linear as tuned_linear
+from tuning_table import Launch
 
 
 def triton_runs(x: torch.Tensor) -> bool:
@@ -24,28 +26,20 @@ class Linear(nn.Module):
         if bias:
             self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
-        # Set by fuse_norm_linear once the preceding RMSNorm's gain is folded into the weight: the fused
-        # kernel's config for each row count M.
-        self.norm_configs = None
-        # Set by fuse_silu on the MLP's gate/up projection: the config of the fused kernel with SiLU-and-mul in its
-        # epilogue for each M, None where the activation runs as its own kernel.
-        self.gated_configs: list[Config | None] | None = None
-        # Set by fuse_rotary on the attention's QKV projection: the config of the fused kernel with the rotary
-        # embedding and the KV-cache write in its epilogue for each M, None where they run as their own kernel.
-        self.rotary_configs: list[Config | None] | None = None
-        # Set by ModelRunner on the plain linears (o_proj, down_proj) that a tuning table's "linear" entries cover:
-        # the norm-free tuned GEMM's config for each row count M, None where F.linear (cuBLAS) is faster.
-        self.linear_configs: list[Config | None] | None = None
+        # What this layer launches for a batch of M rows, launches[M], from tuning_table.select_configs (None: the
+        # separate path): set by ModelRunner, the fused RMSNorm kernel's once the norm before it is folded in
+        # (fused_norm_linear.fuse_norm_linear), the norm-free GEMM's on a plain linear (o_proj, down_proj).
+        self.launches: list[Launch | None] | None = None
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         param.data.copy_(loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x is (M, K): an O(1) index, resolved at load, so CUDA graphs capture whichever path M takes.
-        config = self.linear_configs[x.shape[0]] if self.linear_configs is not None else None
-        if config is None or not triton_runs(x):
+        launch = self.launches[x.shape[0]] if self.launches is not None else None
+        if launch is None or launch.kernel != "linear" or not triton_runs(x):
             return F.linear(x, self.weight, self.bias)
-        return tuned_linear(x, self.weight, self.bias, config=config)
+        return tuned_linear(x, self.weight, self.bias, config=launch.config, trusted=True)
 
 
 class MergedLinear(Linear):

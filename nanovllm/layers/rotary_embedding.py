@@ -1,3 +1,4 @@
+"""The rotary position embedding's cos | sin table, with the scaling variants of the supported checkpoints."""
 import math
 
 import torch

@@ -1,7 +1,8 @@
+"""Sampling the next token from logits: temperature, top-k and top-p (kernels/sampling.py on the GPU)."""
 import torch
 from torch import nn
 
-from nanovllm import ops
+from kernels import ops
 
 
 class Sampler(nn.Module):

@@ -1,0 +1,1 @@
+"""Helpers of the runtime: checkpoint loading, per-step context, random-weight checkpoints."""

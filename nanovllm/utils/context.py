@@ -1,3 +1,4 @@
+"""The per-step attention metadata the layers read (slot mapping, block tables, sequence lengths)."""
 from dataclasses import dataclass
 
 import torch

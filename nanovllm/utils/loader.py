@@ -1,3 +1,4 @@
+"""Loading a (sharded) safetensors checkpoint into the model, through each parameter's weight loader."""
 import glob
 import json
 import os

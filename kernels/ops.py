@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from nanovllm.ops import reference
-from nanovllm.ops.activation import silu_and_mul_triton
-from nanovllm.ops.attention_decode import paged_decode_attention_triton
-from nanovllm.ops.attention_prefill import paged_prefill_attention_triton
-from nanovllm.ops.norm import rms_norm_triton
-from nanovllm.ops.rotary_kvcache import apply_rotary_and_store_kvcache_triton
-from nanovllm.ops.sampling import sample
+from kernels import reference
+from kernels.activation import silu_and_mul_triton
+from kernels.attention_decode import paged_decode_attention_triton
+from kernels.attention_prefill import paged_prefill_attention_triton
+from kernels.norm import rms_norm_triton
+from kernels.rotary_kvcache import apply_rotary_and_store_kvcache_triton
+from kernels.sampling import sample
 
 __all__ = ["apply_rotary_and_store_kvcache", "paged_prefill_attention", "paged_decode_attention", "rms_norm",
            "silu_and_mul", "sample"]

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from kernels.pdl import pdl_launch_args, pdl_wait
-from nanovllm.ops.validation import FLOAT_DTYPES, check_tensor
+from kernels.validation import FLOAT_DTYPES, check_tensor
 
 
 @triton.jit

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from kernels.pdl import pdl_launch_args, pdl_wait
-from nanovllm.ops.validation import (FLOAT_DTYPES, INDEX_DTYPES, check_attention_heads, check_kv_cache, check_shape,
+from kernels.validation import (FLOAT_DTYPES, INDEX_DTYPES, check_attention_heads, check_kv_cache, check_shape,
                                      check_tensor)
 
 

@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 
 from kernels.pdl import pdl_launch_args, pdl_wait
-from nanovllm.ops.reference import gumbel_argmax_reference
-from nanovllm.ops.validation import check_shape, check_tensor
+from kernels.reference import gumbel_argmax_reference
+from kernels.validation import check_shape, check_tensor
 
 
 # Each program scans one chunk of a row, so a small batch still spreads over many SMs; torch then

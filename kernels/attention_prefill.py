@@ -14,8 +14,8 @@ import triton
 import triton.language as tl
 
 from kernels.pdl import pdl_launch_args, pdl_wait
-from nanovllm.ops.attention_tile import LOG2E, attend_tile
-from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
+from kernels.attention_tile import LOG2E, attend_tile
+from kernels.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
 
 

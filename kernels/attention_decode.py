@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from kernels.pdl import pdl_launch_args, pdl_wait_first
-from nanovllm.ops.attention_tile import LOG2E, attend_tile
-from nanovllm.ops.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
+from kernels.attention_tile import LOG2E, attend_tile
+from kernels.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
 
 # Module constants, not literals at the launch, so that scripts/exp_decode_attention.py can sweep them.

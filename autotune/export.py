@@ -1,0 +1,98 @@
+"""The writer's side of the lookup table (format: tuning_table/format.py): a table built from the database's
+results (`build_table`, for `cli.py export-table`) and added to a table already on disk (`merge_tables`, --merge)."""
+from __future__ import annotations
+
+import warnings
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from tuning_table.format import FORMAT, FORMAT_VERSION, parse_table
+
+_BUCKET_KEY = ["kernel", "dtype", "K", "N", "M"]
+
+
+def build_table(best: pd.DataFrame) -> dict:
+    """The table of one GPU from `db.queries.best_results` rows: the newest finished result of every bucket,
+    preferring one timed in its form (tuning_table/format.py says why)."""
+    if best.empty:
+        raise ValueError("no finished tuning results to export (run `cli.py tune` first)")
+    if best["gpu"].nunique() != 1:
+        raise ValueError(f"results of several GPUs ({', '.join(sorted(best['gpu'].unique()))}); pass --gpu")
+    # A driver or Triton upgrade is a new GPU row, while a finished study is not tuned again: keep the newest
+    # result of every bucket (dropping older buckets would silently lose shapes) and say when versions mix;
+    # a result timed in its form outranks plain ones (module docstring).
+    best = best.assign(formed=best["epilogue"] != "").sort_values(["formed", "finished_at"])
+    chosen = best.groupby(_BUCKET_KEY).tail(1)
+    kept = chosen.loc[chosen["formed"], [*_BUCKET_KEY, "finished_at"]]
+    newer = best[~best["formed"]].merge(kept, on=_BUCKET_KEY, suffixes=("", "_kept"))
+    newer = newer[newer["finished_at"] > newer["finished_at_kept"]]
+    if not newer.empty:
+        r = newer.iloc[0]
+        warnings.warn(f"{len(newer)} newer plain result(s) left out for ones timed in the runtime's form (first: "
+                      f"{r.kernel} K={r.K} N={r.N} M={r.M}, study {r.study_name!r})")
+    best = chosen
+    newest = best.loc[best["finished_at"].idxmax()]
+    if best["gpu_id"].nunique() > 1:
+        warnings.warn(f"the {newest['gpu']} table mixes results tuned under several driver/torch/triton versions; "
+                      f"its header names the newest (torch {newest['torch']}, triton {newest['triton']})")
+    kernels: dict[str, list] = {}
+    for (kernel, dtype, K, N), rows in best.groupby(["kernel", "dtype", "K", "N"], sort=True):
+        buckets = [{"M": int(r.M), "config": dict(r.config), "latency_us": float(r.median_us),
+                    "spread_us": float(r.spread_us), "baseline_us": float(r.baseline_us), "speedup": float(r.speedup),
+                    **({"epilogue": r.epilogue} if r.epilogue else {})}
+                   for r in rows.sort_values("M").itertuples()]
+        kernels.setdefault(kernel, []).append({"K": int(K), "N": int(N), "dtype": dtype, "buckets": buckets})
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "gpu": newest["gpu"], "gpu_name": newest["gpu_name"],
+            "torch": newest["torch"], "triton": newest["triton"],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kernels": kernels}
+
+
+
+
+def merge_tables(old: object, new: dict, source: str = "existing table") -> dict:
+    """`new` (just built from a database) added to `old` (a table shipped or exported earlier, checked with
+    parse_table), bucket by bucket: a (kernel, K, N, dtype, M) that `new` has takes new's result, every other
+    bucket of `old` is kept (a quick re-tune of one M must not drop the others), and so is one timed in its form
+    where new's was not (tuning_table/format.py). The header is the one of the newer table by 'created'."""
+    parse_table(old, source)
+    if old["gpu"] != new["gpu"]:
+        raise ValueError(f"{source}: gpu {old['gpu']!r}, but the results to merge are of {new['gpu']!r}")
+    if old["gpu_name"] != new["gpu_name"]:
+        warnings.warn(f"{source} was tuned on {old['gpu_name']!r}, the results to merge on {new['gpu_name']!r}: "
+                      f"both count as {new['gpu']!r}")
+    newest = old if _created(old, source) > _created(new, "new table") else new
+    if (old["torch"], old["triton"]) != (new["torch"], new["triton"]):
+        warnings.warn(f"the merged {new['gpu']} table mixes entries tuned under torch {old['torch']}, triton "
+                      f"{old['triton']} ({source}) and torch {new['torch']}, triton {new['triton']} (the database); "
+                      f"its header names the newest (torch {newest['torch']}, triton {newest['triton']})")
+    kernels, outranked = {}, []
+    for kernel in sorted(old["kernels"].keys() | new["kernels"].keys()):
+        entries = {_entry_key(e): e for e in old["kernels"].get(kernel, [])}
+        for e in new["kernels"].get(kernel, []):
+            buckets = {b["M"]: b for b in entries.get(_entry_key(e), {"buckets": []})["buckets"]}
+            for b in e["buckets"]:
+                if buckets.get(b["M"], {}).get("epilogue") and not b.get("epilogue"):
+                    outranked.append(f"{kernel} K={e['K']} N={e['N']} M={b['M']}")
+                else:
+                    buckets[b["M"]] = b
+            entries[_entry_key(e)] = {**e, "buckets": [buckets[m] for m in sorted(buckets)]}
+        kernels[kernel] = [entries[key] for key in sorted(entries)]
+    if outranked:
+        warnings.warn(f"{source}: kept {len(outranked)} bucket(s) timed in the runtime's form over the database's "
+                      f"plain results (first: {outranked[0]})")
+    header = {k: newest[k] for k in ("gpu_name", "torch", "triton", "created")}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "gpu": new["gpu"], **header, "kernels": kernels}
+
+
+def _entry_key(entry: dict) -> tuple[str, int, int]:
+    return entry["dtype"], entry["K"], entry["N"]  # build_table's order within a kernel
+
+
+def _created(table: dict, source: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(table["created"])
+    except ValueError:
+        raise ValueError(f"{source}: 'created' {table['created']!r} is not an ISO 8601 time") from None
+    # build_table writes UTC; a hand-written time without a zone is read as UTC too.
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)

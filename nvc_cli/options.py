@@ -1,0 +1,14 @@
+"""What the commands share: the --storage option and the one-line error every command fails with."""
+from __future__ import annotations
+
+import click
+
+from db.storage import DEFAULT_URL
+
+storage_option = click.option("--storage", default=DEFAULT_URL, show_default=True,
+                              help="SQLAlchemy URL: sqlite:///file.db or postgresql://user@host/db")
+
+
+def one_line_error(e: Exception) -> click.ClickException:
+    """The first line of `e` (or its type) as click's `Error: ...` exit."""
+    return click.ClickException(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)

@@ -1,0 +1,79 @@
+"""`nvc export-table` (the database's winners as the runtime's lookup table) and `nvc show` (them, or a table)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from autotune.export import build_table, merge_tables
+from db.queries import best_results
+from db.storage import Recorder, StorageError, open_engine
+from kernels.config import Config
+from nvc_cli.options import one_line_error, storage_option
+from tuning_table import check_gpu_arg, load_table, read_table_file, write_table
+
+
+@click.command("export-table")
+@click.option("--gpu", "gpu_name", default=None, help="normalized GPU name [default: the only one stored]")
+@click.option("--out", default=None, help="output file [default: tables/<gpu>.json]")
+@click.option("--merge", is_flag=True,
+              help="keep the buckets of the table already at --out that the database has no results for")
+@storage_option
+def export_table(gpu_name: str | None, out: str | None, merge: bool, storage: str) -> None:
+    """Write the versioned JSON lookup table of one GPU's best configs."""
+    try:
+        gpu_name = check_gpu_arg(gpu_name) if gpu_name else None
+        engine = open_engine(storage, create=False)
+        table = build_table(best_results(engine, gpu_name))
+        path = Path(out or f"tables/{table['gpu']}.json")
+        merged = merge and path.exists()
+        if merged:
+            table = merge_tables(read_table_file(path), table, f"lookup table {path}")
+        write_table(table, path)
+        Recorder(engine).add_exported_table(table["gpu"], str(path), table)
+    except (ValueError, StorageError, OSError) as e:
+        raise one_line_error(e) from None
+    n = sum(len(e["buckets"]) for entries in table["kernels"].values() for e in entries)
+    click.echo(f"{'merged into' if merged else 'wrote'} {path}: {n} tuned (shape, M) entries for {table['gpu']} "
+               f"(torch {table['torch']}, triton {table['triton']})")
+
+
+@click.command()
+@click.option("--gpu", "gpu_name", default=None, help="only this normalized GPU name")
+@click.option("--table", "table_path", default=None, help="show a lookup table file instead of the database")
+@storage_option
+def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
+    """Print the best config of every tuned shape."""
+    import pandas as pd
+
+    try:
+        if table_path:
+            table = load_table(table_path)
+            click.echo(f"{table_path}: {table.gpu_name} ({table.gpu}), torch {table.torch}, triton {table.triton}, "
+                       f"created {table.created}")
+            rows = [dict(kernel=k, dtype=d, K=K, N=N, M=b.M, config=_short(b.config), speedup=b.speedup,
+                         epilogue=b.epilogue.form) for (k, K, N, d), buckets in table.entries.items() for b in buckets]
+            click.echo(pd.DataFrame(rows).to_string(index=False))
+            return
+        gpu_name = check_gpu_arg(gpu_name) if gpu_name else None
+        best = best_results(open_engine(storage, create=False), gpu_name)
+    except (ValueError, StorageError) as e:
+        raise one_line_error(e) from None
+    if best.empty:
+        click.echo("no finished studies yet")
+        return
+    best = best.assign(config=best["config"].map(_short_dict), us=best["median_us"].round(2),
+                       spread=best["spread_us"].round(2), base_us=best["baseline_us"].round(2),
+                       speedup=best["speedup"].round(3), tflops=best["tflops"].round(1), gbps=best["gbps"].round(0))
+    cols = ["gpu", "kernel", "dtype", "K", "N", "M", "config", "us", "spread", "base_us", "speedup", "tflops", "gbps",
+            "epilogue"]
+    click.echo(best[cols].to_string(index=False))
+
+
+def _short(c: Config) -> str:
+    return (f"{c.BLOCK_M}x{c.BLOCK_N}x{c.BLOCK_K} w{c.num_warps} s{c.num_stages} g{c.GROUP_M} sk{c.SPLIT_K} "
+            f"ssq{c.SUMSQ_IN_LOOP} tma{c.TMA}")
+
+
+def _short_dict(d: dict) -> str:
+    return _short(Config.from_dict(d))

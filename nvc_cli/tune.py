@@ -1,0 +1,78 @@
+"""`nvc tune` (find the fastest correct config of every shape and M bucket) and `nvc list-shapes` (its presets)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from autotune.hardware import Hardware
+from autotune.samplers import SAMPLERS
+from autotune.tuner import TuneSettings
+from autotune.workers import make_jobs, run_workers
+from db.storage import StorageError, open_engine, optuna_storage
+from kernels.config import DTYPES
+from nvc_cli.options import one_line_error, storage_option
+from search_spaces import Problem, get_space
+from search_spaces.shapes import PRESETS, SITE_KERNELS, parse_m_buckets, parse_shapes, sites_from_config
+from tuning_table import check_gpu_arg
+
+
+@click.command()
+@click.option("--gpu", "gpu_name", required=True, help="normalized GPU name; must match the device (h100, a100, ...)")
+@click.option("--shapes", required=True, help="preset, config.json path or NxK, comma-separated")
+@click.option("--m", "m_spec", default=None, help="M buckets, comma-separated [default: 1,2,4,...,16384]")
+@click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(sorted(DTYPES)))
+@click.option("--kernel", default="rms_norm_linear", show_default=True,
+              help="rms_norm_linear (the fused sites) or linear (the plain o_proj and down_proj GEMMs)")
+@click.option("--trials", default=TuneSettings.trials, show_default=True, type=int,
+              help="finished trials per study (a rerun resumes up to this)")
+@click.option("--timeout", default=None, type=float, help="seconds per study [default: none]")
+@click.option("--sampler", default="tpe", show_default=True, type=click.Choice(SAMPLERS))
+@storage_option
+@click.option("--workers", default=1, show_default=True, type=int, help="one process per visible GPU")
+@click.pass_obj
+def tune(hardware: Hardware, gpu_name: str, shapes: str, m_spec: str | None, dtype: str, kernel: str, trials: int,
+         timeout: float | None, sampler: str, storage: str, workers: int) -> None:
+    """Find the fastest correct config of every (shape, M bucket) on this GPU."""
+    try:
+        gpu_name = check_gpu_arg(gpu_name)
+        get_space(kernel)
+        sites = parse_shapes(shapes, kernel)
+        buckets = parse_m_buckets(m_spec)
+        settings = TuneSettings(sampler=sampler, trials=trials, timeout_s=timeout)
+        if workers < 1:
+            raise ValueError(f"--workers {workers}: expected >= 1")
+        visible = hardware.count()
+        if visible == 0:
+            hardware.detect(0)  # raises the one-line "no CUDA device" error
+        if workers > visible:
+            raise ValueError(f"--workers {workers}: only {visible} GPU(s) visible")
+        for i in range(workers):
+            info = hardware.detect(i)
+            if info.short_name != gpu_name:
+                raise ValueError(f"--gpu {gpu_name}: device {i} is {info.name!r} ({info.short_name})")
+        open_engine(storage)
+        optuna_storage(storage)
+        problems = [Problem(m, s.K, s.N, dtype, s.epilogue) for s in sites for m in buckets]
+    except (ValueError, RuntimeError, StorageError) as e:
+        raise one_line_error(e) from None
+    click.echo(f"tuning {len(problems)} studies ({len(sites)} shapes x {len(buckets)} M buckets) on "
+               f"{workers} x {gpu_name}, {trials} trials each, into {storage}", err=True)
+    try:
+        run_workers(make_jobs(storage, kernel, problems, settings, workers, hardware))
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished trials are stored; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except (RuntimeError, StorageError) as e:
+        raise one_line_error(e) from None
+    prog = click.get_current_context().find_root().info_name  # nvc, or cli.py from a checkout
+    click.echo(f"done; see `{prog} show` and `{prog} export-table`", err=True)
+
+
+@click.command("list-shapes")
+def list_shapes() -> None:
+    """Print the shape presets: NxK of each RMSNorm+Linear site, and of each plain linear (--kernel linear)."""
+    for name, cfg in PRESETS.items():
+        sites = {k: ", ".join(f"{s.name} {s.N}x{s.K}" + (f" ({s.epilogue})" if s.epilogue.paired else "")
+                              for s in sites_from_config(cfg, name, k)) for k in SITE_KERNELS}
+        click.echo(f"{name:12s} {sites['rms_norm_linear']}; linear: {sites['linear']}")
