@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from kernels.config import Config
 from tuning_table.format import FORMAT, FORMAT_VERSION, parse_table
 
 _BUCKET_KEY = ["kernel", "dtype", "K", "N", "M"]
@@ -38,7 +39,8 @@ def build_table(best: pd.DataFrame) -> dict:
                       f"its header names the newest (torch {newest['torch']}, triton {newest['triton']})")
     kernels: dict[str, list] = {}
     for (kernel, dtype, K, N), rows in best.groupby(["kernel", "dtype", "K", "N"], sort=True):
-        buckets = [{"M": int(r.M), "config": dict(r.config), "latency_us": float(r.median_us),
+        # A config stored before an axis existed lacks it and ran that axis's default: the table names every field.
+        buckets = [{"M": int(r.M), "config": Config.from_dict(r.config).to_dict(), "latency_us": float(r.median_us),
                     "spread_us": float(r.spread_us), "baseline_us": float(r.baseline_us), "speedup": float(r.speedup),
                     **({"epilogue": r.epilogue} if r.epilogue else {})}
                    for r in rows.sort_values("M").itertuples()]
@@ -48,20 +50,20 @@ def build_table(best: pd.DataFrame) -> dict:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kernels": kernels}
 
 
-
-
 def merge_tables(old: object, new: dict, source: str = "existing table") -> dict:
-    """`new` (just built from a database) added to `old` (a table shipped or exported earlier, checked with
-    parse_table), bucket by bucket: a (kernel, K, N, dtype, M) that `new` has takes new's result, every other
-    bucket of `old` is kept (a quick re-tune of one M must not drop the others), and so is one timed in its form
-    where new's was not (tuning_table/format.py). The header is the one of the newer table by 'created'."""
+    """`new` (just built from a database) added to `old` (a table shipped or exported earlier), bucket by bucket: a
+    (kernel, K, N, dtype, M) that `new` has takes new's result, every other bucket of `old` is kept (a quick re-tune
+    of one M must not drop the others), and so is one timed in its form where new's was not
+    (tuning_table/format.py). The header is the one of the newer table by 'created'. Both are checked with
+    parse_table first: a bucket of a malformed old table (say "K": true) would otherwise be carried into the merge."""
     parse_table(old, source)
+    parse_table(new, "the database's table")
     if old["gpu"] != new["gpu"]:
         raise ValueError(f"{source}: gpu {old['gpu']!r}, but the results to merge are of {new['gpu']!r}")
     if old["gpu_name"] != new["gpu_name"]:
         warnings.warn(f"{source} was tuned on {old['gpu_name']!r}, the results to merge on {new['gpu_name']!r}: "
                       f"both count as {new['gpu']!r}")
-    newest = old if _created(old, source) > _created(new, "new table") else new
+    newest = old if _created(old) > _created(new) else new
     if (old["torch"], old["triton"]) != (new["torch"], new["triton"]):
         warnings.warn(f"the merged {new['gpu']} table mixes entries tuned under torch {old['torch']}, triton "
                       f"{old['triton']} ({source}) and torch {new['torch']}, triton {new['triton']} (the database); "
@@ -89,10 +91,8 @@ def _entry_key(entry: dict) -> tuple[str, int, int]:
     return entry["dtype"], entry["K"], entry["N"]  # build_table's order within a kernel
 
 
-def _created(table: dict, source: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(table["created"])
-    except ValueError:
-        raise ValueError(f"{source}: 'created' {table['created']!r} is not an ISO 8601 time") from None
-    # build_table writes UTC; a hand-written time without a zone is read as UTC too.
+def _created(table: dict) -> datetime:
+    """A checked table's 'created' (parse_table refused any other); a time without a zone is read as UTC, as
+    build_table writes it."""
+    t = datetime.fromisoformat(table["created"])
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)

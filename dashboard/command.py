@@ -8,7 +8,7 @@ import click
 from dashboard.bench import read_bench_csvs
 from dashboard.data import DashboardData, load
 from dashboard.page import build_page
-from db.storage import DEFAULT_URL, StorageError, optuna_storage, redact
+from db.storage import DEFAULT_URL, StorageError, check_persistent, optuna_storage, redact, storage_errors
 from tuning_table import check_gpu_arg
 
 
@@ -29,10 +29,12 @@ def _bench_gpu(gpu: str | None, data: DashboardData) -> str | None:
 def dashboard_command(storage: str, gpu_name: str | None, out: str, bench_csvs: tuple[str, ...]) -> None:
     """Write one self-contained HTML page (it opens offline) of the tuning results and the searches."""
     try:
+        check_persistent(storage)  # an in-memory database holds nothing to show
         gpu = check_gpu_arg(gpu_name) if gpu_name else None
-        data = load(storage, gpu)
-        bench = read_bench_csvs(list(bench_csvs), _bench_gpu(gpu, data))
-        page = build_page(data, bench, None if data.empty else optuna_storage(storage))
+        with storage_errors(storage):
+            data = load(storage, gpu)
+            bench = read_bench_csvs(list(bench_csvs), _bench_gpu(gpu, data))
+            page = build_page(data, bench, None if data.empty else optuna_storage(storage))
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(page, encoding="utf-8")

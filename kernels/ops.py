@@ -16,7 +16,14 @@ from kernels.rotary_kvcache import apply_rotary_and_store_kvcache_triton
 from kernels.sampling import sample
 
 __all__ = ["apply_rotary_and_store_kvcache", "paged_prefill_attention", "paged_decode_attention", "rms_norm",
-           "silu_and_mul", "sample"]
+           "silu_and_mul", "sample", "use_triton"]
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether an op on `t` runs its Triton kernel: on CUDA tensors. The CPU runs the references, which are faster
+    there than the kernels in Triton's interpreter; a test that wants the kernels end to end on the CPU patches this.
+    """
+    return t.is_cuda
 
 
 def apply_rotary_and_store_kvcache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
@@ -27,7 +34,8 @@ def apply_rotary_and_store_kvcache(q: torch.Tensor, k: torch.Tensor, v: torch.Te
 
     The rotated k exists only in the cache. The caches have q's dtype: the attention ops read them with q.
     """
-    fn = apply_rotary_and_store_kvcache_triton if q.is_cuda else reference.apply_rotary_and_store_kvcache_reference
+    fn = apply_rotary_and_store_kvcache_triton if use_triton(q) else \
+        reference.apply_rotary_and_store_kvcache_reference
     return fn(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
 
 
@@ -39,7 +47,7 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     seq_lens[b] counts the whole context including the new tokens, whose K/V are already in the cache;
     query i of sequence b sits at position seq_lens[b] - q_len_b + i.
     """
-    fn = paged_prefill_attention_triton if q.is_cuda else reference.paged_prefill_attention_reference
+    fn = paged_prefill_attention_triton if use_triton(q) else reference.paged_prefill_attention_reference
     return fn(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, sliding_window)
 
 
@@ -47,18 +55,18 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                            sliding_window: int | None = None) -> torch.Tensor:
     """Attention of one new token per sequence, q [B, Hq, D] at position seq_lens[b] - 1. CUDA-graph safe."""
-    fn = paged_decode_attention_triton if q.is_cuda else reference.paged_decode_attention_reference
+    fn = paged_decode_attention_triton if use_triton(q) else reference.paged_decode_attention_reference
     return fn(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
              residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """HF RMSNorm of x [T, H]; with a residual, normalizes h = x + residual and returns (y, h)."""
-    fn = rms_norm_triton if x.is_cuda else reference.rms_norm_reference
+    fn = rms_norm_triton if use_triton(x) else reference.rms_norm_reference
     return fn(x, weight, eps, residual)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """silu(x[:, :I]) * x[:, I:] for x [T, 2I], in the input dtype like HF's MLP."""
-    fn = silu_and_mul_triton if x.is_cuda else reference.silu_and_mul_reference
+    fn = silu_and_mul_triton if use_triton(x) else reference.silu_and_mul_reference
     return fn(x)

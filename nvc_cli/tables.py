@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import pandas as pd
 
 from autotune.export import build_table, merge_tables
 from db.queries import best_results
-from db.storage import Recorder, StorageError, open_engine
+from db.storage import Recorder, StorageError, open_engine, redact, storage_errors
 from kernels.config import Config
 from nvc_cli.options import one_line_error, storage_option
 from tuning_table import check_gpu_arg, load_table, read_table_file, write_table
@@ -23,14 +24,21 @@ def export_table(gpu_name: str | None, out: str | None, merge: bool, storage: st
     """Write the versioned JSON lookup table of one GPU's best configs."""
     try:
         gpu_name = check_gpu_arg(gpu_name) if gpu_name else None
-        engine = open_engine(storage, create=False)
-        table = build_table(best_results(engine, gpu_name))
-        path = Path(out or f"tables/{table['gpu']}.json")
-        merged = merge and path.exists()
-        if merged:
-            table = merge_tables(read_table_file(path), table, f"lookup table {path}")
-        write_table(table, path)
-        Recorder(engine).add_exported_table(table["gpu"], str(path), table)
+        if out is not None and Path(out).is_dir():
+            raise ValueError(f"--out {out}: is a folder; expected the table's file, such as "
+                             f"{Path(out) / (gpu_name or '<gpu>')}.json")
+        with storage_errors(storage):
+            engine = open_engine(storage, create=False, writes=True)
+            table = build_table(_of_gpu(best_results(engine), gpu_name, storage))
+            path = Path(out or f"tables/{table['gpu']}.json")
+            merged = merge and path.exists()
+            if merged:
+                table = merge_tables(read_table_file(path), table, f"lookup table {path}")
+            # The row first, the file (checked, then replaced atomically) while its transaction is open, the commit
+            # last: whatever fails leaves the file as it was and no row, except a commit failing after the file was
+            # replaced, which leaves a valid table that the database does not list (the other order could list a
+            # table that was never written).
+            Recorder(engine).add_exported_table(table["gpu"], str(path), table, write=lambda: write_table(table, path))
     except (ValueError, StorageError, OSError) as e:
         raise one_line_error(e) from None
     n = sum(len(e["buckets"]) for entries in table["kernels"].values() for e in entries)
@@ -44,8 +52,6 @@ def export_table(gpu_name: str | None, out: str | None, merge: bool, storage: st
 @storage_option
 def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
     """Print the best config of every tuned shape."""
-    import pandas as pd
-
     try:
         if table_path:
             table = load_table(table_path)
@@ -56,7 +62,8 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
             click.echo(pd.DataFrame(rows).to_string(index=False))
             return
         gpu_name = check_gpu_arg(gpu_name) if gpu_name else None
-        best = best_results(open_engine(storage, create=False), gpu_name)
+        with storage_errors(storage):
+            best = best_results(open_engine(storage, create=False), gpu_name)
     except (ValueError, StorageError) as e:
         raise one_line_error(e) from None
     if best.empty:
@@ -68,6 +75,17 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
     cols = ["gpu", "kernel", "dtype", "K", "N", "M", "config", "us", "spread", "base_us", "speedup", "tflops", "gbps",
             "epilogue"]
     click.echo(best[cols].to_string(index=False))
+
+
+def _of_gpu(best: pd.DataFrame, gpu: str | None, storage: str) -> pd.DataFrame:
+    """The results of --gpu (all without it); none while other GPUs have some is an error naming those."""
+    if gpu is None:
+        return best
+    mine = best[best["gpu"] == gpu].reset_index(drop=True)
+    if mine.empty and not best.empty:
+        raise ValueError(f"no finished tuning results for {gpu} in {redact(storage)}; it has results for: "
+                         f"{', '.join(sorted(best['gpu'].unique()))}")
+    return mine
 
 
 def _short(c: Config) -> str:

@@ -9,7 +9,7 @@ from autotune.hardware import Hardware
 from autotune.samplers import SAMPLERS
 from autotune.tuner import TuneSettings
 from autotune.workers import make_jobs, run_workers
-from db.storage import StorageError, open_engine, optuna_storage
+from db.storage import StorageError, open_engine, optuna_storage, storage_errors
 from kernels.config import DTYPES
 from nvc_cli.options import one_line_error, storage_option
 from search_spaces import Problem, get_space
@@ -59,11 +59,17 @@ def tune(hardware: Hardware, gpu_name: str, shapes: str, m_spec: str | None, dty
     click.echo(f"tuning {len(problems)} studies ({len(sites)} shapes x {len(buckets)} M buckets) on "
                f"{workers} x {gpu_name}, {trials} trials each, into {storage}", err=True)
     try:
-        run_workers(make_jobs(storage, kernel, problems, settings, workers, hardware))
+        with storage_errors(storage):
+            run_workers(make_jobs(storage, kernel, problems, settings, workers, hardware))
     except KeyboardInterrupt:
         click.echo("interrupted: finished trials are stored; rerun the same command to resume", err=True)
         sys.exit(130)
-    except (RuntimeError, StorageError) as e:
+    except StorageError as e:
+        # The database failed mid-tune (its disk filled, say): every finished trial was committed on its own, and
+        # SQLite rolled back the write that failed.
+        raise click.ClickException(f"tuning stopped: {one_line_error(e).message} (the finished trials are stored; "
+                                   f"the same command resumes the tune)") from None
+    except RuntimeError as e:
         raise one_line_error(e) from None
     prog = click.get_current_context().find_root().info_name  # nvc, or cli.py from a checkout
     click.echo(f"done; see `{prog} show` and `{prog} export-table`", err=True)

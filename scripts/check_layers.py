@@ -27,7 +27,7 @@ LAYERS: dict[str, set[str]] = {
     "dashboard": {"tuning_table", "db"},  # it reads the database, not the tuner
     "nvc_cli": {"kernels", "tuning_table", "search_spaces", "db", "autotune", "dashboard"},
 }
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def find_modules(root: Path) -> dict[str, Path]:

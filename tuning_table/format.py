@@ -35,23 +35,42 @@ file's other buckets are kept.
 Bucket rule (LookupTable.bucket): a problem with M rows uses the smallest tuned bucket >= M, else the largest.
 Which bucket runs fused at all is the selection rule of tuning_table/select.py.
 A table is only valid for the software it names: configs tuned under one Triton can lose under another.
+
+Strict (parse_table): every field above is required (a bucket's "epilogue" only is optional, and a "linear" bucket
+has none) and no other is allowed; K, N, M and every Config field are JSON integers (not true, not 64.0), K, N and
+M at least 1; latency_us, baseline_us and speedup are finite positive numbers, spread_us a finite number >= 0;
+"gpu" is a normalized name of tuning_table/gpus.py, "created" an ISO 8601 time, the kernels those of KERNELS.
+A config that only names some fields is refused rather than completed with Config's defaults: the runtime would
+launch tiles nobody timed. Each refusal names the field's path (kernels.linear[0].buckets[2].latency_us).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import warnings
+import math
+import os
+import tempfile
 from bisect import bisect_left
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from kernels.config import DTYPES, Config
 from kernels.epilogue import Epilogue
+from tuning_table.gpus import KNOWN_GPUS
 
 FORMAT = "nano-vllm-coconut/lookup-table"
 FORMAT_VERSION = 1
+KERNELS = ("rms_norm_linear", "linear")
+_TOP_FIELDS = ("format", "format_version", "gpu", "gpu_name", "torch", "triton", "created", "kernels")
+_ENTRY_FIELDS = ("K", "N", "dtype", "buckets")
 _BUCKET_FIELDS = ("M", "config", "latency_us", "spread_us", "baseline_us", "speedup")
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(Config))
+# A bucket's timings, and whether 0 is allowed (a spread can be; a latency, baseline or speedup cannot).
+_TIMINGS = (("latency_us", False), ("spread_us", True), ("baseline_us", False), ("speedup", False))
 
 
 @dataclass(frozen=True)
@@ -93,50 +112,112 @@ def dtype_name(dtype: torch.dtype | str) -> str:
 
 
 def parse_table(data: object, source: str = "table") -> LookupTable:
-    """Validate a decoded table; ValueError naming the first problem."""
-    def need(cond: bool, what: str) -> None:
+    """Validate a decoded table by the module docstring's rules; ValueError naming the first problem's path."""
+    def need(cond: bool, where: str, what: str) -> None:
         if not cond:
-            raise ValueError(f"{source}: {what}")
+            raise ValueError(f"{source}: {where}: {what}" if where else f"{source}: {what}")
 
-    need(isinstance(data, dict), "expected a JSON object at the top level")
-    need(data.get("format") == FORMAT, f"'format' is {data.get('format')!r}, expected {FORMAT!r}")
-    need(data.get("format_version") == FORMAT_VERSION,
-         f"format_version {data.get('format_version')!r}; this code reads version {FORMAT_VERSION}")
-    for key in ("gpu", "gpu_name", "torch", "triton", "created"):
-        need(isinstance(data.get(key), str), f"missing or non-string field {key!r}")
-    need(isinstance(data.get("kernels"), dict), "missing object 'kernels'")
+    def fields(obj: object, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+        need(isinstance(obj, dict), where, f"expected a JSON object, got {_show(obj)}")
+        expected = ", ".join(required + optional)
+        missing = [k for k in required if k not in obj]
+        need(not missing, where, f"missing field(s) {', '.join(missing)} (expected {expected})")
+        unknown = [str(k) for k in obj if k not in required + optional]
+        need(not unknown, where, f"unknown field(s) {', '.join(unknown)} (expected {expected})")
+
+    need(isinstance(data, dict), "", f"expected a JSON object at the top level, got {_show(data)}")
+    # A file that is not a table, or of another version, says so before any field is missing.
+    need(data.get("format") == FORMAT, "", f"'format' is {_show(data.get('format'))}, expected {FORMAT!r}")
+    version = data.get("format_version")
+    need(_json_int(version) and version == FORMAT_VERSION, "",
+         f"format_version {_show(version)}; this code reads version {FORMAT_VERSION}")
+    fields(data, "", _TOP_FIELDS)
+    need(data["gpu"] in KNOWN_GPUS, "gpu", f"expected a normalized GPU name ({', '.join(KNOWN_GPUS)}), "
+                                           f"got {_show(data['gpu'])}")
+    for key in ("gpu_name", "torch", "triton"):
+        need(isinstance(data[key], str) and data[key].strip() != "", key,
+             f"expected a non-empty string, got {_show(data[key])}")
+    need(_iso_time(data["created"]), "created", f"expected an ISO 8601 time, got {_show(data['created'])}")
+    need(isinstance(data["kernels"], dict), "kernels", f"expected a JSON object, got {_show(data['kernels'])}")
     table = LookupTable(data["gpu"], data["gpu_name"], data["torch"], data["triton"], data["created"])
     for kernel, entries in data["kernels"].items():
-        need(isinstance(entries, list), f"kernels.{kernel}: expected a list")
+        need(kernel in KERNELS, f"kernels.{kernel}", f"unknown kernel; expected one of {', '.join(KERNELS)}")
+        need(isinstance(entries, list), f"kernels.{kernel}", f"expected a list, got {_show(entries)}")
         for i, e in enumerate(entries):
             where = f"kernels.{kernel}[{i}]"
-            need(isinstance(e, dict) and all(isinstance(e.get(k), int) for k in ("K", "N")),
-                 f"{where}: expected an object with integer K and N")
-            need(isinstance(e.get("dtype"), str) and e["dtype"] in DTYPES, f"{where}: dtype {e.get('dtype')!r}, expected one of {sorted(DTYPES)}")
-            need(isinstance(e.get("buckets"), list) and e["buckets"], f"{where}: expected a non-empty 'buckets' list")
+            fields(e, where, _ENTRY_FIELDS)
+            for k in ("K", "N"):
+                need(_json_int(e[k]) and e[k] >= 1, f"{where}.{k}", f"expected an int >= 1, got {_show(e[k])}")
+            need(isinstance(e["dtype"], str) and e["dtype"] in DTYPES, f"{where}.dtype",
+                 f"expected one of {', '.join(sorted(DTYPES))}, got {_show(e['dtype'])}")
+            need(isinstance(e["buckets"], list) and e["buckets"] != [], f"{where}.buckets",
+                 f"expected a non-empty list, got {_show(e['buckets'])}")
             buckets = []
-            for b in e["buckets"]:
-                need(isinstance(b, dict) and all(k in b for k in _BUCKET_FIELDS),
-                     f"{where}: each bucket needs fields {list(_BUCKET_FIELDS)}")
-                need(isinstance(b["M"], int) and b["M"] >= 1, f"{where}: bucket M {b['M']!r}, expected an int >= 1")
+            for j, b in enumerate(e["buckets"]):
+                at = f"{where}.buckets[{j}]"
+                fields(b, at, _BUCKET_FIELDS, ("epilogue",))
+                need(_json_int(b["M"]) and b["M"] >= 1, f"{at}.M", f"bucket M {_show(b['M'])} is not an int >= 1")
+                fields(b["config"], f"{at}.config", _CONFIG_FIELDS)
+                for k, v in b["config"].items():
+                    need(_json_int(v), f"{at}.config.{k}", f"expected an int, got {_show(v)}")
+                config = Config(**b["config"])
                 try:
-                    config = Config.from_dict(b["config"])
                     config.validate(K=e["K"], norm=kernel != "linear")  # the norm-free GEMM has no SUMSQ_IN_LOOP
-                except (ValueError, TypeError, AttributeError, OverflowError) as err:
-                    raise ValueError(f"{source}: {where} M={b['M']}: bad config ({err})") from None
-                need(isinstance(b["speedup"], (int, float)) and b["speedup"] > 0,
-                     f"{where}: bucket M={b['M']}: speedup {b['speedup']!r}, expected a positive number")
+                except ValueError as err:
+                    raise ValueError(f"{source}: {at}.config: {err}") from None
+                for name, zero_ok in _TIMINGS:
+                    v = b[name]
+                    need(_number(v) and (v >= 0 if zero_ok else v > 0), f"{at}.{name}",
+                         f"expected a finite {'number >= 0' if zero_ok else 'positive number'}, got {_show(v)}")
                 try:
                     epilogue = Epilogue.parse(b.get("epilogue", ""))
                 except ValueError as err:
-                    raise ValueError(f"{source}: {where} M={b['M']}: {err}") from None
+                    raise ValueError(f"{source}: {at}.epilogue: {err}") from None
+                need(kernel != "linear" or not epilogue.paired, f"{at}.epilogue",
+                     f"the plain linear kernel has no epilogue, got {epilogue.form!r}")
                 buckets.append(Bucket(b["M"], config, float(b["speedup"]), epilogue))
             buckets.sort(key=lambda bucket: bucket.M)
-            need(len({b.M for b in buckets}) == len(buckets), f"{where}: repeated M bucket")
+            repeated = sorted(m for m, n in Counter(b.M for b in buckets).items() if n > 1)
+            need(not repeated, f"{where}.buckets", f"bucket M {', '.join(map(str, repeated))} appears twice")
             key = (kernel, e["K"], e["N"], e["dtype"])
-            need(key not in table.entries, f"{where}: (K={e['K']}, N={e['N']}, {e['dtype']}) appears twice")
+            need(key not in table.entries, where, f"(K={e['K']}, N={e['N']}, {e['dtype']}) appears twice")
             table.entries[key] = buckets
     return table
+
+
+def _json_int(v: object) -> bool:
+    """A JSON integer: json.loads gives bool for true/false (an int subclass) and float for 64.0."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: object) -> bool:
+    """A finite JSON number: json.loads reads NaN and Infinity, which compare as no timing should."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer past any float: no timing either
+        return False
+
+
+def _iso_time(v: object) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        datetime.fromisoformat(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _show(v: object) -> str:
+    """A value for a message: JSON's spelling (true, null, NaN), strings quoted as the rest of the messages quote them,
+    cut short."""
+    try:
+        text = repr(v) if isinstance(v, str) else json.dumps(v)
+    except (TypeError, ValueError):
+        text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_table_file(path: str | Path) -> object:
@@ -155,10 +236,23 @@ def load_table(path: str | Path) -> LookupTable:
 
 
 def write_table(table: dict, path: str | Path) -> None:
-    """Check the table parses, then replace `path` atomically, so a reader never sees half a file."""
-    parse_table(table)
+    """Check the table parses, then replace `path` atomically: a reader never sees half a file, and any failure
+    leaves the old file as it was and no temporary file behind."""
     path = Path(path)
+    parse_table(table, f"table to write to {path}")
+    if path.is_dir():
+        raise ValueError(f"lookup table {path}: is a directory; expected the path of a .json file")
+    text = json.dumps(table, indent=1, allow_nan=False) + "\n"  # fails, if at all, before a file exists
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=1) + "\n")
-    tmp.replace(path)
+    # A unique name in the same folder: two writers never share a temporary file, and the rename stays atomic.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # a full disk can surface only here; the old file must still be whole then
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the table from the other users of a shared folder
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -30,9 +30,7 @@ import torch
 from kernels.config import Config, default_config, device_has_tma, device_smem_limit, tma_rows_aligned
 from kernels.epilogue import PLAIN, Epilogue
 from kernels.prepare import check_launch
-from tuning_table.format import LookupTable
-
-KERNELS = ("rms_norm_linear", "linear")
+from tuning_table.format import KERNELS, LookupTable
 
 
 @dataclass(frozen=True)

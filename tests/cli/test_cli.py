@@ -1,0 +1,307 @@
+"""The command line (nvc_cli) end to end without a GPU clock: the commands run in-process on FakeHardware (pretend
+GPUs timed by FakeTimer, tests/doubles.py), passed in as click's context object; correctness checks run the real
+kernel on small shapes (through Triton's interpreter on the CPU, which conftest selects and subprocesses inherit;
+compiled on a GPU when there is one). What needs a process of its own (no GPU at all, a real Ctrl-C, two processes
+sharing a study) runs `cli.py` or tests/fake_cli.py in a subprocess."""
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from optuna.trial import TrialState
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from db.models import ExportedTable, Measurement, Run
+from db.storage import resolve_url
+from kernels.config import Config
+from nvc_cli.commands import main
+from tests import tuning_tables
+from tests.conftest import PG_UNREACHABLE
+from tests.doubles import FakeHardware
+from tuning_table import load_table
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--shapes", "96x64", "--m", "1,4", "--dtype", "float16", "--trials", "5"]
+
+
+def nvc(*args: str, gpus: int = 1) -> Result:
+    """The command in-process, on `gpus` pretend GPUs."""
+    return CliRunner().invoke(main, list(args), obj=FakeHardware(count=gpus))
+
+
+def fake_cli_process(*args: str) -> subprocess.Popen:
+    """The command in a process of its own, on one pretend GPU (tests/fake_cli.py)."""
+    return subprocess.Popen([sys.executable, "-m", "tests.fake_cli", "1", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def counted_trials(url: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    storage = optuna.storages.RDBStorage(resolve_url(url))
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def check_no_trial_lost_or_duplicated(url: str, study: str, trials: list) -> None:
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    engine = create_engine(resolve_url(url))
+    with Session(engine) as s:
+        numbers = s.scalars(select(Measurement.trial_number).join(Run, Run.id == Measurement.run_id)
+                            .where(Run.study_name == study, Measurement.phase == "search")).all()
+    engine.dispose()
+    # Every finished trial has exactly one measurement, and every measurement a finished trial.
+    assert sorted(numbers) == sorted(t.number for t in done)
+    configs = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(configs)) == len(configs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_tune_without_cuda_is_one_clear_line(tmp_path):
+    db = tmp_path / "t.db"
+    # The real hardware (CudaHardware), in a process of its own as a user runs it.
+    r = subprocess.run([sys.executable, "cli.py", "tune", "--gpu", "h100", "--shapes", "llama-7b", "--storage",
+                        f"sqlite:///{db}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines() == [
+        "Error: no CUDA device visible: tuning needs an NVIDIA GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES)"]
+    assert not db.exists()
+
+
+def test_tune_show_export_through_the_cli(tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    r = nvc("tune", "--gpu", "h100", *SMALL, "--storage", url)
+    assert r.exit_code == 0, r.output
+    shown = nvc("show", "--storage", url)
+    assert shown.exit_code == 0 and len(shown.stdout.strip().splitlines()) == 3  # header + M=1, M=4
+    assert "float16" in shown.stdout and "speedup" in shown.stdout
+    out = tmp_path / "tables" / "h100.json"
+    r = nvc("export-table", "--gpu", "h100", "--out", str(out), "--storage", url)
+    assert r.exit_code == 0, r.output
+    table = load_table(out)
+    assert table.gpu == "h100" and table.triton and table.bucket("rms_norm_linear", 64, 96, torch.float16, 3) is not None
+    data = json.loads(out.read_text())
+    assert [b["M"] for b in data["kernels"]["rms_norm_linear"][0]["buckets"]] == [1, 4]
+    with Session(create_engine(url)) as s:
+        assert s.scalar(select(func.count()).select_from(ExportedTable)) == 1
+    r = nvc("show", "--table", str(out))
+    assert r.exit_code == 0 and "16x" in r.stdout
+    # A rerun of a finished tune does nothing new.
+    r = nvc("tune", "--gpu", "h100", *SMALL, "--storage", url)
+    with Session(create_engine(url)) as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 2
+
+
+def test_tune_a_model_config_runs_its_sites_in_their_forms_and_exports_them(tmp_path):
+    # A tiny Mistral-like decoder: 2 query heads of 64 sharing 1 KV head, so QKV is rotary, gate/up gated.
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(dict(model_type="mistral", hidden_size=128, intermediate_size=96,
+                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=80)))
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    r = nvc("tune", "--gpu", "h100", "--shapes", str(config), "--m", "4", "--trials", "2", "--dtype", "float16",
+            "--storage", url)
+    assert r.exit_code == 0, r.output
+    trials = counted_trials(url)
+    assert sorted(trials) == ["rms_norm_linear|h100|float16|M=4|K=128|N=192|gated",
+                              "rms_norm_linear|h100|float16|M=4|K=128|N=256|rotary=64/1",
+                              "rms_norm_linear|h100|float16|M=4|K=128|N=80"]
+    for study, done in trials.items():  # every config ran as the runtime would, none of them wrong
+        assert [t.state for t in done if t.state != TrialState.PRUNED] == [TrialState.COMPLETE] * 2, study
+    out = tmp_path / "h100.json"
+    assert nvc("export-table", "--gpu", "h100", "--out", str(out), "--storage", url).exit_code == 0
+    forms = {(e["K"], e["N"]): [b.get("epilogue") for b in e["buckets"]]
+             for e in json.loads(out.read_text())["kernels"]["rms_norm_linear"]}
+    assert forms == {(128, 256): ["rotary=64/1"], (128, 192): ["gated"], (128, 80): [None]}
+    # A later plain tune of the QKV shape does not replace the bucket timed in its form.
+    assert nvc("tune", "--gpu", "h100", "--shapes", "256x128", "--m", "4", "--trials", "1", "--dtype", "float16",
+               "--storage", url).exit_code == 0
+    with pytest.warns(UserWarning, match=r"1 newer plain result\(s\) left out .* K=128 N=256 M=4"):
+        r = nvc("export-table", "--gpu", "h100", "--out", str(out), "--storage", url)
+    assert r.exit_code == 0, r.output
+    assert load_table(out).entries[("rms_norm_linear", 128, 256, "float16")][0].epilogue.form == "rotary=64/1"
+
+
+def test_list_shapes():
+    r = nvc("list-shapes")
+    assert r.exit_code == 0 and "llama-7b" in r.stdout and "qkv 12288x4096 (rotary=128/32)" in r.stdout
+    assert "linear: o_proj 4096x4096, down_proj 4096x11008" in r.stdout
+
+
+def test_tune_the_plain_linear_and_export_both_kernels(tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    small = ["--shapes", "96x64", "--m", "1", "--dtype", "float16", "--trials", "3", "--storage", url]
+    for kernel in ("linear", "rms_norm_linear"):
+        r = nvc("tune", "--gpu", "h100", "--kernel", kernel, *small)
+        assert r.exit_code == 0, r.output
+    out = tmp_path / "h100.json"
+    r = nvc("export-table", "--out", str(out), "--storage", url)
+    assert r.exit_code == 0 and "2 tuned (shape, M) entries" in r.stdout, r.output
+    table = load_table(out)
+    assert {k for k, *_ in table.entries} == {"linear", "rms_norm_linear"}
+    assert table.bucket("linear", 64, 96, torch.float16, 1).config.SUMSQ_IN_LOOP == 0
+
+
+@pytest.fixture(scope="module")
+def linear_db(tmp_path_factory) -> str:
+    """A database holding only kernel "linear" results of 96x64 (float16, M=1) on an h100."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('merge') / 't.db'}"
+    r = nvc("tune", "--gpu", "h100", "--kernel", "linear", "--shapes", "96x64", "--m", "1", "--dtype", "float16",
+            "--trials", "2", "--storage", url)
+    assert r.exit_code == 0, r.output
+    return url
+
+
+def _shipped(gpu: str = "h100") -> dict:
+    """A table exported from another database: a fused entry the database lacks and a linear entry it has."""
+    kept = tuning_tables.entry(4096, 12288, {1: Config(16, 64, 128, 4, 4, 1, 4)}, "bfloat16")
+    replaced = tuning_tables.entry(64, 96, {1: Config(16, 32, 32, 4, 2), 16: Config(16, 32, 32, 4, 2)}, "float16")
+    return tuning_tables.table([kept], gpu, linear=[replaced])
+
+
+def test_export_merge_keeps_the_shipped_buckets_and_replaces_the_tuned_ones(tmp_path, linear_db):
+    out = tmp_path / "h100.json"
+    tuning_tables.write(_shipped(), out)
+    r = nvc("export-table", "--merge", "--out", str(out), "--storage", linear_db)
+    assert r.exit_code == 0 and r.stdout.startswith(f"merged into {out}: 3 tuned"), r.output
+    table = load_table(out)
+    assert table.bucket("rms_norm_linear", 4096, 12288, torch.bfloat16, 1).config == Config(16, 64, 128, 4, 4, 1, 4)
+    # The database's M=1 bucket replaced the shipped one; the shipped M=16 bucket the database lacks is kept.
+    assert [b.M for b in table.entries[("linear", 64, 96, "float16")]] == [1, 16]
+    assert table.bucket("linear", 64, 96, torch.float16, 1).config != Config(16, 32, 32, 4, 2)
+    # Without an existing file --merge just writes; without --merge the file is replaced as before.
+    fresh = tmp_path / "new.json"
+    r = nvc("export-table", "--merge", "--out", str(fresh), "--storage", linear_db)
+    assert r.exit_code == 0 and r.stdout.startswith(f"wrote {fresh}: 1 tuned"), r.output
+    r = nvc("export-table", "--out", str(out), "--storage", linear_db)
+    assert r.exit_code == 0 and r.stdout.startswith(f"wrote {out}: 1 tuned"), r.output
+    assert json.loads(out.read_text())["kernels"] == json.loads(fresh.read_text())["kernels"]
+
+
+@pytest.mark.parametrize("existing, message", [
+    (json.dumps(_shipped("h200")), "gpu 'h200', but the results to merge are of 'h100'"),
+    ('{"format": "nano-vllm-coconut/lookup-table", ', "not valid JSON"),
+    (json.dumps({**_shipped(), "format_version": 2}), "format_version 2"),
+])
+def test_export_merge_refuses_another_gpu_or_a_bad_table_and_keeps_the_file(tmp_path, linear_db, existing, message):
+    out = tmp_path / "h100.json"
+    out.write_text(existing)
+    r = nvc("export-table", "--merge", "--out", str(out), "--storage", linear_db)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code != 0 and len(lines) == 1 and lines[0].startswith(f"Error: lookup table {out}: "), r.stderr
+    assert message in lines[0] and out.read_text() == existing
+    assert not out.with_name(out.name + ".tmp").exists()
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tune", "--gpu", "h100", "--shapes", "llama-9b"], "--shapes: 'llama-9b' is not a preset"),
+    (["tune", "--gpu", "h100", "--shapes", "12288x"], "--shapes: '12288x' is not a preset"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--m", "one"], "--m: 'one'"),
+    (["tune", "--gpu", "h900", "--shapes", "llama-7b"], "--gpu 'h900': unknown GPU name"),
+    (["tune", "--gpu", "a100", "--shapes", "llama-7b"], "--gpu a100: device 0 is"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--workers", "3"], "--workers 3: only 1 GPU(s) visible"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--trials", "0"], "--trials 0: expected >= 1"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
+     PG_UNREACHABLE),
+    # 5 query heads cannot share 2 KV heads: the rotary QKV site is refused before anything is stored.
+    (["tune", "--gpu", "h100", "--shapes", "{bad_heads}", "--m", "1"], "N=1152: expected [q; k; v] heads"),
+    (["show", "--table", "{corrupt}"], "not valid JSON"),
+    (["show", "--gpu", "h100", "--storage", "sqlite:///{absent}"], "no database file"),
+    (["export-table", "--gpu", "l4"], "no finished tuning results"),
+])
+def test_bad_input_is_one_line_and_loses_nothing(tmp_path, args, message):
+    db = tmp_path / "keep.db"
+    url = f"sqlite:///{db}"
+    assert nvc("tune", "--gpu", "h100", *SMALL[:-1], "2", "--m", "1", "--storage", url).exit_code == 0
+    before = _digest(db)
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"format": "nano-vllm-coconut/lookup-table", ')
+    bad_heads = tmp_path / "config.json"
+    bad_heads.write_text(json.dumps(dict(model_type="llama", hidden_size=640, intermediate_size=1024,
+                                         num_attention_heads=5, num_key_value_heads=2, vocab_size=1000)))
+    args = [a.format(corrupt=corrupt, absent=tmp_path / "absent.db", bad_heads=bad_heads) for a in args]
+    if "--storage" not in args and args[0] != "show":
+        args += ["--storage", url]
+    r = nvc(*args)
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], r.stderr
+    assert _digest(db) == before
+
+
+def test_two_workers_on_sqlite_partition_the_studies(tmp_path, capfd):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    # Each worker is a spawned process: the FakeHardware travels to it in its pickled Job.
+    r = nvc("tune", "--gpu", "h100", "--shapes", "96x64,128x64", "--m", "1,32", "--dtype", "float16", "--trials", "5",
+            "--workers", "2", "--storage", url, gpus=2)
+    workers_err = capfd.readouterr().err  # what the worker processes wrote, past click's in-process capture
+    assert r.exit_code == 0, r.stderr + workers_err
+    assert "database is locked" not in r.stderr + workers_err
+    studies = counted_trials(url)
+    assert len(studies) == 4
+    for name, trials in studies.items():
+        check_no_trial_lost_or_duplicated(url, name, trials)
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials) == 5
+    engine = create_engine(url)
+    with Session(engine) as s:
+        runs = s.scalars(select(Run)).all()
+    # One writer per study: each study has exactly one run, and every run finished.
+    assert sorted(r.study_name for r in runs) == sorted(studies) and {r.status for r in runs} == {"finished"}
+
+
+def test_ctrl_c_keeps_every_finished_trial(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    # A real SIGINT needs a process of its own.
+    proc = fake_cli_process("tune", "--gpu", "h100", "--shapes", "96x64", "--m", "4", "--dtype", "float16",
+                            "--trials", "400", "--storage", url)
+    engine = create_engine(url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            with Session(engine) as s:
+                if s.scalar(select(func.count()).select_from(Measurement)) >= 5:
+                    break
+        except Exception:  # noqa: BLE001 - the tables may not exist yet
+            continue
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: finished trials are stored" in err
+    (name, trials), = counted_trials(url).items()
+    check_no_trial_lost_or_duplicated(url, name, trials)
+    with Session(engine) as s:
+        assert s.scalars(select(Run.status)).all() == ["interrupted"]
+
+
+@pytest.mark.postgres
+def test_two_processes_share_one_study_on_postgresql(pg_url):
+    args = ["tune", "--gpu", "h100", "--shapes", "96x64", "--m", "16", "--dtype", "float16", "--trials", "16",
+            "--storage", pg_url]
+    # Both start on an empty database: they race on creating the schema, then on the study.
+    procs = [fake_cli_process(*args) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    (name, trials), = counted_trials(pg_url).items()
+    check_no_trial_lost_or_duplicated(pg_url, name, trials)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    # Both workers stop asking once finished + running trials reach the budget; each may hold a few asked ahead.
+    assert 16 <= len(done) <= 16 + 2 * 8
+    engine = create_engine(resolve_url(pg_url))
+    with Session(engine) as s:
+        runs = s.scalars(select(Run)).all()
+        writers = s.execute(select(Measurement.run_id).where(Measurement.phase == "search").distinct()).all()
+    engine.dispose()
+    assert len(runs) == 2 and {r.status for r in runs} == {"finished"}
+    assert len(writers) == 2  # both processes really measured trials of the shared study

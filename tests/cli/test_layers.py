@@ -1,0 +1,45 @@
+"""The import layers hold (scripts/check_layers.py), and importing the runtime loads none of the tuner's packages or
+the extras they need."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("check_layers", ROOT / "scripts" / "check_layers.py")
+check_layers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(check_layers)
+
+# What `LLM()` must not need: the tuner's packages and the [tune] / [dashboard] extras.
+NOT_RUNTIME = ("optuna", "sqlalchemy", "pandas", "plotly", "alembic", "click", "autotune", "db", "search_spaces",
+               "dashboard", "nvc_cli")
+
+
+def test_the_project_keeps_its_layers_and_has_no_import_cycle():
+    assert check_layers.check() == []
+
+
+def test_the_checker_reports_a_layer_violation_and_cycles(tmp_path):
+    def write(name: str, text: str) -> None:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    write("kernels/__init__.py", "")
+    write("kernels/gemm.py", "def f():\n    from autotune.tuner import Tuner\n")  # inside a function counts too
+    write("autotune/__init__.py", "")
+    write("autotune/tuner.py", "import kernels.gemm\nfrom . import objective\n")
+    write("autotune/objective.py", "from autotune import tuner\n")
+    assert check_layers.check(tmp_path) == [
+        "kernels/gemm.py:2: kernels imports autotune.tuner (kernels may import no other project package)",
+        "import cycle between packages: autotune -> kernels -> autotune",
+        "import cycle between modules: autotune.objective -> autotune.tuner -> autotune.objective",
+    ]
+
+
+def test_importing_the_runtime_needs_no_extra():
+    code = ("import sys; import nanovllm, nanovllm.engine.model_runner; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {NOT_RUNTIME!r}))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
