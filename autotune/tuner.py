@@ -25,6 +25,7 @@ from typing import Protocol
 import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from autotune.compile_pool import CompilePool
@@ -38,6 +39,20 @@ from autotune.timer import Timer, Timing
 from db.storage import Recorder, RunKey
 from kernels.config import Config, device_smem_limit
 from search_spaces.base import Problem, SearchSpace
+
+
+# How often a worker whose study is filled by another worker's running trials looks again.
+OTHERS_POLL_S = 1.0
+
+
+def _others_hold_budget(study: optuna.Study, budget: int) -> bool:
+    """Whether a shared (heartbeat) study is short of its budget only because of RUNNING trials, which (with nothing
+    pending here) are other workers': a live worker tells them, a dead one's are failed and requeued once their
+    heartbeat is stale. Without heartbeats (SQLite) a dead process's trial would never end the wait."""
+    if not is_heartbeat_enabled(study._storage):
+        return False
+    trials = study.get_trials(deepcopy=False)
+    return sum(map(counts_against_budget, trials)) < budget and any(t.state == TrialState.RUNNING for t in trials)
 
 
 def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
@@ -172,7 +187,13 @@ class Tuner:
                         if asked[1] is not None:
                             pending.append((*asked, self.pool.submit(self.space.name, evaluator.problem, asked[1])))
                     if not pending:
-                        return
+                        if asks_left <= 0 or time.monotonic() >= deadline or not _others_hold_budget(study, budget):
+                            return
+                        # Another worker's trials fill what is left: it tells them, or dies and the heartbeat
+                        # requeues them here once their grace period is over. Leaving now would end the study short.
+                        interrupt.check()
+                        time.sleep(OTHERS_POLL_S)
+                        continue
                     interrupt.check()
                     trial, config, compiled = pending[0]
                     error = compiled.result()
