@@ -42,10 +42,12 @@ class FakeTimer:
 
 
 class FakeHardware:
-    """`count` pretend H100s; a plain object of module-level code, so it pickles into spawned workers."""
+    """`count` pretend H100s; a plain object of module-level code, so it pickles into spawned workers. By default
+    nothing compiles ahead (no process pool to start per test); `compile_processes` starts that many per worker."""
 
-    def __init__(self, count: int = 1):
+    def __init__(self, count: int = 1, compile_processes: int = 0):
         self._count = count
+        self._compile_processes = compile_processes
 
     def count(self) -> int:
         return self._count
@@ -61,4 +63,4 @@ class FakeHardware:
         return FakeTimer()
 
     def compile_processes(self, workers: int) -> int:
-        return 0  # compile on first launch: no process pool to start per test
+        return self._compile_processes

@@ -2,10 +2,11 @@
 processes sharing a study, one of them killed): `python -m tests.fake_cli GPUS ARGS...` runs `nvc ARGS...` on
 FakeHardware(count=GPUS).
 
-Two settings from the environment, for the fault tests (they act in this process, so on a one-worker tune):
+Settings from the environment, for the fault tests (they act in this process, so on a one-worker tune):
 NVC_FAKE_HEARTBEAT="INTERVAL,GRACE" sets the shared study's heartbeat interval and grace period in seconds
 (autotune/heartbeat.py), so a killed worker's trials go stale in seconds rather than a minute;
-NVC_FAKE_STALL=PATH stops the tune inside the first trial it times (StallingTimer)."""
+NVC_FAKE_STALL=PATH stops the tune inside the first trial it times (StallingTimer);
+NVC_FAKE_COMPILE_PROCESSES=N compiles ahead in N processes, as on a GPU (FakeHardware's compile_processes)."""
 import json
 import os
 import sys
@@ -52,4 +53,6 @@ if __name__ == "__main__":
         heartbeat.HEARTBEAT_INTERVAL_S, heartbeat.GRACE_PERIOD_S = interval, grace
     stall = os.environ.get("NVC_FAKE_STALL")
     gpus = int(sys.argv[1])
-    main(sys.argv[2:], obj=StallingHardware(gpus, Path(stall)) if stall else FakeHardware(count=gpus), prog_name="nvc")
+    compile_processes = int(os.environ.get("NVC_FAKE_COMPILE_PROCESSES", "0"))
+    main(sys.argv[2:], obj=StallingHardware(gpus, Path(stall)) if stall else FakeHardware(gpus, compile_processes),
+         prog_name="nvc")

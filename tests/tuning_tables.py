@@ -1,4 +1,4 @@
-"""Small lookup tables written by the tests, in the format of autotune/table.py, for the running torch/Triton."""
+"""Small lookup tables written by the tests, in the format of tuning_table/format.py, for the running torch/Triton."""
 import atexit
 import functools
 import json
@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import triton
 
+from tuning_table import gpu_short_name
 from tuning_table.format import FORMAT, FORMAT_VERSION
 from kernels.config import Config
 
@@ -16,7 +17,11 @@ from kernels.config import Config
 INTERPRETER_CONFIG = Config(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=4, num_stages=1, GROUP_M=1, SUMSQ_IN_LOOP=1)
 
 
-def table(entries: list[dict], gpu: str = "h100", torch_version: str = torch.__version__,
+# The running card's name where there is one, so that a table written for the test is not another GPU's.
+RUNNING_GPU = (gpu_short_name(torch.device("cuda")) if torch.cuda.is_available() else None) or "h100"
+
+
+def table(entries: list[dict], gpu: str = RUNNING_GPU, torch_version: str = torch.__version__,
           triton_version: str = triton.__version__, linear: list[dict] | None = None) -> dict:
     """`entries` of the fused kernel; `linear`: entries of the norm-free GEMM (kernel "linear"), if any."""
     kernels = {"rms_norm_linear": entries, **({"linear": linear} if linear is not None else {})}
