@@ -1,5 +1,5 @@
 """The writer's side of the lookup table (format: tuning_table/format.py): a table built from the database's
-results (`build_table`, for `cli.py export-table`) and added to a table already on disk (`merge_tables`, --merge)."""
+results (`build_table`, for `nvc export-table`) and added to a table already on disk (`merge_tables`, --merge)."""
 from __future__ import annotations
 
 import warnings
@@ -17,7 +17,7 @@ def build_table(best: pd.DataFrame) -> dict:
     """The table of one GPU from `db.queries.best_results` rows: the newest finished result of every bucket,
     preferring one timed in its form (tuning_table/format.py says why)."""
     if best.empty:
-        raise ValueError("no finished tuning results to export (run `cli.py tune` first)")
+        raise ValueError("no finished tuning results to export (run `nvc tune` first)")
     if best["gpu"].nunique() != 1:
         raise ValueError(f"results of several GPUs ({', '.join(sorted(best['gpu'].unique()))}); pass --gpu")
     # A driver or Triton upgrade is a new GPU row, while a finished study is not tuned again: keep the newest

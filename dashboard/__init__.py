@@ -1,1 +1,1 @@
-"""One self-contained HTML page of what the tuning database holds: `cli.py dashboard`."""
+"""One self-contained HTML page of what the tuning database holds: `nvc dashboard`."""

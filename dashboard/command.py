@@ -1,4 +1,4 @@
-"""`cli.py dashboard`: write the page of what the tuning database holds."""
+"""`nvc dashboard`: write the page of what the tuning database holds."""
 from __future__ import annotations
 
 from pathlib import Path

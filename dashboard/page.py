@@ -65,7 +65,7 @@ def build_page(data: DashboardData, bench: BenchData, storage: optuna.storages.B
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     page.add(f"<p>Database <code>{html.escape(data.source)}</code>, generated {stamp}.</p>")
     if data.empty:
-        page.note("This database holds no tuning results yet: run `python cli.py tune --gpu ... --shapes ...` "
+        page.note("This database holds no tuning results yet: run `nvc tune --gpu ... --shapes ...` "
                   "first, then build this page again.")
     else:
         _summary(page, data)
@@ -125,7 +125,7 @@ def _across_shapes(page: _Page, data: DashboardData, bench: BenchData) -> None:
 
     page.heading(3, "Exported lookup tables (the newest of each GPU)")
     if data.exported.empty:
-        page.note("None yet: `python cli.py export-table --gpu NAME` writes one.")
+        page.note("None yet: `nvc export-table --gpu NAME` writes one.")
     else:
         page.table(data.exported)
     if not data.empty:

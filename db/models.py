@@ -113,7 +113,7 @@ class Measurement(Base):
 
 
 class ExportedTable(Base):
-    """Every lookup table written by `cli.py export-table`, with its full text."""
+    """Every lookup table written by `nvc export-table`, with its full text."""
     __tablename__ = "nvc_exported_tables"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     gpu_short_name: Mapped[str] = mapped_column(String(32))

@@ -163,7 +163,7 @@ def open_engine(url: str, create: bool = True, writes: bool | None = None) -> En
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database and not create:
             if parsed.database != ":memory:" and not Path(parsed.database).is_file():
-                raise StorageError(f"--storage {url}: no database file at {parsed.database} (run `cli.py tune` first)")
+                raise StorageError(f"--storage {url}: no database file at {parsed.database} (run `nvc tune` first)")
         engine = create_engine(url, **engine_kwargs(url))
     except (ArgumentError, ValueError) as e:
         raise StorageError(f"--storage {url!r}: not a valid database URL ({e})") from None
@@ -204,7 +204,7 @@ def _check_and_create(engine: Engine, url: str, create: bool) -> None:
     if pending is None:
         return
     if pending == _FRESH and not create:
-        raise StorageError(f"--storage {redact(url)}: holds no tuning results (run `cli.py tune` first)")
+        raise StorageError(f"--storage {redact(url)}: holds no tuning results (run `nvc tune` first)")
     if pending == _FRESH and engine.dialect.name == "sqlite":
         _enable_wal(engine)
         engine.dispose()

@@ -9,6 +9,7 @@ depend only on tensor shapes: no host sync, safe to capture in a CUDA graph.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -19,9 +20,18 @@ from kernels.attention_tile import LOG2E, attend_tile
 from kernels.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
 
-# Module constants, not literals at the launch, so that scripts/exp_decode_attention.py can sweep them.
-BLOCK_N = 64
-NUM_WARPS, NUM_STAGES = 4, 2
+
+
+@dataclass(frozen=True)
+class DecodeTile:
+    """The split kernel's launch parameters: keys a loop step reads, warps and pipeline stages."""
+    BLOCK_N: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+# What every decode step launches (scripts/exp_decode_attention.py sweeps the alternatives; docs/PERF_NOTES.md).
+DEFAULT_TILE = DecodeTile()
 # A split shorter than this spends more on its partial write and merge than it saves.
 MIN_KEYS_PER_SPLIT = 256
 MAX_SPLITS = 64
@@ -126,9 +136,9 @@ def default_num_splits(batch: int, num_kv_heads: int, max_keys: int, device: tor
 def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                   block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                                   sliding_window: int | None = None, num_splits: int | None = None,
-                                  out: torch.Tensor | None = None) -> torch.Tensor:
+                                  out: torch.Tensor | None = None, tile: DecodeTile = DEFAULT_TILE) -> torch.Tensor:
     """num_splits: how many parts the KV length is cut into (default: from the shapes and the SM count);
-    out: where to write the result (default: a new tensor like q)."""
+    out: where to write the result (default: a new tensor like q); tile: the split kernel's launch parameters."""
     device = q.device
     check_tensor("q", q, 3, FLOAT_DTYPES, device)
     check_kv_cache(k_cache, v_cache, device)
@@ -163,8 +173,9 @@ def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cach
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
         out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(triton.next_power_of_2(group), 16),
-        BLOCK_N=BLOCK_N, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None, SINGLE_SPLIT=single,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        BLOCK_N=tile.BLOCK_N, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None, SINGLE_SPLIT=single,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=tile.num_warps,
+        num_stages=tile.num_stages,
         **pdl,
     )
     if not single:

@@ -42,9 +42,9 @@ def choose_config(config: Config | None, M: int, N: int, K: int, x2: torch.Tenso
             config = epilogue.launched(one_split) or dataclasses.replace(one_split, BLOCK_N=16)
     elif not isinstance(config, Config):
         raise TypeError(f"config: expected a kernels.Config or None, got {type(config).__name__}")
-    if trusted and not chosen:
-        return config
-    check_launch(config, K, x2.element_size(), device_smem_limit(x2.device), has_norm, epilogue)
+    if not (trusted and not chosen):
+        check_launch(config, K, x2.element_size(), device_smem_limit(x2.device), has_norm, epilogue)
+    # What TMA needs of these tensors (unit stride, 16-byte aligned pointers) the shape alone cannot vouch for.
     if config.TMA:
         problem = tma_problem(x2, residual, weight, norm_weight)
         if problem and chosen:  # the default's choice, from the shape alone: pointer loads take any layout

@@ -1,10 +1,12 @@
 """Check the project's import layers: `python3 scripts/check_layers.py` prints one line per problem, exits 1 if any.
 
-It reads the installed packages' source (ast; imports at module level and inside functions alike, since both run)
-and checks two rules:
+It reads the packages' source under the repository root (ast; imports at module level and inside functions alike,
+since both run) and checks three rules:
 1. the layers: each package imports only the project packages below it (LAYERS), so the runtime (nanovllm) never
-   pulls in the tuner, its database or their dependencies, which are extras;
-2. no import cycle between packages, and none between modules (it prints the first it finds of each).
+   pulls in the tuner or its database;
+2. the extras: the runtime's packages import none of the distributions only the [tune] and [dashboard] extras
+   install (EXTRAS), so `pip install nano-vllm-coconut` runs `LLM()`;
+3. no import cycle between packages, and none between modules (it prints the first it finds of each).
 `import a.b.c` and `from a.b import c` count as an edge to the module a.b.c (to a.b when c is a name in it); the
 parent packages it also runs are not counted, else every package whose __init__ re-exports a submodule would be a
 cycle. Standard library only, so it runs before anything is installed.
@@ -27,7 +29,10 @@ LAYERS: dict[str, set[str]] = {
     "dashboard": {"tuning_table", "db"},  # it reads the database, not the tuner
     "nvc_cli": {"kernels", "tuning_table", "search_spaces", "db", "autotune", "dashboard"},
 }
-ROOT = Path(__file__).resolve().parents[2]
+# What only the extras install, and the packages the base install (the runtime) consists of.
+EXTRAS = {"optuna", "sqlalchemy", "alembic", "pandas", "click", "plotly"}
+BASE = ("kernels", "tuning_table", "nanovllm")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_modules(root: Path) -> dict[str, Path]:
@@ -64,6 +69,17 @@ def imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, 
     return found
 
 
+def third_party(path: Path) -> list[tuple[str, int]]:
+    """(top-level name, line) of every absolute import in the file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name.partition(".")[0], node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.append((node.module.partition(".")[0], node.lineno))
+    return found
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One cycle of `graph` as [a, b, ..., a], or None."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
@@ -90,6 +106,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def check(root: Path = ROOT) -> list[str]:
     """Every problem found under `root`, one line each; empty when the layers hold."""
     modules = find_modules(root)
+    if not modules:
+        return [f"no modules of {', '.join(LAYERS)} under {root}"]
     problems = []
     module_graph: dict[str, set[str]] = {m: set() for m in modules}
     package_graph: dict[str, set[str]] = {p: set() for p in LAYERS}
@@ -105,6 +123,10 @@ def check(root: Path = ROOT) -> list[str]:
                 allowed = ", ".join(sorted(LAYERS[package])) or "no other project package"
                 problems.append(f"{path.relative_to(root)}:{line}: {package} imports {target} "
                                 f"({package} may import {allowed})")
+    for name, path in modules.items():
+        if name.partition(".")[0] in BASE:
+            problems += [f"{path.relative_to(root)}:{line}: {name.partition('.')[0]} imports {extra}, which only an "
+                         "extra installs" for extra, line in third_party(path) if extra in EXTRAS]
     for what, graph in (("packages", package_graph), ("modules", module_graph)):
         cycle = find_cycle(graph)
         if cycle:

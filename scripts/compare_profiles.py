@@ -26,7 +26,7 @@ import pandas as pd
 CATEGORIES = (
     ("GEMM", r"gemm|cutlass|xmma|nvjet|cublas|matmul|rms_norm_linear|split_k_reduce"),
     ("norm", r"rms_?norm|layer_?norm|row_stats"),
-    # kernels.ops names its paged attention kernels _decode_split/_decode_merge/_prefill_kernel.
+    # kernels/attention_decode.py and attention_prefill.py name theirs _decode_split/_decode_merge/_prefill_kernel.
     ("attention", r"attention|attn|flash|fmha|_decode_split|_decode_merge|_prefill_kernel"),
 )
 # Kineto's categories of GPU work in a chrome trace.

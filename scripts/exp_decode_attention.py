@@ -4,9 +4,9 @@
 
 Each case is a model's attention at a decode grid point (bf16, block_size 16, shuffled cache blocks). Every
 variant is checked against the reference, then timed as CUDA-graph replays over enough cache copies to overflow
-L2, without PDL (as every kernel timing here: alone, with no neighbour to overlap). The variants set the
-constants `paged_decode_attention_triton` launches with (BLOCK_N, NUM_WARPS, NUM_STAGES) and pass num_splits:
-half, once and twice the default. A tile that does not fit the card's shared memory is skipped. GB/s counts
+L2, without PDL (as every kernel timing here: alone, with no neighbour to overlap). The variants pass
+`paged_decode_attention_triton` a DecodeTile (BLOCK_N, num_warps, num_stages) and num_splits: half, once and twice
+the default. A tile that does not fit the card's shared memory is skipped. GB/s counts
 the K/V bytes read.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ BLOCK_SIZE, HEAD_DIM, DTYPE = 16, 128, torch.bfloat16
 # (label, batch, context length, query heads, KV heads)
 CASES = [("llama-7b", 8, 2048, 32, 32), ("llama-7b", 1, 2048, 32, 32), ("llama-7b", 32, 1024, 32, 32),
          ("mistral-7b", 8, 2048, 32, 8), ("qwen3-0.6b", 32, 1024, 16, 8)]
-TILES = list(itertools.product((32, 64, 128), (4, 8), (2, 3)))  # BLOCK_N, NUM_WARPS, NUM_STAGES
+TILES = list(itertools.product((32, 64, 128), (4, 8), (2, 3)))  # BLOCK_N, num_warps, num_stages
 COLUMNS = ["model", "batch", "context_len", "block_n", "num_warps", "num_stages", "num_splits", "latency_us",
            "gbps", "speedup_vs_current", "max_abs_err", "gpu"]
 
@@ -43,9 +43,9 @@ def make_inputs(batch: int, context_len: int, q_heads: int, kv_heads: int) -> di
             "seq_lens": torch.full((batch,), context_len, device="cuda", dtype=torch.int32)}
 
 
-def attend(c: dict, num_splits: int) -> torch.Tensor:
+def attend(c: dict, num_splits: int, tile: ad.DecodeTile) -> torch.Tensor:
     return ad.paged_decode_attention_triton(c["q"], c["k_cache"], c["v_cache"], c["block_tables"], c["seq_lens"],
-                                            HEAD_DIM ** -0.5, num_splits=num_splits)
+                                            HEAD_DIM ** -0.5, num_splits=num_splits, tile=tile)
 
 
 def run_case(model: str, batch: int, context_len: int, q_heads: int, kv_heads: int, writer: CsvWriter) -> None:
@@ -55,19 +55,17 @@ def run_case(model: str, batch: int, context_len: int, q_heads: int, kv_heads: i
     expected = paged_decode_attention_reference(c0["q"], c0["k_cache"], c0["v_cache"], c0["block_tables"],
                                                 c0["seq_lens"], HEAD_DIM ** -0.5).float()
     default_splits = ad.default_num_splits(batch, kv_heads, context_len, c0["q"].device)
-    current = (ad.BLOCK_N, ad.NUM_WARPS, ad.NUM_STAGES)
+    current = (ad.DEFAULT_TILE.BLOCK_N, ad.DEFAULT_TILE.num_warps, ad.DEFAULT_TILE.num_stages)
     rows = []
     for (block_n, warps, stages), splits in itertools.product(TILES, sorted({max(1, default_splits // 2),
                                                                             default_splits, 2 * default_splits})):
-        ad.BLOCK_N, ad.NUM_WARPS, ad.NUM_STAGES = block_n, warps, stages
+        tile = ad.DecodeTile(block_n, warps, stages)
         try:
-            out = attend(c0, splits).float()
-            us = time_us([lambda c=c: attend(c, splits) for c in copies])
+            out = attend(c0, splits, tile).float()
+            us = time_us([lambda c=c: attend(c, splits, tile) for c in copies])
         except OutOfResources:
             print(f"{model} {block_n}/{warps}/{stages}: does not fit in shared memory, skipped")
             continue
-        finally:
-            ad.BLOCK_N, ad.NUM_WARPS, ad.NUM_STAGES = current
         err = (out - expected).abs().max().item()
         # bf16 rounding of outputs of ~0.1: a dropped or repeated tile is off by far more.
         if ((out - expected).abs() > 2e-3 + 1.6e-2 * expected.abs()).any():

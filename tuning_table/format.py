@@ -1,4 +1,4 @@
-"""The lookup table's format: tuned configs of one GPU, written by `cli.py export-table`, read by the runtime.
+"""The lookup table's format: tuned configs of one GPU, written by `nvc export-table`, read by the runtime.
 
 Format (JSON, format_version 1):
 
@@ -14,7 +14,7 @@ Format (JSON, format_version 1):
           {"K": 4096, "N": 12288, "dtype": "bfloat16",
            "buckets": [
              {"M": 1, "config": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4,
-                                 "num_stages": 4, "GROUP_M": 1, "SPLIT_K": 4},
+                                 "num_stages": 4, "GROUP_M": 1, "SPLIT_K": 4, "SUMSQ_IN_LOOP": 0, "TMA": 0},
               "latency_us": 25.1, "spread_us": 0.2, "baseline_us": 42.7, "speedup": 1.70,
               "epilogue": "rotary=128/32"},
              ...]}]}

@@ -49,7 +49,8 @@ class FusionOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"FusionOptions.{name}={v!r}: expected an int >= 0")
-        if not isinstance(self.min_speedup, (int, float)) or not self.min_speedup > 0:
+        if isinstance(self.min_speedup, bool) or not isinstance(self.min_speedup, (int, float)) or \
+                not self.min_speedup > 0:
             raise ValueError(f"FusionOptions.min_speedup={self.min_speedup!r}: expected a positive number")
 
 
@@ -100,8 +101,9 @@ def _tuned(table: LookupTable | None, kernel: str, K: int, N: int, dtype: torch.
     largest = table.largest_bucket(kernel, K, N, dtype) if table is not None else None
     if largest is None:
         return None
-    # Decode sizes past a fused table's last bucket run what the default would (measured to win there); the plain
-    # linear has no such evidence against cuBLAS, so it stops at its last tuned bucket.
+    # Decode sizes past a fused table's last bucket (up to untuned_max_m) run its largest bucket's config, as the
+    # default would run fused there (measured to win); the plain linear has no such evidence against cuBLAS, so it
+    # stops at its last tuned bucket.
     limit = max(largest, options.untuned_max_m) if kernel == "rms_norm_linear" else min(largest, options.linear_max_m)
     configs = []
     for m in range(1, max_m + 1):
@@ -112,25 +114,21 @@ def _tuned(table: LookupTable | None, kernel: str, K: int, N: int, dtype: torch.
 
 def _launch(kernel: str, config: Config, K: int, N: int, elem: int, smem: int | None, tma: bool,
             epilogue: Epilogue, source: str) -> Launch | None:
-    """`config` as the site launches it, checked once; an unrunnable one raises (fused) or warns (linear)."""
+    """`config` as the site launches it (in the epilogue's form where it has one), checked once; an unrunnable one
+    raises (fused) or warns (linear)."""
     has_norm = kernel == "rms_norm_linear"
-    formed = epilogue.launched(config)
-    if formed is not None and epilogue.paired:
-        try:
-            check_launch(formed, K, elem, smem, has_norm, epilogue)
-            return Launch(kernel, formed, epilogue)
-        except ValueError:
-            pass  # the plain kernel, then the separate epilogue
+    formed = epilogue.launched(config) if epilogue.paired else None
+    launch = Launch(kernel, formed, epilogue) if formed is not None else Launch(kernel, config, PLAIN)
     try:
         if config.TMA and not tma:
             raise ValueError(f"Config.TMA={config.TMA}: TMA needs an sm_90+ GPU")
         if config.TMA and not tma_rows_aligned(K, N, elem):
             raise ValueError(f"Config.TMA={config.TMA}: rows of K={K} and N={N} elements are not 16-byte aligned")
-        check_launch(config, K, elem, smem, has_norm, PLAIN)
+        check_launch(launch.config, K, elem, smem, has_norm, launch.epilogue)
     except ValueError as e:
         if has_norm:
             raise ValueError(f"{source}: its config for K={K}, N={N} cannot run here ({e})") from None
         warnings.warn(f"{source}: its linear config for K={K}, N={N} cannot run here ({e}); F.linear runs there",
                       stacklevel=3)
         return None
-    return Launch(kernel, config, PLAIN)
+    return launch
