@@ -12,6 +12,9 @@ Design choices (see docs for the numbers):
   compile pool; the GPU times them in order as their binaries become ready.
 - The best `retime_top` configs are then timed again head to head, interleaved with the baseline
   over several rounds, and the winner of that is the study's result.
+- A run's `--budget` reaches a study as a wall-clock deadline: its search stops at the deadline when that comes
+  before its own timeout, and a study with less than MIN_STUDY_S left is not started (a rerun starts it). Like
+  the timeout, the deadline stops the asking; what was asked ahead is still timed, and the leaders re-timed.
 """
 from __future__ import annotations
 
@@ -43,6 +46,9 @@ from search_spaces.base import Problem, SearchSpace
 
 # How often a worker whose study is filled by another worker's running trials looks again.
 OTHERS_POLL_S = 1.0
+# Less time than this left of a run's budget does not start a study: setting it up, compiling its first candidates
+# and re-timing its leaders take a few seconds on a GPU, and what is left would store a result of a trial or two.
+MIN_STUDY_S = 5.0
 
 
 def _others_hold_budget(study: optuna.Study, budget: int) -> bool:
@@ -81,7 +87,7 @@ class TuneSettings:
             raise ValueError(f"--sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
         if self.trials < 1:
             raise ValueError(f"--trials {self.trials}: expected >= 1")
-        if self.timeout_s is not None and self.timeout_s <= 0:
+        if self.timeout_s is not None and not 0 < self.timeout_s < math.inf:
             raise ValueError(f"--timeout {self.timeout_s}: expected a positive number of seconds")
 
 
@@ -93,6 +99,7 @@ class StudyOutcome:
     baseline_us: float | None
     leaders: tuple[Config, ...] = ()  # the re-timed top configs, fastest first: warm starts for the next M
     skipped: bool = False      # already finished in an earlier run
+    out_of_budget: bool = False  # not started: less than MIN_STUDY_S left of the run's budget
 
 
 def top_configs(study: optuna.Study, k: int) -> list[Config]:
@@ -108,7 +115,8 @@ def top_configs(study: optuna.Study, k: int) -> list[Config]:
 
 
 class Progress(Protocol):
-    def study_started(self, study_name: str, trials_left: int) -> None: ...
+    def study_started(self, study_name: str, trials_left: int) -> None:
+        """Once per study, before its search: the trials it may still run (0 when it runs none)."""
 
     def trial_finished(self, study_name: str, result: Result) -> None: ...
 
@@ -121,9 +129,16 @@ class Tuner:
         self.gpu, self.device, self.timer, self.pool = gpu, device, timer, pool
         self.settings, self.progress = settings, progress
 
-    def tune(self, problem: Problem, warm_start: list[Config] = ()) -> StudyOutcome:
+    def tune(self, problem: Problem, warm_start: list[Config] = (), deadline: float | None = None) -> StudyOutcome:
+        """Tune one study, or resume it; `deadline` (a time.time(), the end of a run's budget) bounds its search."""
         s = self.settings
         name = study_name(self.space.name, self.gpu.short_name, problem)
+        deadline = math.inf if deadline is None else deadline
+        left = deadline - time.time()
+        finished = self.recorder.finished_best(name)
+        if left < MIN_STUDY_S and finished is None:
+            # Before the study is created: a later run creates it, and so enqueues its warm starts.
+            return self._not_started(name, problem)
         axes = self.space.axes(problem)
         sampler = make_sampler(s.sampler, s.seed)
         try:
@@ -136,17 +151,21 @@ class Tuner:
             reclaim_orphans(study, self.storage.url)
         feasible = self.space.feasible(problem, device_smem_limit(self.device))
         budget = min(s.trials, len(feasible))
-        finished = self.recorder.finished_best(name)
         done = sum(map(counts_against_budget, study.get_trials(deepcopy=False)))
-        if self.progress:
-            self.progress.study_started(name, max(0, budget - done))
         if finished is not None and done >= budget:
+            if self.progress:
+                self.progress.study_started(name, 0)
             best = _stored_result(finished)
             return StudyOutcome(name, problem, best, None, (best.config,), skipped=True)
+        if left < MIN_STUDY_S:  # finished before, with fewer trials than asked now
+            return self._not_started(name, problem)
+        if self.progress:
+            self.progress.study_started(name, max(0, budget - done))
 
+        timeout_s = min(s.timeout_s or math.inf, left)
         run_id = self.recorder.start_run(self.gpu.to_record(), RunKey(
-            name, self.space.name, problem.M, problem.K, problem.N, problem.dtype, s.sampler, s.trials, s.timeout_s,
-            epilogue=problem.epilogue.form))
+            name, self.space.name, problem.M, problem.K, problem.N, problem.dtype, s.sampler, s.trials,
+            timeout_s if timeout_s < math.inf else None, epilogue=problem.epilogue.form))
         try:
             evaluator = Evaluator(self.space, problem, self.device, self.timer, self.gpu.l2_bytes)
             base = evaluator.time_baseline(s.repeats)
@@ -158,7 +177,7 @@ class Tuner:
             elif s.sampler == "tpe" and created:
                 warm = [*grown_leaders(list(warm_start), problem.M), *self.space.heuristics(problem, self.device)]
                 enqueue_warm_starts(study, self.space, problem, axes, warm, budget, device_smem_limit(self.device))
-            self._search(study, evaluator, axes, budget, run_id)
+            self._search(study, evaluator, axes, budget, run_id, deadline)
             ranked = self._retime(study, evaluator, run_id)
         except BaseException as e:
             self.recorder.finish_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
@@ -167,10 +186,15 @@ class Tuner:
         return StudyOutcome(name, problem, ranked[0][0] if ranked else None, evaluator.baseline.median_us,
                             tuple(r.config for r, _ in ranked))
 
+    def _not_started(self, name: str, problem: Problem) -> StudyOutcome:
+        if self.progress:
+            self.progress.study_started(name, 0)
+        return StudyOutcome(name, problem, None, None, out_of_budget=True)
+
     def _search(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
-                run_id: int) -> None:
+                run_id: int, run_deadline: float) -> None:
         s = self.settings
-        deadline = time.monotonic() + s.timeout_s if s.timeout_s else math.inf
+        deadline = time.monotonic() + min(s.timeout_s or math.inf, run_deadline - time.time())
         # Bounds the asks when the sampler keeps proposing infeasible or already-tried configs.
         asks_left = 20 * budget
         pending: deque = deque()  # (trial, config, compile future), asked ahead of timing
@@ -198,6 +222,10 @@ class Tuner:
                     trial, config, compiled = pending[0]
                     error = compiled.result()
                     result = Result(config, False, error) if error else evaluator.evaluate(config, s.repeats)
+                    if interrupt.requested and not result.correct:
+                        # The failure may be the Ctrl-C's: it also kills a compiler this process runs itself (ptxas,
+                        # for a kernel the pool did not build). Pruned, not failed: a rerun tries the config again.
+                        interrupt.check()
                     self._record(run_id, "search", trial.number, result)
                     recorded = result
                     _tell(study, trial, result)

@@ -2,12 +2,16 @@
 
 The studies are sorted by (dtype, K, N, M) and cut into contiguous slices, one per worker, so each
 study has exactly one writer (what SQLite needs) and consecutive M buckets of a shape mostly stay
-on one worker, where the leaders of one bucket warm-start the next. What the workers run on (their devices, clock
-and compile processes) is the Hardware passed in (autotune/hardware.py).
+on one worker, where the leaders of one bucket warm-start the next. A worker tunes its slice most valuable first
+(`by_value`), so a run's `--budget` (one wall-clock deadline, the same in every worker's Job) goes where it is
+worth most. What the workers run on (their devices, clock and compile processes) is the Hardware passed in
+(autotune/hardware.py).
 """
 from __future__ import annotations
 
 import multiprocessing
+import sys
+import time
 from dataclasses import dataclass
 
 import optuna
@@ -20,7 +24,11 @@ from autotune.heartbeat import tuning_storage
 from autotune.objective import Result
 from autotune.tuner import Progress, StudyOutcome, Tuner, TuneSettings
 from db.storage import Recorder, open_engine
+from kernels.config import Config
 from search_spaces import Problem, get_space
+
+# Batches up to this many rows are decode steps (search_spaces/rms_norm_linear.py prunes its axes at the same M).
+DECODE_MAX_M = 64
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,18 @@ class Job:
     hardware: Hardware
     device_index: int = 0
     compile_processes: int = 0
+    deadline: float | None = None  # time.time() at which the run's --budget ends
+
+
+def by_value(problems: list[Problem]) -> list[Problem]:
+    """The order a budget is spent in. Decode sizes (M <= DECODE_MAX_M) of every shape come before prefill sizes:
+    generation is almost all decode steps, each of them a few microseconds per site that a config can win back,
+    while at prefill sizes the kernel is compute-bound and cuBLAS close to its best. Within each, the shapes with the
+    largest weight first: decode time is reading the weight, so they hold the most microseconds per launch (the
+    problem does not say how often a model launches it: QKV and gate/up once a layer, lm_head once a step). Within a
+    shape M grows, so each bucket is warm-started by the one below."""
+    return sorted(problems, key=lambda p: (p.M > DECODE_MAX_M, -p.N * p.K * p.elem_bytes, p.dtype, p.K, p.N,
+                                           p.epilogue.form, p.M))
 
 
 def partition(problems: list[Problem], workers: int) -> list[list[Problem]]:
@@ -57,24 +77,24 @@ def run_job(job: Job, progress: Progress | None = None) -> list[StudyOutcome]:
     tuner_args = (space, tuning_storage(job.storage_url), Recorder(open_engine(job.storage_url)), gpu, device,
                   job.hardware.timer())
     outcomes: list[StudyOutcome] = []
+    leaders: dict[tuple[int, int, str], tuple[Config, ...]] = {}  # the last tuned bucket's, per shape
     with CompilePool(job.compile_processes, device) as pool:
         tuner = Tuner(*tuner_args, pool=pool, settings=job.settings, progress=progress)
-        previous: StudyOutcome | None = None
         for problem in job.problems:
-            same_shape = previous and (previous.problem.K, previous.problem.N, previous.problem.dtype) == (
-                problem.K, problem.N, problem.dtype)
-            outcome = tuner.tune(problem, list(previous.leaders) if same_shape else [])
+            shape = (problem.K, problem.N, problem.dtype)
+            outcome = tuner.tune(problem, list(leaders.get(shape, ())), job.deadline)
             outcomes.append(outcome)
-            previous = outcome
+            leaders[shape] = outcome.leaders
     return outcomes
 
 
 class ProgressBar:
-    """A tqdm bar over a worker's trials, showing the current study and its best so far."""
+    """A tqdm bar over a worker's trials, showing the current study, its best so far and what is left of the budget."""
 
     def __init__(self, job: Job, position: int = 0):
         # Each study's share starts at the full budget and shrinks to what it really has left when it starts.
         self.share = job.settings.trials
+        self.deadline = job.deadline
         self.bar = tqdm(total=len(job.problems) * self.share, position=position, desc=f"gpu{job.device_index}",
                         unit="trial", dynamic_ncols=True)
         self.best: dict[str, Result] = {}
@@ -89,7 +109,8 @@ class ProgressBar:
             self.best[study] = best = result
         shape = study.split("|", 3)[-1]
         shown = f"{best.timing.median_us:.1f}us {best.speedup:.2f}x" if best and best.speedup else "-"
-        self.bar.set_postfix_str(f"{shape} best {shown}", refresh=False)
+        left = f", budget {max(0.0, self.deadline - time.time()):.0f}s left" if self.deadline is not None else ""
+        self.bar.set_postfix_str(f"{shape} best {shown}{left}", refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
@@ -99,9 +120,13 @@ class ProgressBar:
 def _worker_main(job: Job, position: int) -> None:
     bar = ProgressBar(job, position)
     try:
-        run_job(job, bar)
+        outcomes = run_job(job, bar)
     finally:
         bar.close()
+    unstarted = [o for o in outcomes if o.out_of_budget]
+    if unstarted:
+        tqdm.write(f"gpu{job.device_index}: --budget spent: {len(unstarted)} of {len(outcomes)} studies not started; "
+                   f"a rerun with more --budget tunes them", file=sys.stderr)
 
 
 def _child_main(job: Job, position: int) -> None:
@@ -135,8 +160,10 @@ def run_workers(jobs: list[Job]) -> None:
 
 
 def make_jobs(storage_url: str, kernel: str, problems: list[Problem], settings: TuneSettings, workers: int,
-              hardware: Hardware) -> list[Job]:
-    """One job per worker (GPUs 0..workers-1), each with its slice of the studies."""
+              hardware: Hardware, deadline: float | None = None) -> list[Job]:
+    """One job per worker (GPUs 0..workers-1), each with its slice of the studies, most valuable first, and the
+    run's `deadline` (time.time(); None: no --budget)."""
     procs = hardware.compile_processes(workers)
-    return [Job(storage_url, kernel, tuple(part), settings, hardware, device_index=i, compile_processes=procs)
+    return [Job(storage_url, kernel, tuple(by_value(part)), settings, hardware, device_index=i,
+                compile_processes=procs, deadline=deadline)
             for i, part in enumerate(partition(problems, workers)) if part]

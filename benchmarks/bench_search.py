@@ -129,7 +129,7 @@ def compare_part(args, timer: CudaEventTimer, copy_bw: float) -> list[dict]:
             compiled = torch.compile(baseline_rms_norm_linear, mode="max-autotune-no-cudagraphs", dynamic=False)
             t0 = time.perf_counter()
             def run(i: int):
-                x, w, r = ev.inputs[i]
+                x, w, r = ev.inputs[i][:3]  # the fused space's inputs: x, the weight, the residual, then the rest
                 return compiled(x, w, residual=r)
             run(0)
             torch.cuda.synchronize()

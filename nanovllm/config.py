@@ -1,3 +1,4 @@
+"""The engine's settings (`LLM(path, **kwargs)`), each checked up front with an error naming it."""
 import json
 import os
 import warnings
@@ -33,6 +34,9 @@ class Config:
     tuning_table: str | os.PathLike | bool | None = None
     # Which M run the tuned kernels (tuning_table/select.py).
     fusion: FusionOptions = field(default_factory=FusionOptions)
+    # Ranks the model is split across, one process each (nanovllm/engine/tensor_parallel.py); on CUDA rank r runs on
+    # cuda:r.
+    tensor_parallel_size: int = 1
     hf_config: PretrainedConfig = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,10 +84,32 @@ class Config:
             raise ValueError(f"fusion must be a tuning_table.FusionOptions, got {self.fusion!r}")
         if table is not None and table is not False and not self.fused_norm_linear:
             raise ValueError("tuning_table is given but fused_norm_linear=False: it only configures the fused kernel")
+        self._check_tensor_parallel()
         if self.max_model_len > max_positions:
             warnings.warn(f"max_model_len={self.max_model_len} is more than the model's max_position_embeddings="
                           f"{max_positions}: using {max_positions}", stacklevel=4)
             self.max_model_len = max_positions
+
+    def _check_tensor_parallel(self) -> None:
+        """The model must split evenly: q heads and the MLP's columns by rank, KV heads too, or, where there are fewer
+        of them than ranks, each KV head replicated on the same number of ranks (as vLLM does)."""
+        tp = self.tensor_parallel_size
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ValueError(f"tensor_parallel_size must be an int >= 1, got {tp!r}")
+        hf = self.hf_config
+        heads, mlp = hf.num_attention_heads, hf.intermediate_size
+        kv_heads = hf.num_key_value_heads or heads
+        if heads % tp or mlp % tp or (kv_heads % tp and tp % kv_heads):
+            raise ValueError(f"tensor_parallel_size={tp} must divide the model's num_attention_heads={heads} and "
+                             f"intermediate_size={mlp}, and divide its num_key_value_heads={kv_heads} or be a "
+                             "multiple of it")
+        if tp > 1 and self.device.type == "cuda":
+            if self.device.index is not None:
+                raise ValueError(f"device={str(self.device)!r} names one GPU, but rank r of tensor_parallel_size={tp} "
+                                 "runs on cuda:r: pick the GPUs with CUDA_VISIBLE_DEVICES")
+            if torch.cuda.device_count() < tp:
+                raise ValueError(f"tensor_parallel_size={tp} needs {tp} CUDA devices, torch sees "
+                                 f"{torch.cuda.device_count()}")
 
     def _resolve_dtype(self) -> torch.dtype:
         dtype = self.dtype

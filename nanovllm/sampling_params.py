@@ -1,3 +1,4 @@
+"""How a request samples (temperature, top-k, top-p, seed, stop tokens, length), checked field by field."""
 import math
 import numbers
 from dataclasses import dataclass

@@ -1,7 +1,9 @@
 """`nvc tune` (find the fastest correct config of every shape and M bucket) and `nvc list-shapes` (its presets)."""
 from __future__ import annotations
 
+import math
 import sys
+import time
 
 import click
 
@@ -17,6 +19,19 @@ from search_spaces.shapes import PRESETS, SITE_KERNELS, parse_m_buckets, parse_s
 from tuning_table import check_gpu_arg
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    # Parsed here rather than by click's float type, whose refusal is a usage message of several lines.
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise click.ClickException(f"--{param.name} {value}: expected a positive number of seconds")
+    return seconds
+
+
 @click.command()
 @click.option("--gpu", "gpu_name", required=True, help="normalized GPU name; must match the device (h100, a100, ...)")
 @click.option("--shapes", required=True, help="preset, config.json path or NxK, comma-separated")
@@ -26,18 +41,23 @@ from tuning_table import check_gpu_arg
               help="rms_norm_linear (the fused sites) or linear (the plain o_proj and down_proj GEMMs)")
 @click.option("--trials", default=TuneSettings.trials, show_default=True, type=int,
               help="finished trials per study (a rerun resumes up to this)")
-@click.option("--timeout", default=None, type=float, help="seconds per study [default: none]")
+@click.option("--timeout", default=None, callback=_seconds, metavar="SECONDS", help="seconds per study [default: none]")
+@click.option("--budget", default=None, callback=_seconds, metavar="SECONDS",
+              help="seconds for the whole run, most valuable studies first (decode sizes, the largest weights) "
+                   "[default: none]")
 @click.option("--sampler", default="tpe", show_default=True, type=click.Choice(SAMPLERS))
 @storage_option
 @click.option("--workers", default=1, show_default=True, type=int, help="one process per visible GPU")
+@click.option("--tp", default=1, show_default=True, type=click.IntRange(min=1),
+              help="tensor-parallel ranks: tune each rank's shard of a preset's or config's sites")
 @click.pass_obj
 def tune(hardware: Hardware, gpu_name: str, shapes: str, m_spec: str | None, dtype: str, kernel: str, trials: int,
-         timeout: float | None, sampler: str, storage: str, workers: int) -> None:
+         timeout: float | None, budget: float | None, sampler: str, storage: str, workers: int, tp: int) -> None:
     """Find the fastest correct config of every (shape, M bucket) on this GPU."""
     try:
         gpu_name = check_gpu_arg(gpu_name)
         get_space(kernel)
-        sites = parse_shapes(shapes, kernel)
+        sites = parse_shapes(shapes, kernel, tp=tp)
         buckets = parse_m_buckets(m_spec)
         settings = TuneSettings(sampler=sampler, trials=trials, timeout_s=timeout)
         if workers < 1:
@@ -56,11 +76,13 @@ def tune(hardware: Hardware, gpu_name: str, shapes: str, m_spec: str | None, dty
         problems = [Problem(m, s.K, s.N, dtype, s.epilogue) for s in sites for m in buckets]
     except (ValueError, RuntimeError, StorageError) as e:
         raise one_line_error(e) from None
+    within = f" within {budget:g} s" if budget is not None else ""
     click.echo(f"tuning {len(problems)} studies ({len(sites)} shapes x {len(buckets)} M buckets) on "
-               f"{workers} x {gpu_name}, {trials} trials each, into {storage}", err=True)
+               f"{workers} x {gpu_name}, {trials} trials each{within}, into {storage}", err=True)
+    deadline = time.time() + budget if budget is not None else None
     try:
         with storage_errors(storage):
-            run_workers(make_jobs(storage, kernel, problems, settings, workers, hardware))
+            run_workers(make_jobs(storage, kernel, problems, settings, workers, hardware, deadline))
     except KeyboardInterrupt:
         click.echo("interrupted: finished trials are stored; rerun the same command to resume", err=True)
         sys.exit(130)

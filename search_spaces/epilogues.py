@@ -4,22 +4,24 @@ A "gated" site ends in SiLU-and-mul, a "rotary" one rotates q and k and writes k
 with that form (Epilogue.launched: configs stay in the stacked product's terms, the table's currency) runs it in
 the fused kernel's epilogue; one without (split-K, TMA, too narrow a column tile) runs the plain fused kernel and
 then the runtime's separate SiLU-and-mul or rotary kernel, as nanovllm/layers/fused_norm_linear.py
-does. The baseline is the norm and cuBLAS GEMM (as for the plain product), then that separate kernel.
+does. The baseline is the runtime's separate path (`separate_norm_linear`, as for the plain product), then that
+separate kernel.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kernels import ops
 from kernels.config import Config
 from kernels.epilogue import GATED, Epilogue
 from kernels.paired import RotaryKV
-from kernels.reference import baseline_rms_norm_linear
 from kernels.rms_norm_linear import fused_rms_norm_linear
 from search_spaces.base import Problem
 
 _MAX_POSITION = 4096
 _ROPE_THETA = 10000.0
+EPS = 1e-6  # fused_rms_norm_linear's default, which the candidates run with
 
 
 def rope_table(head_dim: int, device: torch.device) -> torch.Tensor:
@@ -49,10 +51,18 @@ def run_fused(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, epilogue: Epilo
     return fused_rms_norm_linear(x, w, residual=r, epilogue=epilogue, rotary=kv, config=form)[0]
 
 
-def run_separate(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, epilogue: Epilogue,
+def separate_norm_linear(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """What the runtime runs where it does not fuse (nanovllm/layers/fused_norm_linear.py): its add + RMSNorm kernel
+    (kernels.ops, the Triton kernel on CUDA) with the unit `gain` left once the gain is folded into `w`, then cuBLAS.
+    The candidates are timed against this, not against a weaker unfused path (`x + r` as a kernel of its own, then
+    F.rms_norm: kernels.reference.baseline_rms_norm_linear), which would credit them a win the runtime never sees."""
+    return F.linear(ops.rms_norm(x, gain, EPS, r)[0], w)
+
+
+def run_separate(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, gain: torch.Tensor, epilogue: Epilogue,
                  kv: RotaryKV | None) -> torch.Tensor:
-    """The baseline: norm, cuBLAS GEMM, then the runtime's SiLU-and-mul or rotary + cache-write kernel."""
-    return _separate_epilogue(baseline_rms_norm_linear(x, w, residual=r)[0], epilogue, kv)
+    """The baseline: the runtime's norm and cuBLAS GEMM, then its SiLU-and-mul or rotary + cache-write kernel."""
+    return _separate_epilogue(separate_norm_linear(x, w, r, gain), epilogue, kv)
 
 
 def _separate_epilogue(y: torch.Tensor, epilogue: Epilogue, kv: RotaryKV | None) -> torch.Tensor:

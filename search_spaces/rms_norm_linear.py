@@ -15,9 +15,9 @@ import torch
 
 from kernels.config import Config, default_config, device_has_tma, tma_rows_aligned
 from kernels.paired import RotaryKV
-from kernels.rms_norm_linear import baseline_rms_norm_linear, fused_rms_norm_linear
+from kernels.rms_norm_linear import fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
-from search_spaces.epilogues import rope_table, rotary_inputs, run_fused, run_separate
+from search_spaces.epilogues import rope_table, rotary_inputs, run_fused, run_separate, separate_norm_linear
 
 _BLOCK_M = (16, 32, 64, 128, 256)
 _BLOCK_N = (32, 64, 128, 256)
@@ -111,6 +111,9 @@ class RmsNormLinearSpace(SearchSpace):
         gen = torch.Generator(device=device).manual_seed(seed)
         rotary = problem.epilogue.kind == "rotary"
         table = rope_table(problem.epilogue.head_dim, device) if rotary else None
+        # The baseline's norm gain: all ones, as the runtime leaves it once the gain is folded into the weight
+        # (the candidates' weight stands for the folded one). Read-only, so the copies share it.
+        gain = torch.ones(problem.K, device=device, dtype=problem.torch_dtype)
         out = []
         for _ in range(copies):
             # Random, never zeros: a kernel that skips work must not pass by accident. Unit-scale outputs.
@@ -120,17 +123,17 @@ class RmsNormLinearSpace(SearchSpace):
             r = torch.randn(problem.M, problem.K, generator=gen, device=device).to(problem.torch_dtype)
             # The epilogue travels with the inputs, and the rotary one's positions and KV cache.
             kv = rotary_inputs(problem, table, gen) if rotary else None
-            out.append((x, w.to(problem.torch_dtype), r, problem.epilogue, kv))
+            out.append((x, w.to(problem.torch_dtype), r, gain, problem.epilogue, kv))
         return out
 
     def launcher(self, config: Config | None) -> Callable[[Any], torch.Tensor]:
         def run(inputs: tuple) -> torch.Tensor:
-            x, w, r, epilogue, kv = inputs
+            x, w, r, gain, epilogue, kv = inputs
             if epilogue.paired:
-                return run_separate(x, w, r, epilogue, kv) if config is None else \
+                return run_separate(x, w, r, gain, epilogue, kv) if config is None else \
                     run_fused(x, w, r, epilogue, kv, config)
-            if config is None:
-                return baseline_rms_norm_linear(x, w, residual=r)[0]
+            if config is None:  # the runtime's separate path (search_spaces/epilogues.py)
+                return separate_norm_linear(x, w, r, gain)
             return fused_rms_norm_linear(x, w, residual=r, config=config)[0]
         return run
 

@@ -7,6 +7,11 @@ and the final norm feeding lm_head. QKV and gate/up are tuned in the form the ru
 The norm-free kernel "linear" has the two plain linears that
 end each block: o_proj (K = heads x head_dim, N = hidden_size) and down_proj (K = intermediate_size,
 N = hidden_size). M (tokens in the batch) is tuned per bucket.
+
+With tensor parallelism over `tp` ranks every rank runs its shard of each site (nanovllm's parallel layers), so that
+is what a tune with `tp` covers: QKV holds 1/tp of the q and KV heads (one KV head, replicated, where there are fewer
+KV heads than ranks), gate/up 1/tp of the intermediate columns, lm_head ceil(vocab_size / tp) rows; o_proj and
+down_proj 1/tp of their input features (K).
 """
 from __future__ import annotations
 
@@ -54,9 +59,9 @@ class Site:
 SITE_KERNELS = ("rms_norm_linear", "linear")
 
 
-def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm_linear") -> list[Site]:
-    """The (K, N) of a Hugging Face decoder config's sites of `kernel`: QKV, gate/up and lm_head for the fused
-    kernel, o_proj and down_proj for "linear"."""
+def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm_linear", tp: int = 1) -> list[Site]:
+    """The (K, N) of a Hugging Face decoder config's sites of `kernel`, as one of `tp` tensor-parallel ranks runs them:
+    QKV, gate/up and lm_head for the fused kernel, o_proj and down_proj for "linear"."""
     if kernel not in SITE_KERNELS:
         raise ValueError(f"kernel {kernel!r}: no model sites known (known: {', '.join(SITE_KERNELS)}); "
                          "pass --shapes NxK")
@@ -67,11 +72,18 @@ def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm
     missing = [k for k in need if not isinstance(cfg.get(k), int)]
     if missing:
         raise ValueError(f"{source}: missing integer field(s) {missing}; expected a decoder config.json")
-    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    hidden, heads, mlp = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
     kv_heads = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or hidden // heads
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ValueError(f"--tp: expected an int >= 1, got {tp!r}")
+    # The runtime's rule (nanovllm/config.py): the heads and the MLP split evenly, KV heads split or replicated.
+    if heads % tp or mlp % tp or (kv_heads % tp and tp % kv_heads):
+        raise ValueError(f"{source}: --tp {tp} must divide num_attention_heads={heads} and intermediate_size={mlp}, "
+                         f"and divide num_key_value_heads={kv_heads} or be a multiple of it")
+    heads, kv_heads, mlp = heads // tp, max(1, kv_heads // tp), mlp // tp
     if kernel == "linear":
-        return [Site("o_proj", heads * head_dim, hidden), Site("down_proj", cfg["intermediate_size"], hidden)]
+        return [Site("o_proj", heads * head_dim, hidden), Site("down_proj", mlp, hidden)]
     # Qwen3 normalizes q and k before the rotary embedding, so its QKV stays a plain product (nanovllm/models).
     rotary = cfg.get("model_type") not in _QK_NORM_MODELS and head_dim % 2 == 0
     try:
@@ -79,26 +91,26 @@ def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm
                    else PLAIN)
     except ValueError as e:
         raise ValueError(f"{source}: the QKV site does not fit its heads: {e}") from None
-    return [qkv, Site("gate_up", hidden, 2 * cfg["intermediate_size"], GATED),
-            Site("lm_head", hidden, cfg["vocab_size"])]
+    return [qkv, Site("gate_up", hidden, 2 * mlp, GATED), Site("lm_head", hidden, -(-cfg["vocab_size"] // tp))]
 
 
-def parse_shapes(spec: str, kernel: str = "rms_norm_linear") -> list[Site]:
+def parse_shapes(spec: str, kernel: str = "rms_norm_linear", tp: int = 1) -> list[Site]:
     """`llama-7b`, a config.json path, `NxK`, or a comma-separated mix; duplicates (K, N) kept once.
-    Presets and config files give `kernel`'s sites (sites_from_config)."""
+    Presets and config files give `kernel`'s sites on one of `tp` tensor-parallel ranks (sites_from_config); an
+    `NxK` is taken as the shape it names."""
     if not spec or not spec.strip():
         raise ValueError("--shapes: empty; expected a preset, a config.json path or NxK (e.g. 12288x4096)")
     sites: list[Site] = []
     for item in (s.strip() for s in spec.split(",")):
         if item in PRESETS:
-            sites += sites_from_config(PRESETS[item], item, kernel)
+            sites += sites_from_config(PRESETS[item], item, kernel, tp)
         elif (m := _NXK.match(item)) is not None:
             N, K = int(m.group(1)), int(m.group(2))
             if N < 1 or K < 1:
                 raise ValueError(f"--shapes: {item!r} has a zero dimension; expected NxK with N, K >= 1")
             sites.append(Site(f"{N}x{K}", K, N))
         elif item.endswith(".json") or Path(item).is_file():
-            sites += _sites_from_file(Path(item), kernel)
+            sites += _sites_from_file(Path(item), kernel, tp)
         else:
             raise ValueError(f"--shapes: {item!r} is not a preset ({', '.join(PRESETS)}), "
                              "an existing config.json path, or NxK (e.g. 12288x4096)")
@@ -110,7 +122,7 @@ def parse_shapes(spec: str, kernel: str = "rms_norm_linear") -> list[Site]:
     return list(unique.values())
 
 
-def _sites_from_file(path: Path, kernel: str) -> list[Site]:
+def _sites_from_file(path: Path, kernel: str, tp: int) -> list[Site]:
     try:
         cfg = json.loads(path.read_text())
     except OSError as e:
@@ -119,7 +131,7 @@ def _sites_from_file(path: Path, kernel: str) -> list[Site]:
         raise ValueError(f"--shapes: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"--shapes: {path} holds a JSON {type(cfg).__name__}; expected a config object")
-    return sites_from_config(cfg, str(path), kernel)
+    return sites_from_config(cfg, str(path), kernel, tp)
 
 
 def parse_m_buckets(spec: str | None) -> list[int]:

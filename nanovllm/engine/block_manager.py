@@ -1,3 +1,4 @@
+"""The paged KV cache's blocks: allocation per sequence, and prefix caching by chained block hashes."""
 import hashlib
 from collections import OrderedDict
 

@@ -59,7 +59,9 @@ def logits_bytes(max_num_seqs: int, vocab_size: int, dtype: torch.dtype) -> int:
 
 
 class DecodeGraphs:
-    """One CUDA graph of the decode step, LM head included, per batch size up to `max_num_seqs` (at most 512).
+    """One CUDA graph of the decode step, LM head included, per batch size up to `max_num_seqs` (at most 512); with
+    several tensor-parallel ranks each rank captures its own, collectives included, in step with the others, and
+    only rank 0's return logits (`vocab_size` None on the others).
 
     Every graph reads its inputs from the same two device buffers, one per dtype, its decode_arrays packed from
     offset 0: a step's inputs reach the graph in one copy per dtype out of a pinned staging buffer, with no
@@ -68,7 +70,7 @@ class DecodeGraphs:
     rewrites everything its graph reads.
     """
 
-    def __init__(self, model: nn.Module, max_num_seqs: int, block_size: int, width: int, vocab_size: int,
+    def __init__(self, model: nn.Module, max_num_seqs: int, block_size: int, width: int, vocab_size: int | None,
                  device: torch.device):
         largest = largest_graph_batch(max_num_seqs)
         self.batch_sizes = [b for b in GRAPH_BATCH_SIZES if b <= largest]
@@ -76,22 +78,35 @@ class DecodeGraphs:
         # Made outside inference mode, so that run() may write into them from anywhere.
         self.host_buffers = [torch.from_numpy(a).pin_memory() for a in decode_arrays([], largest, block_size, width)]
         self.device_buffers = [torch.empty_like(host, device=device) for host in self.host_buffers]
-        self.logits = torch.empty(largest, vocab_size, dtype=torch.float32, device=device)  # LMHead's dtype
+        self.logits = None if vocab_size is None else torch.empty(largest, vocab_size, dtype=torch.float32,
+                                                                   device=device)  # ParallelLMHead's dtype
         # Marks the end of the last copies out of the staging buffers, which the next step overwrites.
         self.copied = torch.cuda.Event()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.copies: dict[int, list] = {}  # per graph: (host array, host tensor, device tensor) per dtype
         self._capture(model)
 
-    def run(self, seqs: list[Sequence], previous: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, seqs: list[Sequence], previous: torch.Tensor | None = None) -> torch.Tensor | None:
         """Logits [len(seqs), vocab] of a decode step; a view that the next replay overwrites.
         previous: device tokens that replace the seqs' (placeholder) last tokens (ModelRunner.launch)."""
-        batch = self.batch_sizes[bisect_left(self.batch_sizes, len(seqs))]
-        self._upload(self.copies[batch], decode_arrays(seqs, batch, self.block_size, self.width))
+        return self.replay(self.arrays(seqs), len(seqs), previous)
+
+    def arrays(self, seqs: list[Sequence]) -> tuple[np.ndarray, np.ndarray]:
+        """The decode_arrays of `seqs`, padded to the batch of the graph that runs them."""
+        return decode_arrays(seqs, self._batch(len(seqs)), self.block_size, self.width)
+
+    def replay(self, arrays: tuple[np.ndarray, np.ndarray], num_seqs: int,
+               previous: torch.Tensor | None = None) -> torch.Tensor | None:
+        """`run` of the graph's arrays (what rank 0 sends the other ranks); None where this rank has no logits."""
+        batch = self._batch(num_seqs)
+        self._upload(self.copies[batch], arrays)
         if previous is not None:
-            self.device_buffers[0][:len(seqs)].copy_(previous)  # input_ids lead the int64 buffer
+            self.device_buffers[0][:num_seqs].copy_(previous)  # input_ids lead the int64 buffer
         self.graphs[batch].replay()  # reads the views it was captured with, not the Python context
-        return self.logits[:len(seqs)]
+        return self.logits[:num_seqs] if self.logits is not None else None
+
+    def _batch(self, num_seqs: int) -> int:
+        return self.batch_sizes[bisect_left(self.batch_sizes, num_seqs)]
 
     def _upload(self, copies: list, arrays: tuple[np.ndarray, np.ndarray]) -> None:
         # A non_blocking copy reads the pinned buffer when the stream reaches it, so the host must not rewrite the
@@ -115,11 +130,16 @@ class DecodeGraphs:
             self.copies[batch] = copies
             self._upload(copies, padding)  # the warm-up run below then writes nothing into the KV cache
             set_context(is_prefill=False, **context)
-            self.logits[:batch] = model.compute_logits(model(input_ids, positions))  # compiles the kernels
+            self._forward(model, batch, input_ids, positions)  # compiles the kernels
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool):
-                self.logits[:batch] = model.compute_logits(model(input_ids, positions))
+                self._forward(model, batch, input_ids, positions)
             pool = graph.pool()
             self.graphs[batch] = graph
             torch.cuda.synchronize()
             reset_context()
+
+    def _forward(self, model: nn.Module, batch: int, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
+        logits = model.compute_logits(model(input_ids, positions))
+        if self.logits is not None:
+            self.logits[:batch] = logits

@@ -1,3 +1,4 @@
+"""The engine: request checks, the generate loop (a decode step launched one ahead) and recovery from failures."""
 import numbers
 import os
 import time
@@ -122,6 +123,11 @@ class LLMEngine:
 
     def is_finished(self) -> bool:
         return self.scheduler.is_finished() and self.ahead is None
+
+    def exit(self) -> None:
+        """Stop the engine's tensor-parallel worker processes (with one rank there are none); a later step raises.
+        Collecting the engine or ending the interpreter stops them too."""
+        self.model_runner.exit()
 
     def generate(self, prompts: list[str] | list[list[int]],
                  sampling_params: SamplingParams | list[SamplingParams] = SamplingParams(),

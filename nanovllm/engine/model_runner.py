@@ -1,20 +1,29 @@
-"""The model runner: builds the model and its KV cache, picks each site's kernels from the tuning table, runs a step."""
+"""The model runner: builds the model (a rank's shard of it) and its KV cache, picks each site's kernels from the
+tuning table, runs a step; and the process of a tensor-parallel rank other than 0 (run_worker)."""
 import logging
 import os
+import signal
+import traceback
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from nanovllm.config import Config
 from nanovllm.engine.cuda_graph import DecodeGraphs, decode_arrays, decode_views, logits_bytes
 from nanovllm.engine.sequence import Sequence
+from nanovllm.engine.tensor_parallel import Driver, Workers
 from nanovllm.layers.attention import Attention
 from nanovllm.layers.fused_norm_linear import fuse_norm_linear
 from nanovllm.layers.sampler import Sampler
 from nanovllm.models import MODEL_REGISTRY
 from nanovllm.utils.context import reset_context, set_context
 from nanovllm.utils.loader import load_model
+from nanovllm.utils.parallel import tensor_parallel_shard
 from kernels.epilogue import PLAIN
 from tuning_table import open_table, select_configs
 
@@ -23,35 +32,77 @@ logger = logging.getLogger(__name__)
 CPU_KV_CACHE_RAM_FRACTION = 0.25
 
 
+class Step(NamedTuple):
+    """A forward pass's inputs as host arrays, made once on rank 0 and sent as they are to the other tensor-parallel
+    ranks: `kind` "prefill" (ModelRunner._prefill_arrays), "decode" (decode_arrays of an eager step) or "graph" (a
+    CUDA graph's, padded to its batch), of `num_seqs` sequences."""
+    kind: str
+    arrays: tuple[np.ndarray, ...]
+    num_seqs: int
+
+
 class ModelRunner:
-    """Owns the model and its paged KV cache; turns scheduled sequences into one forward pass and sampled tokens.
+    """Owns the model (this rank's shard of it) and its paged KV cache; turns scheduled sequences into one forward pass
+    and sampled tokens.
 
     KV cache size: `num_kvcache_blocks` when given; on CUDA, what fits in `gpu_memory_utilization` of the GPU's
     memory after the weights and the activations of a warm-up prefill of `max_num_batched_tokens` tokens; on CPU,
-    room for `max_num_seqs` sequences of `max_model_len` tokens, capped at a quarter of the available RAM.
+    room for `max_num_seqs` sequences of `max_model_len` tokens, capped at a quarter of the available RAM; with
+    several ranks, the least of theirs.
+
+    Tensor parallelism (nanovllm/engine/tensor_parallel.py): rank 0 (driver None) spawns the other ranks, which run
+    this class too (run_worker), each on its own shard; they load at the same time, join the process group, and then
+    size the cache and capture their CUDA graphs in step with each other, as their collectives require. Rank 0 then
+    sends each step's inputs to the others before it runs the step itself, and alone samples.
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, driver: Driver | None = None):
         self.config = config
+        self.rank = driver.rank if driver is not None else 0
+        self.world_size = config.tensor_parallel_size
         self.device, self.dtype = config.device, config.dtype
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.rank)
+            torch.cuda.set_device(self.device)
         self.block_size = config.kvcache_block_size
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
-        hf_config = config.hf_config
+        self.workers: Workers | None = None
+        # Spawned first, so that they load their shards while this rank loads its own.
+        workers = Workers(config, run_worker) if self.world_size > 1 and driver is None else None
+        try:
+            self._load(workers or driver)
+        except BaseException as e:
+            if workers is None:
+                raise
+            if not workers.joined:  # no collective has run: the error is this rank's own
+                workers.close(orderly=False)
+                raise
+            raise workers.fail(e, "While starting") from None
+        self.workers = workers
+
+    def _load(self, peers: Workers | Driver | None) -> None:
+        config, hf_config = self.config, self.config.hf_config
         arch = next(a for a in hf_config.architectures if a in MODEL_REGISTRY)
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
-            with self.device:
+            with self.device, tensor_parallel_shard(self.rank, self.world_size):
                 self.model = MODEL_REGISTRY[arch](hf_config, config.max_model_len)
         finally:
             torch.set_default_dtype(default_dtype)
         load_model(self.model, config.model)
+        if peers is not None:
+            peers.join(self.device)
         if config.fused_norm_linear:
             self._fuse_norm_linear()
         self.sampler = Sampler()
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.graphs: DecodeGraphs | None = None
         self.num_kvcache_blocks = self._num_kvcache_blocks()
+        if self.world_size > 1:  # the ranks' shards are alike, their free memory need not be
+            blocks = torch.tensor([self.num_kvcache_blocks], device=self.device)
+            dist.all_reduce(blocks, dist.ReduceOp.MIN)
+            self.num_kvcache_blocks = int(blocks.item())
         if self.num_kvcache_blocks < self.max_blocks_per_seq:
             raise ValueError(
                 f"the KV cache holds {self.num_kvcache_blocks} blocks of {self.block_size} tokens, but one sequence of "
@@ -60,7 +111,9 @@ class ModelRunner:
         self._bind_kv_cache(self.num_kvcache_blocks)
         if self.device.type == "cuda" and not config.enforce_eager:
             self.graphs = DecodeGraphs(self.model, config.max_num_seqs, self.block_size, self.max_blocks_per_seq,
-                                       hf_config.vocab_size, self.device)
+                                       hf_config.vocab_size if self.rank == 0 else None, self.device)
+        if isinstance(peers, Workers):
+            peers.wait("ready")
 
     def _fuse_norm_linear(self) -> None:
         """Every fused site and plain linear gets its launches per M from the tuning table (tuning_table's selection
@@ -166,7 +219,8 @@ class ModelRunner:
             tables[i, :len(seq.block_table)] = seq.block_table
         return tables
 
-    def _prepare_prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prefill_arrays(self, seqs: list[Sequence]) -> tuple[np.ndarray, ...]:
+        """int32 cu_seqlens_q, seq_lens, block_tables and int64 input_ids, positions, slot_mapping, logits_indices."""
         input_ids, positions, slots, cu_seqlens_q, seq_lens, logits_indices = [], [], [], [0], [], []
         for seq in seqs:
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + seq.num_scheduled_tokens
@@ -178,21 +232,35 @@ class ModelRunner:
             seq_lens.append(end)
             if end == len(seq):
                 logits_indices.append(cu_seqlens_q[-1] - 1)
-        cu_seqlens_q, seq_lens, block_tables = self._upload(torch.int32, cu_seqlens_q, seq_lens,
-                                                            self._block_tables(seqs))
-        input_ids, positions, slot_mapping, logits_indices = self._upload(
-            torch.int64, input_ids, np.concatenate(positions), np.concatenate(slots), logits_indices)
+        i32 = [np.asarray(a, dtype=np.int32) for a in (cu_seqlens_q, seq_lens, self._block_tables(seqs))]
+        i64 = [np.asarray(a, dtype=np.int64) for a in (input_ids, np.concatenate(positions), np.concatenate(slots),
+                                                        logits_indices)]
+        return (*i32, *i64)
+
+    def _prefill_inputs(self, arrays: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        cu_seqlens_q, seq_lens, block_tables = self._upload(torch.int32, *arrays[:3])
+        input_ids, positions, slot_mapping, logits_indices = self._upload(torch.int64, *arrays[3:])
         set_context(is_prefill=True, cu_seqlens_q=cu_seqlens_q, seq_lens=seq_lens, slot_mapping=slot_mapping,
                     block_tables=block_tables, logits_indices=logits_indices)
         return input_ids, positions
 
-    def _prepare_decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(seq.block_table) for seq in seqs)
-        i64, i32 = decode_arrays(seqs, len(seqs), self.block_size, width)
+    def _decode_inputs(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        i64, i32 = step.arrays
+        width = i32.size // step.num_seqs - 1
         (i64,), (i32,) = self._upload(torch.int64, i64), self._upload(torch.int32, i32)
-        input_ids, positions, context = decode_views(i64, i32, len(seqs), width)
+        input_ids, positions, context = decode_views(i64, i32, step.num_seqs, width)
         set_context(is_prefill=False, **context)
         return input_ids, positions
+
+    def _decode_step(self, seqs: list[Sequence]) -> Step:
+        if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
+            return Step("graph", self.graphs.arrays(seqs), len(seqs))
+        width = max(len(seq.block_table) for seq in seqs)
+        return Step("decode", decode_arrays(seqs, len(seqs), self.block_size, width), len(seqs))
+
+    def _prepare_decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(seq.block_table) for seq in seqs)
+        return self._decode_inputs(Step("decode", decode_arrays(seqs, len(seqs), self.block_size, width), len(seqs)))
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params = [seq.sampling_params for seq in seqs]
@@ -216,39 +284,101 @@ class ModelRunner:
         previous: for a decode step scheduled ahead, the tokens the step before sampled for `seqs` (on the device),
         which take the place of their placeholder last tokens."""
         if is_prefill:
-            logits = self._run_model(*self._prepare_prefill(seqs))
+            step = Step("prefill", self._prefill_arrays(seqs), len(seqs))
             done = [seq.num_computed_tokens + seq.num_scheduled_tokens == len(seq) for seq in seqs]
         else:
-            if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
-                logits = self.graphs.run(seqs, previous)
-            else:
-                input_ids, positions = self._prepare_decode(seqs)
-                if previous is not None:
-                    input_ids.copy_(previous)
-                logits = self._run_model(input_ids, positions)
+            step = self._decode_step(seqs)
             done = [True] * len(seqs)
+        logits = self._forward(step, previous)
         sampled = [seq for seq, d in zip(seqs, done) if d]
-        pending = PendingTokens(self._sample(logits, sampled) if sampled else None, done)
-        reset_context()
-        return pending
+        check = self.workers.check if self.workers is not None else None
+        return PendingTokens(self._sample(logits, sampled) if sampled and logits is not None else None, done, check)
 
     def compute_prefill_logits(self, seqs: list[Sequence]) -> torch.Tensor:
         """Logits of the last token of each scheduled prompt, without sampling (for checks against other engines)."""
         with torch.inference_mode():
-            logits = self._run_model(*self._prepare_prefill(seqs))
+            return self._forward(Step("prefill", self._prefill_arrays(seqs), len(seqs)))
+
+    def _forward(self, step: Step, previous: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The logits of a step (None on ranks other than 0); on rank 0 of several, the other ranks are sent the step
+        first and run it alongside."""
+        with self._all_ranks():
+            if self.workers is not None:
+                self.workers.send(step, previous is not None)
+            if previous is not None and self.world_size > 1:  # rank 0 alone knows the tokens sampled
+                dist.broadcast(previous, src=0)
+            if step.kind == "graph":
+                logits = self.graphs.replay(step.arrays, step.num_seqs, previous)
+            else:
+                input_ids, positions = (self._prefill_inputs(step.arrays) if step.kind == "prefill"
+                                        else self._decode_inputs(step))
+                if previous is not None:
+                    input_ids.copy_(previous)
+                logits = self._run_model(input_ids, positions)
         reset_context()
         return logits
 
-    def _run_model(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    @contextmanager
+    def _all_ranks(self) -> Iterator[None]:
+        """Where rank 0 runs a step with the other ranks: a failure inside ends the engine with the failing worker's
+        error, if one failed or died (Workers.fail)."""
+        if self.workers is None:
+            yield
+            return
+        self.workers.check("Between steps")
+        try:
+            yield
+        except BaseException as e:
+            raise self.workers.fail(e, "In a step") from None
+
+    @torch.inference_mode()
+    def worker_step(self, step: Step, has_previous: bool) -> None:
+        """A step rank 0 sent (on the other ranks), whose tokens in place of placeholders come by broadcast."""
+        previous = torch.empty(step.num_seqs, dtype=torch.int64, device=self.device) if has_previous else None
+        self._forward(step, previous)
+
+    def exit(self) -> None:
+        """Stop the other tensor-parallel ranks (nothing to stop with one)."""
+        if self.workers is not None:
+            self.workers.close()
+
+    def _run_model(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
         return self.model.compute_logits(self.model(input_ids, positions))
+
+
+def run_worker(config: Config, driver: Driver) -> None:
+    """A tensor-parallel rank's process: builds its shard, then runs each step rank 0 sends until told to stop (None) or
+    rank 0 is gone. A failure is sent to rank 0 before the process ends with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches every process: rank 0 handles it
+    warnings.simplefilter("ignore")  # rank 0 gives the warnings of the model all ranks build
+    Sequence.block_size = config.kvcache_block_size  # as LLMEngine sets it in rank 0's process
+    conn = driver.conn
+    try:
+        runner = ModelRunner(config, driver)
+        conn.send(("ready", None))
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:  # rank 0's process is gone
+                return
+            if message is None:
+                return
+            runner.worker_step(*message)
+    except BaseException as e:
+        try:
+            conn.send(("error", traceback.format_exception_only(e)[-1].strip().splitlines()[0]))
+        except OSError:
+            pass
+        raise
 
 
 class PendingTokens:
     """The tokens a launched step samples. Read back through a pinned buffer and an event of their own, so that
     reading them waits for their step only, not for a step launched after it."""
 
-    def __init__(self, sampled: torch.Tensor | None, done: list[bool]):
-        self.sampled, self.done = sampled, done
+    def __init__(self, sampled: torch.Tensor | None, done: list[bool], check: Callable[[str], None] | None = None):
+        # check: Workers.check of a tensor-parallel engine, which raises if a worker died while the step ran.
+        self.sampled, self.done, self.check = sampled, done, check
         self.host, self.ready = sampled, None
         if sampled is not None and sampled.is_cuda:
             self.host = torch.empty(sampled.shape, dtype=sampled.dtype, pin_memory=True)
@@ -269,5 +399,7 @@ class PendingTokens:
         """Each sequence's new token, or None for a prompt chunk that does not end its prompt."""
         if self.ready is not None:
             self.ready.synchronize()
+        if self.check is not None:
+            self.check("In a step")
         ids = iter(self.host.tolist() if self.host is not None else [])
         return [next(ids) if d else None for d in self.done]

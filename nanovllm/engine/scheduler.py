@@ -1,3 +1,4 @@
+"""Continuous batching: which sequences run each step (chunked prefill, decode, preemption by recomputation)."""
 from collections import deque
 
 from nanovllm.config import Config

@@ -1,3 +1,4 @@
+"""One request as the engine tracks it: its tokens, its KV blocks, its state and why it finished."""
 from enum import Enum, auto
 from itertools import count
 

@@ -10,12 +10,12 @@ from kernels.rms_norm_linear import fold_norm_weight, fused_rms_norm_linear
 from nanovllm.layers.activation import SiluAndMul
 from nanovllm.layers.attention import Attention
 from nanovllm.layers.layernorm import RMSNorm
-from nanovllm.layers.linear import Linear, triton_runs
+from nanovllm.layers.linear import LinearBase, RowParallelLinear, triton_runs
 from nanovllm.utils.context import get_context
 from tuning_table import Launch
 
 
-def fuse_norm_linear(norm: RMSNorm, linear: Linear, launches: list[Launch | None]) -> None:
+def fuse_norm_linear(norm: RMSNorm, linear: LinearBase, launches: list[Launch | None]) -> None:
     """Move the norm's gain into `linear`'s weight (once, after loading) and route its site through the kernel.
 
     `launches[M]` is what the site runs for a batch of M rows (tuning_table.select_configs for the site's epilogue),
@@ -27,27 +27,29 @@ def fuse_norm_linear(norm: RMSNorm, linear: Linear, launches: list[Launch | None
     linear.launches = launches
 
 
-def _launch(linear: Linear, x: torch.Tensor) -> Launch | None:
+def _launch(linear: LinearBase, x: torch.Tensor) -> Launch | None:
     launch = linear.launches[x.shape[0]] if linear.launches is not None else None
     return launch if launch is not None and launch.kernel == "rms_norm_linear" and triton_runs(x) else None
 
 
-def linear_add_residual(linear: Linear, x: torch.Tensor,
+def linear_add_residual(linear: RowParallelLinear, x: torch.Tensor,
                         residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """linear(x) on its way into the residual stream, as (hidden, residual, sumsq) for the next `norm_linear`.
 
     Where the tuned plain GEMM runs at this M, its last kernel adds the residual and sums the squares of each row
     (kernels/linear.py): (h, None, sums), and the next fused site launches no row-statistics kernel. Elsewhere
-    (F.linear): (linear(x), residual, None), and the next norm adds the residual itself.
+    (F.linear), and wherever the linear is split across tensor-parallel ranks (a rank's product is a partial sum, whose
+    residual and row statistics wait for the all-reduce): (linear(x), residual, None), and the next norm adds the
+    residual itself.
     """
     launch = linear.launches[x.shape[0]] if linear.launches is not None else None
-    if launch is None or launch.kernel != "linear" or not triton_runs(x):
+    if launch is None or launch.kernel != "linear" or not triton_runs(x) or linear.tp_size > 1:
         return linear(x), residual, None
     h, sumsq = linear_residual(x, linear.weight, linear.bias, residual, config=launch.config, trusted=True)
     return h, None, sumsq
 
 
-def norm_linear(norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: torch.Tensor | None,
+def norm_linear(norm: RMSNorm, linear: LinearBase, x: torch.Tensor, residual: torch.Tensor | None,
                 sumsq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """linear(norm(x + residual)) and the new residual stream x + residual (x alone when residual is None).
     With `sumsq` (from `linear_add_residual`), x already is the stream and these are its rows' sums of squares."""
@@ -60,7 +62,7 @@ def norm_linear(norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: torch.
     return _fused(norm, linear, x, residual, sumsq, launch, PLAIN)
 
 
-def norm_linear_silu(norm: RMSNorm, linear: Linear, act: SiluAndMul, x: torch.Tensor, residual: torch.Tensor | None,
+def norm_linear_silu(norm: RMSNorm, linear: LinearBase, act: SiluAndMul, x: torch.Tensor, residual: torch.Tensor | None,
                      sumsq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """act(linear(norm(x + residual))) for the MLP's stacked gate/up projection, and the new residual stream, as
     `norm_linear`. One kernel where this M's launch has the gated epilogue: SiLU-and-mul in the fused kernel's
@@ -72,7 +74,7 @@ def norm_linear_silu(norm: RMSNorm, linear: Linear, act: SiluAndMul, x: torch.Te
     return _fused(norm, linear, x, residual, sumsq, launch, GATED)
 
 
-def norm_linear_rotary(norm: RMSNorm, linear: Linear, attn: Attention, positions: torch.Tensor, x: torch.Tensor,
+def norm_linear_rotary(norm: RMSNorm, linear: LinearBase, attn: Attention, positions: torch.Tensor, x: torch.Tensor,
                        residual: torch.Tensor | None,
                        sumsq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """The attention's input: `norm_linear` of the QKV projection as (qkv, residual, False), or, where this M's
@@ -87,8 +89,9 @@ def norm_linear_rotary(norm: RMSNorm, linear: Linear, attn: Attention, positions
     return *_fused(norm, linear, x, residual, sumsq, launch, launch.epilogue, kv), True
 
 
-def _fused(norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: torch.Tensor | None, sumsq: torch.Tensor | None,
-           launch: Launch, epilogue: Epilogue, rotary: RotaryKV | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _fused(norm: RMSNorm, linear: LinearBase, x: torch.Tensor, residual: torch.Tensor | None,
+           sumsq: torch.Tensor | None, launch: Launch, epilogue: Epilogue,
+           rotary: RotaryKV | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     kwargs = dict(epilogue=epilogue, rotary=rotary, config=launch.config, trusted=True)
     if sumsq is not None:
         return fused_rms_norm_linear(x, linear.weight, linear.bias, norm.eps, row_sumsq=sumsq, **kwargs), x

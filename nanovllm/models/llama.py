@@ -6,10 +6,10 @@ from transformers import PretrainedConfig
 from kernels.epilogue import GATED, PLAIN, Epilogue, rotary
 from nanovllm.layers.activation import SiluAndMul
 from nanovllm.layers.attention import Attention
-from nanovllm.layers.embed_head import LMHead, VocabEmbedding
+from nanovllm.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from nanovllm.layers.fused_norm_linear import linear_add_residual, norm_linear_rotary, norm_linear_silu
 from nanovllm.layers.layernorm import RMSNorm
-from nanovllm.layers.linear import Linear, MergedLinear, QKVLinear
+from nanovllm.layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from nanovllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters
 
 
@@ -22,16 +22,20 @@ def sliding_window(config: PretrainedConfig, layer_idx: int) -> int | None:
 
 
 class LlamaAttention(nn.Module):
+    """This rank's heads: its 1/tp of the q heads and of the KV heads, or one KV head where there are fewer of them
+    than ranks (QKVParallelLinear)."""
+
     def __init__(self, config: PretrainedConfig, layer_idx: int, max_position: int, qkv_bias: bool,
                  o_bias: bool, qk_norm: bool):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        total_num_heads, total_num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // total_num_heads
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_num_heads, total_num_kv_heads,
+                                          qkv_bias)
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
-        self.o_proj = Linear(self.q_size, config.hidden_size, o_bias)
+        self.o_proj = RowParallelLinear(total_num_heads * self.head_dim, config.hidden_size, o_bias)
         rotary_emb = RotaryEmbedding(self.head_dim, max_position, rope_parameters(config))
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads, rotary_emb,
                               sliding_window(config, layer_idx))
@@ -60,8 +64,8 @@ class LlamaMLP(nn.Module):
         super().__init__()
         if config.hidden_act != "silu":
             raise NotImplementedError(f"hidden_act {config.hidden_act!r} is not supported; supported: 'silu'")
-        self.gate_up_proj = MergedLinear(config.hidden_size, [config.intermediate_size] * 2, bias)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, bias)
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias)
         self.act_fn = SiluAndMul()
 
     def forward(self, act: torch.Tensor, residual: torch.Tensor):
@@ -83,7 +87,7 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def norm_linear_sites(self) -> list[tuple[RMSNorm, Linear, Epilogue]]:
+    def norm_linear_sites(self) -> list[tuple[RMSNorm, LinearBase, Epilogue]]:
         """Each RMSNorm with the projection it feeds and the epilogue the site runs after it: QKV rotates q and k
         and writes the KV cache (plain where q and k are normalized before the rotary embedding, as in Qwen3),
         gate/up ends in SiLU-and-mul."""
@@ -92,7 +96,7 @@ class LlamaDecoderLayer(nn.Module):
         return [(self.input_layernorm, attn.qkv_proj, qkv), (self.post_attention_layernorm, self.mlp.gate_up_proj,
                                                              GATED)]
 
-    def plain_linears(self) -> list[Linear]:
+    def plain_linears(self) -> list[RowParallelLinear]:
         """The linears no norm feeds, which may run the norm-free tuned GEMM: o_proj and down_proj."""
         return [self.self_attn.o_proj, self.mlp.down_proj]
 
@@ -116,7 +120,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: PretrainedConfig, max_position: int, flags: dict):
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, i, max_position, flags) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -143,7 +147,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: PretrainedConfig, max_position: int):
         super().__init__()
         self.model = LlamaModel(config, max_position, self.flags(config))
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -155,16 +159,17 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions)
 
-    def norm_linear_sites(self) -> list[tuple[RMSNorm, Linear, Epilogue]]:
+    def norm_linear_sites(self) -> list[tuple[RMSNorm, LinearBase, Epilogue]]:
         """Every RMSNorm with the projection it feeds and its epilogue. The final norm stays unfused: it is one norm
         in 2 x layers + 1, and folding it into the LM head would need a second copy of a tied vocabulary matrix
         (the fused lm_head site was 1.10x its baseline on an H200, about 6 us of a 4.9 ms llama-7b decode step)."""
         return [site for layer in self.model.layers for site in layer.norm_linear_sites()]
 
-    def plain_linears(self) -> list[Linear]:
+    def plain_linears(self) -> list[RowParallelLinear]:
         return [linear for layer in self.model.layers for linear in layer.plain_linears()]
 
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """Float32 logits on rank 0, None on the other tensor-parallel ranks."""
         return self.lm_head(hidden_states)
 
 

@@ -3,12 +3,21 @@ import glob
 import json
 import os
 
+import torch
 from safetensors import safe_open
 from torch import nn
 
 
+def copy_weight(param: torch.Tensor, loaded: torch.Tensor) -> None:
+    """param <- loaded, of exactly its shape (copy_ alone would broadcast a wrong one)."""
+    if tuple(loaded.shape) != tuple(param.shape):
+        raise ValueError(f"checkpoint shape {tuple(loaded.shape)}, model {tuple(param.shape)}")
+    param.copy_(loaded)
+
+
 def load_model(model: nn.Module, path: str) -> None:
-    """Copy a safetensors checkpoint (one file or shards) into `model`, fusing q/k/v and gate/up on the way."""
+    """Copy a safetensors checkpoint (one file or shards) into `model`, fusing q/k/v and gate/up on the way; a
+    parameter with a `weight_loader` (the layers split across tensor-parallel ranks) takes its own share."""
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         # The index names the shards; other *.safetensors files (e.g. Mistral's consolidated.safetensors) differ.
@@ -37,12 +46,16 @@ def load_model(model: nn.Module, path: str) -> None:
                     raise KeyError(f"checkpoint tensor {name!r} in {file} has no place in {type(model).__name__}")
                 param = params[target]
                 tensor = f.get_tensor(name)
-                if shard_id is None:
-                    if tuple(tensor.shape) != tuple(param.shape):
-                        raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)}, model {tuple(param.shape)}")
-                    param.data.copy_(tensor)
-                else:
-                    param.weight_loader(param, tensor, shard_id)
+                loader = getattr(param, "weight_loader", None)
+                try:
+                    if shard_id is not None:
+                        loader(param, tensor, shard_id)
+                    elif loader is not None:
+                        loader(param, tensor)
+                    else:
+                        copy_weight(param.data, tensor)
+                except ValueError as e:
+                    raise ValueError(f"{name}: {e}") from None
                 loaded.add(id(param))
     missing = [n for n, p in params.items() if id(p) not in loaded]
     if missing:

@@ -1,6 +1,8 @@
 """The tuning pipeline on the DEVICE: the real kernel through Triton's interpreter for correctness,
 and FakeTimer (a test double with a deterministic latency per config) instead of the GPU clock."""
 import dataclasses
+import os
+import signal
 
 import optuna
 import pandas as pd
@@ -53,6 +55,19 @@ class OutOfResourcesSpace(RmsNormLinearSpace):
                 raise RuntimeError("out of resource: shared memory, Required: 300000, Hardware limit: 232448")
             return fail
         return super().launcher(config)
+
+
+class CtrlCMidCompileSpace(RmsNormLinearSpace):
+    """A terminal's Ctrl-C arrives while this process compiles a candidate itself, and kills the compiler (ptxas)."""
+
+    def launcher(self, config):
+        if config is None:
+            return super().launcher(config)
+
+        def killed(inputs):
+            os.kill(os.getpid(), signal.SIGINT)
+            raise RuntimeError("PTXASError: `ptxas` failed with error code -2")
+        return killed
 
 
 class InterruptingTimer(FakeTimer):
@@ -140,6 +155,18 @@ def test_a_config_without_the_form_runs_plain_then_the_separate_kernel(problem, 
     assert calls[-1] is False  # the plain kernel; the check passed, so the separate kernel did the rest
 
 
+@pytest.mark.parametrize("problem", [TINY, ROTARY, GATED], ids=["plain", "rotary", "gated"])
+def test_candidates_are_checked_against_the_runtimes_separate_path(problem, monkeypatch):
+    from kernels import ops
+
+    # Its Triton kernels (the fused add + RMSNorm, SiLU-and-mul, rotary), as on CUDA; interpreted on the CPU.
+    monkeypatch.setattr(ops, "use_triton", lambda t: True)
+    ev = Evaluator(SPACE, problem, DEVICE, FakeTimer(), l2_bytes=1)
+    for config in (Config(16, 64, 32, 2, 2, 1), Config(16, 32, 32, 2, 2, 1, SPLIT_K=2)):  # with the form, without
+        result = ev.evaluate(config, 3)
+        assert result.correct, result.error
+
+
 @pytest.mark.parametrize("problem", [ROTARY, GATED], ids=["rotary", "gated"])
 def test_the_paired_forms_precompile_on_their_small_problem(problem, monkeypatch):
     import autotune.compile_pool as compile_pool
@@ -188,6 +215,7 @@ def test_tpe_study_stores_every_trial_and_retimes_the_top(db):
         run = s.scalars(select(Run)).one()
     assert sorted(m.trial_number for m in search) == sorted(t.number for t in counted)
     assert len(retime) == 3 and run.status == "finished" and run.baseline_us > 0
+    assert run.baseline_spread_us is not None  # the baseline's spread, next to its median
     assert run.best_measurement_id == min(retime, key=lambda m: m.median_us).id
     # The first trial is the default config, moved onto this tiny problem's axes (BLOCK_K <= K = 64).
     default = SPACE.heuristics(TINY, DEVICE)[0]
@@ -288,6 +316,17 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_completes(db):
     study = optuna.load_study(study_name=name, storage=db[0])
     done = study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))
     assert len(done) == 10 and outcome.best is not None
+
+
+def test_a_candidate_that_fails_as_ctrl_c_arrives_is_not_failed(db):
+    with pytest.raises(KeyboardInterrupt):
+        make_tuner(db, space=CtrlCMidCompileSpace(), trials=10).tune(TINY)
+    study = optuna.load_study(study_name=study_name(SPACE.name, "h100", TINY), storage=db[0])
+    # Not the config's failure: pruned, so a rerun tries it again; nothing measured.
+    assert not study.get_trials(states=(TrialState.FAIL, TrialState.COMPLETE, TrialState.RUNNING))
+    assert study.get_trials(states=(TrialState.PRUNED,))[0].user_attrs["pruned"] == "interrupted before timing"
+    with Session(db[1]) as s:
+        assert s.scalars(select(Run)).one().status == "interrupted" and not s.scalars(select(Measurement)).all()
 
 
 def test_infeasible_and_duplicate_samples_are_pruned_without_counting(db):

@@ -1,0 +1,1 @@
+"""Tests of the command line (nvc_cli/), the packaging and the layer rule."""

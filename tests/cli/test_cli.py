@@ -5,6 +5,7 @@ compiled on a GPU when there is one). What needs a process of its own (no GPU at
 sharing a study) runs `cli.py` or tests/fake_cli.py in a subprocess."""
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
+from autotune import tuner
 from db.models import ExportedTable, Measurement, Run
 from db.storage import resolve_url
 from kernels.config import Config
@@ -37,10 +39,25 @@ def nvc(*args: str, gpus: int = 1) -> Result:
     return CliRunner().invoke(main, list(args), obj=FakeHardware(count=gpus))
 
 
-def fake_cli_process(*args: str) -> subprocess.Popen:
-    """The command in a process of its own, on one pretend GPU (tests/fake_cli.py)."""
+def fake_cli_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The command in a process of its own, on one pretend GPU (tests/fake_cli.py), in a session of its own as a
+    terminal starts it: a Ctrl-C there is a SIGINT to its whole process group (`os.killpg`)."""
     return subprocess.Popen([sys.executable, "-m", "tests.fake_cli", "1", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                            start_new_session=True)
+
+
+def processes_with(env_marker: str) -> list[int]:
+    """The live processes whose environment holds `env_marker` (NAME=value): a process and all it started."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if env_marker.encode() in (proc / "environ").read_bytes().split(b"\0") and \
+                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX":
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def counted_trials(url: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
@@ -100,12 +117,17 @@ def test_tune_show_export_through_the_cli(tmp_path):
         assert s.scalar(select(func.count()).select_from(Run)) == 2
 
 
-def test_tune_a_model_config_runs_its_sites_in_their_forms_and_exports_them(tmp_path):
-    # A tiny Mistral-like decoder: 2 query heads of 64 sharing 1 KV head, so QKV is rotary, gate/up gated.
+def tiny_mistral(tmp_path, heads: int, kv_heads: int) -> tuple:
+    """A tiny Mistral-like decoder's config.json (hidden 128) and a fresh database URL beside it."""
     config = tmp_path / "config.json"
     config.write_text(json.dumps(dict(model_type="mistral", hidden_size=128, intermediate_size=96,
-                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=80)))
-    url = f"sqlite:///{tmp_path / 't.db'}"
+                                      num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=80)))
+    return config, f"sqlite:///{tmp_path / 't.db'}"
+
+
+def test_tune_a_model_config_runs_its_sites_in_their_forms_and_exports_them(tmp_path):
+    # 2 query heads of 64 sharing 1 KV head, so QKV is rotary, gate/up gated.
+    config, url = tiny_mistral(tmp_path, heads=2, kv_heads=1)
     r = nvc("tune", "--gpu", "h100", "--shapes", str(config), "--m", "4", "--trials", "2", "--dtype", "float16",
             "--storage", url)
     assert r.exit_code == 0, r.output
@@ -212,6 +234,9 @@ def _digest(path: Path) -> str:
     (["tune", "--gpu", "a100", "--shapes", "llama-7b"], "--gpu a100: device 0 is"),
     (["tune", "--gpu", "h100", "--shapes", "96x64", "--workers", "3"], "--workers 3: only 1 GPU(s) visible"),
     (["tune", "--gpu", "h100", "--shapes", "96x64", "--trials", "0"], "--trials 0: expected >= 1"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--budget", "0"], "--budget 0: expected a positive number of"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--budget", "soon"], "--budget soon: expected a positive number"),
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--timeout", "nan"], "--timeout nan: expected a positive number"),
     (["tune", "--gpu", "h100", "--shapes", "96x64", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
      PG_UNREACHABLE),
     # 5 query heads cannot share 2 KV heads: the rotary QKV site is refused before anything is stored.
@@ -260,11 +285,43 @@ def test_two_workers_on_sqlite_partition_the_studies(tmp_path, capfd):
     assert sorted(r.study_name for r in runs) == sorted(studies) and {r.status for r in runs} == {"finished"}
 
 
-def test_ctrl_c_keeps_every_finished_trial(tmp_path):
+def test_a_budget_tunes_the_most_valuable_studies_first_and_a_rerun_tunes_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuner, "MIN_STUDY_S", 2.0)
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    args = ["tune", "--gpu", "h100", "--shapes", "96x64,128x64", "--m", "1,128", "--dtype", "float16", "--storage", url]
+    # Each study would run its whole 3 s timeout: two fit in 7 s, and a third would get less than MIN_STUDY_S.
+    started = time.monotonic()
+    r = nvc(*args, "--trials", "1000", "--timeout", "3", "--budget", "7")
+    assert r.exit_code == 0, r.output
+    assert time.monotonic() - started < 7 + 5
+    assert "gpu0: --budget spent: 2 of 4 studies not started; a rerun with more --budget tunes them" in r.stderr
+    with Session(create_engine(url)) as s:
+        runs = s.scalars(select(Run).order_by(Run.id)).all()
+    # Decode size first, the larger weight first.
+    assert [(r.study_name.split("|", 3)[-1], r.status) for r in runs] == [("M=1|K=64|N=128", "finished"),
+                                                                          ("M=1|K=64|N=96", "finished")]
+    assert runs[0].timeout_s == 3 and runs[1].timeout_s <= 3
+    # A rerun with budget to spare: the finished studies are kept (each has its 3 trials), the other two tuned.
+    r = nvc(*args, "--trials", "3", "--budget", "600")
+    assert r.exit_code == 0 and "--budget spent" not in r.stderr, r.output
+    studies = counted_trials(url)
+    assert len(studies) == 4
+    for name, trials in studies.items():
+        check_no_trial_lost_or_duplicated(url, name, trials)
+    with Session(create_engine(url)) as s:
+        assert [r.study_name.split("|", 3)[-1] for r in s.scalars(select(Run).order_by(Run.id))][2:] == [
+            "M=128|K=64|N=128", "M=128|K=64|N=96"]
+
+
+@pytest.mark.parametrize("compile_processes", [0, 2])
+def test_ctrl_c_keeps_every_finished_trial(tmp_path, compile_processes):
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    # A real SIGINT needs a process of its own.
+    marker = f"NVC_TEST_CTRL_C={tmp_path.name}"  # inherited by every process the tune starts
+    # A real SIGINT needs a process of its own; with compile processes as on a GPU (whose ptxas children a terminal's
+    # Ctrl-C killed mid-compile, and Triton printed the PTX).
     proc = fake_cli_process("tune", "--gpu", "h100", "--shapes", "96x64", "--m", "4", "--dtype", "float16",
-                            "--trials", "400", "--storage", url)
+                            "--trials", "400", "--storage", url,
+                            env={"NVC_FAKE_COMPILE_PROCESSES": str(compile_processes), **dict([marker.split("=")])})
     engine = create_engine(url)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -275,10 +332,18 @@ def test_ctrl_c_keeps_every_finished_trial(tmp_path):
                     break
         except Exception:  # noqa: BLE001 - the tables may not exist yet
             continue
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "interrupted: finished trials are stored" in err
+    # The tune's first line, its progress bar, and the one line the Ctrl-C prints: nothing from the compile pool.
+    header, *bar, last = err.rstrip("\n").split("\n")
+    assert header.startswith("tuning 1 studies"), err
+    assert all(line.strip("\r").startswith("gpu0: ") for line in bar if line.strip()), err
+    assert last == "interrupted: finished trials are stored; rerun the same command to resume" and out == ""
+    deadline = time.monotonic() + 30  # nothing the tune started outlives it
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_with(marker)
     (name, trials), = counted_trials(url).items()
     check_no_trial_lost_or_duplicated(url, name, trials)
     with Session(engine) as s:
@@ -305,3 +370,16 @@ def test_two_processes_share_one_study_on_postgresql(pg_url):
     engine.dispose()
     assert len(runs) == 2 and {r.status for r in runs} == {"finished"}
     assert len(writers) == 2  # both processes really measured trials of the shared study
+
+
+def test_tune_tp_tunes_each_ranks_shard(tmp_path):
+    # 4 query heads of 32 and 2 KV heads: a rank of 2 holds 2 and 1 (QKV 128 rows), half of gate/up, half the vocab.
+    config, url = tiny_mistral(tmp_path, heads=4, kv_heads=2)
+    r = nvc("tune", "--gpu", "h100", "--shapes", str(config), "--m", "4", "--trials", "1", "--dtype", "float16",
+            "--storage", url, "--tp", "2")
+    assert r.exit_code == 0, r.output
+    assert sorted(counted_trials(url)) == ["rms_norm_linear|h100|float16|M=4|K=128|N=128|rotary=32/1",
+                                           "rms_norm_linear|h100|float16|M=4|K=128|N=40",
+                                           "rms_norm_linear|h100|float16|M=4|K=128|N=96|gated"]
+    r = nvc("tune", "--gpu", "h100", "--shapes", str(config), "--storage", url, "--tp", "0")
+    assert r.exit_code == 2 and "--tp" in r.output

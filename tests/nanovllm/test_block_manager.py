@@ -1,3 +1,4 @@
+"""The paged KV cache's block manager: allocation, freeing, prefix-cache hits and misses, reset."""
 from nanovllm.engine.block_manager import BlockManager
 from nanovllm.engine.sequence import Sequence
 

@@ -1,3 +1,4 @@
+"""The scheduler: batching, chunked prefill, preemption, finish reasons and aborting everything."""
 from types import SimpleNamespace
 
 import pytest

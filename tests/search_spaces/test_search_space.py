@@ -108,6 +108,29 @@ def test_paired_epilogue_problems_keep_the_whole_space_and_compile_small():
     assert SPACE.footprint_bytes(gated) == plain_bytes - 32 * 14336 * 2
 
 
+@pytest.mark.parametrize("epilogue", [PLAIN, GATED, rotary(64, 1)], ids=["plain", "gated", "rotary"])
+def test_the_baseline_is_the_runtimes_separate_path(epilogue, monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    from kernels import ops, reference
+    from kernels.norm import rms_norm_triton
+
+    # On CUDA tensors the runtime's ops run their Triton kernels; here those run in the interpreter.
+    monkeypatch.setattr(ops, "use_triton", lambda t: True)
+    norms = []
+    monkeypatch.setattr(ops, "rms_norm_triton", lambda *a: norms.append(a) or rms_norm_triton(*a))
+    problem = Problem(4, 64, 3 * 64, "float32", epilogue)
+    x, w, r, gain, *_ = inputs = SPACE.make_inputs(problem, torch.device("cpu"), copies=1)[0]
+    out = SPACE.launcher(None)(inputs)
+    # The fused add + RMSNorm kernel with the unit gain of a folded weight, once; then cuBLAS (F.linear).
+    ((_, got_gain, eps, residual),) = norms
+    assert residual is r and got_gain is gain and bool((gain == 1).all()) and eps == 1e-6
+    if epilogue == PLAIN:
+        want = F.linear(reference.rms_norm_reference(x, gain, eps, r)[0], w)
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
 def test_presets_have_the_published_shapes():
     sites = {s.name: (s.N, s.K) for s in parse_shapes("llama-7b")}
     assert sites == {"qkv": (12288, 4096), "gate_up": (22016, 4096), "lm_head": (32000, 4096)}
