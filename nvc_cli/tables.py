@@ -63,7 +63,7 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
             return
         gpu_name = check_gpu_arg(gpu_name) if gpu_name else None
         with storage_errors(storage):
-            best = best_results(open_engine(storage, create=False), gpu_name)
+            best = _of_gpu(best_results(open_engine(storage, create=False)), gpu_name, storage)
     except (ValueError, StorageError) as e:
         raise one_line_error(e) from None
     if best.empty:

@@ -100,6 +100,10 @@ def test_tune_show_export_through_the_cli(tmp_path):
     shown = nvc("show", "--storage", url)
     assert shown.exit_code == 0 and len(shown.stdout.strip().splitlines()) == 3  # header + M=1, M=4
     assert "float16" in shown.stdout and "speedup" in shown.stdout
+    assert nvc("show", "--gpu", "h100", "--storage", url).stdout == shown.stdout
+    other = nvc("show", "--gpu", "h200", "--storage", url)
+    assert other.exit_code == 1 and other.output.strip().splitlines() == [
+        f"Error: no finished tuning results for h200 in {url}; it has results for: h100"]
     out = tmp_path / "tables" / "h100.json"
     r = nvc("export-table", "--gpu", "h100", "--out", str(out), "--storage", url)
     assert r.exit_code == 0, r.output
