@@ -26,6 +26,7 @@ from nanovllm.utils.loader import load_model
 from nanovllm.utils.parallel import tensor_parallel_shard
 from kernels.epilogue import PLAIN
 from tuning_table import open_table, select_configs
+from tuning_table.format import dtype_name
 
 logger = logging.getLogger(__name__)
 # The CPU KV cache takes at most this share of the available RAM.
@@ -141,7 +142,7 @@ class ModelRunner:
         self._log_coverage(path, table, selected)
 
     def _log_coverage(self, path, table, selected) -> None:
-        dtype = str(self.dtype).removeprefix("torch.")
+        dtype = dtype_name(self.dtype)
         where = f"tuning table {path} ({table.gpu}, torch {table.torch}, triton {table.triton})" if table else \
             "no tuning table"
         for kernel in ("rms_norm_linear", "linear"):

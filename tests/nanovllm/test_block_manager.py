@@ -71,12 +71,18 @@ def test_hash_hit_with_other_tokens_is_a_miss():
     assert b.num_cached_tokens == 0
 
 
-def test_decode_opens_a_block_when_the_last_one_is_full_and_registers_full_blocks():
-    bm = BlockManager(4, BLOCK)
+def decoding_past_a_full_block(num_blocks: int):
+    """A manager of `num_blocks` and a sequence whose one full block is computed and that has just sampled a token."""
+    bm = BlockManager(num_blocks, BLOCK)
     a = seq([1, 2, 3, 4])
     bm.allocate(a)
     a.num_computed_tokens = 4
     a.append_token(5)
+    return bm, a
+
+
+def test_decode_opens_a_block_when_the_last_one_is_full_and_registers_full_blocks():
+    bm, a = decoding_past_a_full_block(4)
     assert bm.can_append(a)
     bm.may_append(a)
     assert len(a.block_table) == 2
@@ -93,11 +99,7 @@ def test_decode_opens_a_block_when_the_last_one_is_full_and_registers_full_block
 
 
 def test_can_append_false_when_a_new_block_is_needed_and_none_is_free():
-    bm = BlockManager(1, BLOCK)
-    a = seq([1, 2, 3, 4])
-    bm.allocate(a)
-    a.num_computed_tokens = 4
-    a.append_token(5)
+    bm, a = decoding_past_a_full_block(1)
     assert not bm.can_append(a)
 
 
