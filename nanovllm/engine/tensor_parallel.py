@@ -117,7 +117,7 @@ class Workers:
                     continue
                 try:  # a process that ended has closed its end: this reads its last message or end-of-file
                     kind, text = self.conns[i].recv()
-                except EOFError:
+                except (EOFError, ConnectionResetError):  # a killed process's end may read as a reset
                     kind, text = None, None
                 if kind == message:
                     waiting.discard(i)
@@ -163,7 +163,7 @@ class Workers:
                 kind, text = self.conns[i].recv()
                 if kind == "error":
                     return f"raised {text}"
-        except EOFError:  # it closed its end: it is exiting
+        except (EOFError, ConnectionResetError):  # it closed its end (or was killed, which may read as a reset)
             return self._ending(i)
         return self._ending(i) if self.processes[i].exitcode is not None else None
 
