@@ -8,10 +8,13 @@ the tuner measured at least `min_speedup` times faster than the separate RMSNorm
 included, up to the shape's largest tuned bucket or `untuned_max_m`, whichever is larger: past that nothing was
 measured (a decode-only table's split-K config would need a workspace of M x N floats per split at prefill sizes),
 so the separate path runs. Without a table (or for a shape it lacks), up to `untuned_max_m` rows (decode batches),
-where the default config reads the weight once near the copy bandwidth and beats the separate path (1.07-1.33x at
-M <= 16 on an H200, benchmarks/bench_results/throughput_vs_batch_default_v3.csv). Not above: at 17-64 rows the
+with the learned rule's config (tuning_table/learned.py: the nearest tuned bucket of the table in use and the
+shipped tables that this device can run), else, where nothing near was tuned, `default_config`, the hand
+heuristic. There the default reads the weight once near the copy bandwidth and beats the separate path (1.07-1.33x
+at M <= 16 on an H200, benchmarks/bench_results/throughput_vs_batch_default_v3.csv). Not above: at 17-64 rows the
 default also won in isolation (1.0-1.12x), but end to end at batch 32 it cost mistral-7b and llama-13b 3-7% of a
-decode step (scripts/exp_decode_ablation.py, docs/PERF_NOTES.md).
+decode step (scripts/exp_decode_ablation.py, docs/PERF_NOTES.md); the learned configs keep that limit until a
+hold-out shows them winning further (benchmarks/bench_heuristic.py).
 A gated or rotary site runs its epilogue in the kernel where the config has that form (Epilogue.launched), else
 the plain fused kernel and then the separate SiLU-and-mul or rotary kernel. A TMA config on a GPU without TMA runs
 the default config; any other config this device cannot run is an error naming the table.
@@ -31,6 +34,7 @@ from kernels.config import Config, default_config, device_has_tma, device_smem_l
 from kernels.epilogue import PLAIN, Epilogue
 from kernels.prepare import check_launch
 from tuning_table.format import KERNELS, LookupTable
+from tuning_table.learned import shipped_rule
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,9 @@ def select_configs(table: LookupTable | None, kernel: str, K: int, N: int, dtype
     elem = dtype.itemsize
     by_m = _tuned(table, kernel, K, N, dtype, max_m, options)
     if by_m is None and kernel == "rms_norm_linear":
-        by_m = [default_config(m, N, K, device, elem) if m <= options.untuned_max_m else None
-                for m in range(1, max_m + 1)]
+        rule = shipped_rule(table)
+        by_m = [(rule.predict(kernel, m, K, N, epilogue, device, elem) or default_config(m, N, K, device, elem))
+                if m <= options.untuned_max_m else None for m in range(1, max_m + 1)]
     if by_m is None:
         return [None] * (max_m + 1)
     has_norm = kernel == "rms_norm_linear"

@@ -15,7 +15,7 @@ from nanovllm import LLM, SamplingParams
 from nanovllm.engine import model_runner
 from nanovllm.engine.sequence import Sequence
 from nanovllm.layers import fused_norm_linear as fnl
-from tuning_table import FusionOptions, LookupTable, find, open_table, select, select_configs
+from tuning_table import FusionOptions, LookupTable, find, learned, open_table, select, select_configs
 from tests.nanovllm.test_models_hf import COMMON, DEVICE, engine, hf_greedy, make_checkpoint
 from tests.tuning_tables import INTERPRETER_CONFIG, entry, table, write
 
@@ -107,15 +107,19 @@ def test_the_bucket_rule_and_the_untuned_default(tmp_path):
     path = write(table([entry(64, 256, {1: SMALL, 16: INTERPRETER_CONFIG})]), tmp_path / "t.json")
     configs = resolve(path)
     assert configs[64, 256][1] == SMALL and configs[64, 256][2] == configs[64, 256][16] == INTERPRETER_CONFIG
-    # The untuned shape: the default up to untuned_max_m (16) rows, the separate path above.
-    assert configs[64, 128][:17] == [default_config(max(m, 1), 128, 64, torch.device("cpu"), 4) for m in range(17)]
+    # The untuned shape: the learned rule's config up to untuned_max_m (16) rows (at M = 1 the nearest bucket is the
+    # table's own (64, 256) one), else the default where nothing near was tuned; the separate path above.
+    rule, cpu = learned.shipped_rule(open_table(path, torch.device("cpu"))[1]), torch.device("cpu")
+    assert configs[64, 128][1] == SMALL
+    assert configs[64, 128][:17] == [rule.predict("rms_norm_linear", max(m, 1), 64, 128, NO_EPILOGUE, cpu, 4) or
+                                     default_config(max(m, 1), 128, 64, cpu, 4) for m in range(17)]
     assert configs[64, 128][17:] == [None] * 48
     by_m = resolve(path, max_m=100)
     # Past the largest tuned bucket (16) nothing was measured: the separate path.
     assert by_m[64, 256][16] == INTERPRETER_CONFIG and by_m[64, 256][17:] == [None] * 84
     # The options object moves the limits: defaults up to 32 rows, and so the tuned shape's too.
     wider = resolve(path, max_m=40, options=FusionOptions(untuned_max_m=32))
-    assert wider[64, 128][32] == default_config(32, 128, 64, torch.device("cpu"), 4) and wider[64, 128][33] is None
+    assert wider[64, 128][32] == INTERPRETER_CONFIG and wider[64, 128][33] is None  # the table's M = 16, nearest
     assert wider[64, 256][32] == INTERPRETER_CONFIG and wider[64, 256][33] is None
 
 
@@ -160,7 +164,9 @@ def test_no_table_means_the_heuristic_without_warnings(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         configs = resolve(False)
-    assert configs[64, 256][7] == default_config(7, 256, 64, torch.device("cpu"), 4)
+    # The learned rule over the shipped tables (tuning_table/learned.py).
+    predicted = learned.shipped_rule().predict("rms_norm_linear", 7, 64, 256, NO_EPILOGUE, torch.device("cpu"), 4)
+    assert predicted is not None and configs[64, 256][7] == predicted
 
 
 def test_buckets_where_the_baseline_won_run_the_separate_path(tmp_path):
