@@ -18,6 +18,7 @@ from kernels.paired import RotaryKV
 from kernels.rms_norm_linear import fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
 from search_spaces.epilogues import rope_table, rotary_inputs, run_fused, run_separate, separate_norm_linear
+from tuning_table.learned import shipped_rule
 
 _BLOCK_M = (16, 32, 64, 128, 256)
 _BLOCK_N = (32, 64, 128, 256)
@@ -87,6 +88,8 @@ class RmsNormLinearSpace(SearchSpace):
 
     def heuristics(self, problem: Problem, device: torch.device) -> list[Config]:
         M, K, N = problem.M, problem.K, problem.N
+        # First the learned rule's config (tuning_table/learned.py: the nearest bucket the shipped tables tuned).
+        predicted = shipped_rule().predict(self.name, M, K, N, problem.epilogue, device, problem.elem_bytes)
         default = default_config(M, N, K, device, problem.elem_bytes)
         if M <= _DECODE_MAX_M:
             bm = min(max(16, _pow2_ceil(M)), 64)
@@ -104,7 +107,7 @@ class RmsNormLinearSpace(SearchSpace):
         # The other source of the sum of squares and the TMA main loop, for the two most likely tiles.
         others = [dataclasses.replace(c, SUMSQ_IN_LOOP=1 - c.SUMSQ_IN_LOOP) for c in picks[:2]]
         others += [dataclasses.replace(c, SPLIT_K=1, TMA=1 if M <= _DECODE_MAX_M else 2) for c in picks[:2]]
-        return [default, *picks, *others]
+        return [*([predicted] if predicted is not None else []), default, *picks, *others]
 
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
         # Generated where they are used: filling a lm_head weight on the CPU would take longer than tuning it.
