@@ -11,8 +11,10 @@ F.linear), each checked against the baseline first (bf16, random data), then tim
 --compile-processes processes.
 
 Writes <out>/bench_heuristic.csv (one row per bucket, variant and round: median and IQR of that round's samples) and
-prints per preset the geomean of predicted / tuned latency (target <= 1.05) and the worst predicted / eager ratio
-at M <= 64 (target <= 1.0), last. About 2-3 minutes on one H200.
+prints per preset and kernel the geomean of predicted / tuned latency (target <= 1.05) and the worst predicted /
+eager ratio at M <= 64 (target <= 1.0: the fused kernel's, which the runtime runs without a table; the plain
+linear runs F.linear there, and its tuned configs lose to cuBLAS in some buckets anyway), last. About 2-3 minutes
+on one H200 (140 buckets of the shipped table, 263 distinct compiles).
 
     python3 benchmarks/bench_heuristic.py --table tables/h200.json --out "$OUT"
 """
@@ -26,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -82,9 +85,11 @@ def geomean(values: list[float]) -> float:
 
 
 def summary(rows: list[dict]) -> str:
-    """Per preset, from the CSV's rows (each variant's median over its rounds): the geomeans of predicted / tuned and
-    default / tuned, the worst predicted / eager at M <= 64, how often the prediction is the tuned config, and the
-    buckets where a variant failed its check (left out of the ratios)."""
+    """Per preset and kernel, from the CSV's rows (each variant's median over its rounds): the geomeans of predicted /
+    tuned and default / tuned, how often the prediction is the tuned config, the worst predicted / eager at M <= 64,
+    and the buckets where a variant failed its check (left out of the ratios). Without a table the runtime runs the
+    prediction for the fused kernel only (the plain linear runs F.linear there): its line is the one the targets
+    are about."""
     us: dict[tuple, dict[str, list[float]]] = {}
     configs: dict[tuple, dict[str, str]] = {}
     failed: dict[tuple, bool] = {}
@@ -94,17 +99,18 @@ def summary(rows: list[dict]) -> str:
         failed[key] = failed.get(key, False) or bool(r["error"])
         if not r["error"]:
             us.setdefault(key, {}).setdefault(r["variant"], []).append(float(r["median_us"]))
-    lines = ["preset      buckets  failed  pred/tuned  default/tuned  pred==tuned  worst pred/eager at M<=64"]
-    for preset in dict.fromkeys(k[0] for k in configs):
-        keys = [k for k in configs if k[0] == preset]
+    lines = ["preset      kernel           buckets  failed  pred/tuned  default/tuned  pred==tuned  "
+             "worst pred/eager at M<=64"]
+    for preset, kernel in dict.fromkeys(k[:2] for k in configs):
+        keys = [k for k in configs if k[:2] == (preset, kernel)]
         timed = {k: {v: statistics.median(t) for v, t in us[k].items()} for k in keys if not failed[k]}
         pred = geomean([t["predicted"] / t["tuned"] for t in timed.values()])
         default = geomean([t["default"] / t["tuned"] for t in timed.values()])
         same = sum(configs[k]["predicted"] == configs[k]["tuned"] for k in keys)
         decode = {k: t["predicted"] / t["eager"] for k, t in timed.items() if k[3] <= DECODE_MAX_M}
         worst = max(decode, key=decode.get) if decode else None
-        where = f"{decode[worst]:.3f} ({worst[1]} {worst[2]} M={worst[3]})" if worst else "-"
-        lines.append(f"{preset:<11} {len(keys):>7}  {sum(failed[k] for k in keys):>6}  {pred:>10.3f}  "
+        where = f"{decode[worst]:.3f} ({worst[2]} M={worst[3]})" if worst else "-"
+        lines.append(f"{preset:<11} {kernel:<16} {len(keys):>7}  {sum(failed[k] for k in keys):>6}  {pred:>10.3f}  "
                      f"{default:>13.3f}  {same:>11}  {where}")
     return "\n".join(lines)
 
@@ -133,18 +139,19 @@ def main() -> None:
         table = load_table(args.table)
     except ValueError as e:
         sys.exit(f"bench_heuristic.py: --table: {e}")
-    run(table, presets, args)
-
-
-def run(table: LookupTable, presets: tuple[str, ...], args: argparse.Namespace) -> None:
-    # The tuner's machinery, imported only here: the plan and the summary above run without optuna or a GPU.
-    from autotune.compile_pool import CompilePool
     from autotune.device import detect_gpu
-    from autotune.objective import Evaluator
     from autotune.timer import CudaEventTimer
+    run(table, presets, args, torch.device("cuda"), detect_gpu(), CudaEventTimer())
+
+
+def run(table: LookupTable, presets: tuple[str, ...], args: argparse.Namespace, device: torch.device, gpu: Any,
+        timer: Any) -> list[dict]:
+    """Check and time every held-out bucket on `device` (a GpuInfo `gpu`, an autotune Timer); the CSV's rows."""
+    # The tuner's machinery, imported only here: the plan and the summary above run without optuna.
+    from autotune.compile_pool import CompilePool
+    from autotune.objective import Evaluator
 
     t0 = time.perf_counter()
-    device, gpu = torch.device("cuda"), detect_gpu()
     cases = plan(table, presets, device, args.max_m)
     print(f"{gpu.name}: torch {gpu.torch}, triton {gpu.triton}; {len(cases)} held-out buckets", flush=True)
     with CompilePool(args.compile_processes, device) as pool:
@@ -159,7 +166,7 @@ def run(table: LookupTable, presets: tuple[str, ...], args: argparse.Namespace) 
             future.result()  # a compile failure shows up again in the check below, with its bucket
     print(f"compiled {len(jobs)} candidates in {time.perf_counter() - t0:.0f}s", flush=True)
 
-    timer, rows = CudaEventTimer(), []
+    rows = []
     writer = CsvWriter(str(Path(args.out) / "bench_heuristic.csv"), COLUMNS)
     for case in cases:
         space = get_space(case.kernel)
@@ -186,6 +193,7 @@ def run(table: LookupTable, presets: tuple[str, ...], args: argparse.Namespace) 
               "".join(f" [{v} FAILED: {e}]" for v, e in errors.items() if e), flush=True)
     print(f"CSV: {writer.path} ({time.perf_counter() - t0:.0f}s in all)")
     print(summary(rows))
+    return rows
 
 
 if __name__ == "__main__":
