@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -149,50 +150,60 @@ def run(table: LookupTable, presets: tuple[str, ...], args: argparse.Namespace, 
     """Check and time every held-out bucket on `device` (a GpuInfo `gpu`, an autotune Timer); the CSV's rows."""
     # The tuner's machinery, imported only here: the plan and the summary above run without optuna.
     from autotune.compile_pool import CompilePool
-    from autotune.objective import Evaluator
 
     t0 = time.perf_counter()
     cases = plan(table, presets, device, args.max_m)
     print(f"{gpu.name}: torch {gpu.torch}, triton {gpu.triton}; {len(cases)} held-out buckets", flush=True)
+    rows: list[dict] = []
+    writer = CsvWriter(str(Path(args.out) / "bench_heuristic.csv"), COLUMNS)
     with CompilePool(args.compile_processes, device) as pool:
-        jobs = {}
+        # Everything is queued at once, in the order timed: the GPU times a bucket while the next ones compile.
+        jobs: dict[tuple, Future] = {}
+        waits = []
         for case in cases:
             space = get_space(case.kernel)
-            for config in case.configs.values():
-                if config is not None:
-                    key = (case.kernel, space.compile_problem(case.problem), config)
-                    jobs.setdefault(key, pool.submit(case.kernel, case.problem, config))
-        for future in jobs.values():
-            future.result()  # a compile failure shows up again in the check below, with its bucket
-    print(f"compiled {len(jobs)} candidates in {time.perf_counter() - t0:.0f}s", flush=True)
+            keys = [(case.kernel, space.compile_problem(case.problem), c) for c in case.configs.values() if c]
+            for key in keys:
+                jobs.setdefault(key, pool.submit(case.kernel, case.problem, key[2]))
+            waits.append([jobs[key] for key in keys])
+        for case, futures in zip(cases, waits):
+            for future in futures:
+                future.result()  # a compile failure shows up again in the check, with its bucket
+            rows += time_case(case, args, device, gpu, timer, writer)
+    print(f"CSV: {writer.path} ({len(jobs)} compiles, {time.perf_counter() - t0:.0f}s in all)")
+    print(summary(rows))
+    return rows
 
+
+def time_case(case: Case, args: argparse.Namespace, device: torch.device, gpu: Any, timer: Any,
+              writer: CsvWriter) -> list[dict]:
+    """One bucket: every config checked against the eager baseline, then each variant timed once a round, the
+    order rotated from round to round; its rows, also written to the CSV as they are measured."""
+    from autotune.objective import Evaluator, short_error
+
+    ev = Evaluator(get_space(case.kernel), case.problem, device, timer, gpu.l2_bytes)
+    with pdl_off():  # the binaries compiled ahead, which the timer launches (kernels/pdl.py)
+        errors = {v: (ev.check(c) if c is not None else None) for v, c in case.configs.items()}
+    base = dict(preset=case.preset, kernel=case.kernel, site=case.site, K=case.problem.K, N=case.problem.N,
+                M=case.problem.M, epilogue=str(case.problem.epilogue), predicted_from=case.predicted_from)
     rows = []
-    writer = CsvWriter(str(Path(args.out) / "bench_heuristic.csv"), COLUMNS)
-    for case in cases:
-        space = get_space(case.kernel)
-        ev = Evaluator(space, case.problem, device, timer, gpu.l2_bytes)
-        with pdl_off():  # the binaries compiled ahead, which the timer launches (kernels/pdl.py)
-            errors = {v: (ev.check(c) if c is not None else None) for v, c in case.configs.items()}
-        base = dict(preset=case.preset, kernel=case.kernel, site=case.site, K=case.problem.K, N=case.problem.N,
-                    M=case.problem.M, epilogue=str(case.problem.epilogue), predicted_from=case.predicted_from)
-        for r in range(args.rounds):
-            for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
-                config = case.configs[variant]
-                row = dict(base, variant=variant, round=r, config=str(config.to_dict()) if config else "",
-                           error=errors[variant] or "", median_us=math.nan, iqr_us=math.nan)
-                if not errors[variant]:
+    for r in range(args.rounds):
+        for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
+            config = case.configs[variant]
+            row = dict(base, variant=variant, round=r, config=str(config.to_dict()) if config else "",
+                       error=errors[variant] or "", median_us=math.nan, iqr_us=math.nan)
+            if not errors[variant]:
+                try:
                     t = timer.measure(ev.workload(config), args.repeats)
                     row.update(median_us=t.median_us, iqr_us=t.spread_us)
-                writer.write(row)
-                rows.append(row)
-        del ev
-        got = {v: statistics.median(r["median_us"] for r in rows[-args.rounds * len(VARIANTS):]
-                                    if r["variant"] == v) for v in VARIANTS}
-        print(f"  {case.preset} {case.kernel} {case.site} M={case.problem.M}: " +
-              " ".join(f"{v} {got[v]:.1f}" for v in VARIANTS) +
-              "".join(f" [{v} FAILED: {e}]" for v, e in errors.items() if e), flush=True)
-    print(f"CSV: {writer.path} ({time.perf_counter() - t0:.0f}s in all)")
-    print(summary(rows))
+                except Exception as e:  # noqa: BLE001 - e.g. out of memory: the bucket's rows say so, the run goes on
+                    row["error"] = errors[variant] = short_error(e)
+            writer.write(row)
+            rows.append(row)
+    got = {v: statistics.median(r["median_us"] for r in rows if r["variant"] == v) for v in VARIANTS}
+    print(f"  {case.preset} {case.kernel} {case.site} M={case.problem.M}: " +
+          " ".join(f"{v} {got[v]:.1f}" for v in VARIANTS) +
+          "".join(f" [{v} FAILED: {e}]" for v, e in errors.items() if e), flush=True)
     return rows
 
 
