@@ -10,8 +10,10 @@ import torch
 # The activation dtypes the GEMM kernels take, by the names tables, studies and the CLI use.
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _POW2_FIELDS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")
-# tl.dot needs every tile dimension to be at least 16.
+# tl.dot needs every tile dimension to be at least 16; below 16 rows the pointer kernel runs a GEMV-like tile
+# (kernels/gemm.py), so BLOCK_M alone goes down to 1.
 _MIN_BLOCK = 16
+_MIN_BLOCK_M = 1
 _MAX_BLOCK = 512
 _WARPS = (1, 2, 4, 8, 16)
 _MAX_TMA_BOX = 256
@@ -34,6 +36,9 @@ class Config:
     # The K loop's loads: 0 pointer loads (any GPU); TMA descriptors (sm_90+, kernels/tma_gemm.py) with
     # 1 a program per output tile or 2 a persistent program per SM walking the tiles.
     TMA: int = 0
+    # The weight loads' L2 eviction hint: 0 none, 1 evict_first on the weight (read once) and evict_last on the
+    # activations (read by every column of programs). Pointer loads only: TMA descriptors take no hint.
+    EVICT: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -75,9 +80,9 @@ class Config:
             if not isinstance(v, int) or v <= 0 or v & (v - 1):
                 raise ValueError(f"Config.{name}={v!r}: expected a positive power of two")
         for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
-            v = getattr(self, name)
-            if not _MIN_BLOCK <= v <= _MAX_BLOCK:
-                raise ValueError(f"Config.{name}={v}: expected a value in [{_MIN_BLOCK}, {_MAX_BLOCK}]")
+            v, low = getattr(self, name), _MIN_BLOCK_M if name == "BLOCK_M" else _MIN_BLOCK
+            if not low <= v <= _MAX_BLOCK:
+                raise ValueError(f"Config.{name}={v}: expected a value in [{low}, {_MAX_BLOCK}]")
         if self.num_warps not in _WARPS:
             raise ValueError(f"Config.num_warps={self.num_warps}: expected one of {_WARPS}")
         if not 1 <= self.num_stages <= 8:
@@ -96,6 +101,12 @@ class Config:
         if self.TMA and (self.SPLIT_K != 1 or self.SUMSQ_IN_LOOP):
             raise ValueError(f"Config.TMA={self.TMA}: the TMA main loop needs SPLIT_K=1 and SUMSQ_IN_LOOP=0, "
                              f"got SPLIT_K={self.SPLIT_K}, SUMSQ_IN_LOOP={self.SUMSQ_IN_LOOP}")
+        if self.EVICT not in (0, 1):
+            raise ValueError(f"Config.EVICT={self.EVICT}: expected 0 (no hint) or 1 (evict_first on the weight)")
+        if self.TMA and self.EVICT:
+            raise ValueError(f"Config.EVICT={self.EVICT}: TMA={self.TMA} loads take no eviction hint; expected 0")
+        if self.TMA and self.BLOCK_M < _MIN_BLOCK:
+            raise ValueError(f"Config.BLOCK_M={self.BLOCK_M}: the TMA main loop runs tl.dot, expected >= {_MIN_BLOCK}")
         if self.TMA and max(self.BLOCK_M, self.BLOCK_N, self.BLOCK_K) > _MAX_TMA_BOX:
             raise ValueError(f"Config.TMA={self.TMA}: a TMA tile is at most {_MAX_TMA_BOX} wide, got "
                              f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}")

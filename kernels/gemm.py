@@ -11,6 +11,10 @@ bias. Where the fp32 sum of squares comes from is a tunable (Config.SUMSQ_IN_LOO
 With SPLIT_K > 1 each split writes its partial product (and partial sum of squares) to an fp32 workspace, and a
 small second kernel (kernels/split_k.py) reduces them, scales and adds the bias. HAS_NORM=False is the plain GEMM
 of kernels/linear.py: no row statistics, no 1/RMS scale. GATED and ROTARY are the epilogues of kernels/paired.py.
+Row tiles below tl.dot's 16 rows (Config.BLOCK_M 1..8, decode sizes) run a GEMV-like main loop: each row's products
+with the weight tile summed over K in fp32, every epilogue unchanged. At M = 1 a 16-row tile computes 15 rows of
+padding; these tiles also let a program stream fewer weight columns with fewer warps, as Helion's autotuner chose
+for llama-7b QKV (docs/PERF_NOTES.md).
 Callers: kernels/rms_norm_linear.py (the fused wrapper) and kernels/linear.py (the plain one).
 """
 from __future__ import annotations
@@ -33,6 +37,18 @@ from kernels.tma_gemm import launch_tma_gemm
 
 
 @triton.jit
+def gemv_rows(acc, a, b, BLOCK_M: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] + a [BLOCK_M, BLOCK_K] @ b [BLOCK_N, BLOCK_K].T in fp32, one row of a at a time:
+    each product is a [BLOCK_N, BLOCK_K] tile laid out like the weight's, where a 3-D broadcast of all rows at once
+    spilled registers on sm_90 (triton 3.6) from 4x64x128 a warp."""
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    for m in tl.static_range(BLOCK_M):
+        a_row = tl.sum(tl.where(rows == m, a, 0.0), axis=0)
+        acc += tl.where(rows == m, tl.sum(b * a_row[None, :], axis=1)[None, :], 0.0)
+    return acc
+
+
+@triton.jit
 def _gemm_kernel(
     x_ptr, r_ptr, w_ptr, g_ptr, b_ptr, out_ptr, h_ptr, ws_ptr, ss_ptr,
     pos_ptr, cs_ptr, slot_ptr, kc_ptr, vc_ptr,
@@ -43,13 +59,15 @@ def _gemm_kernel(
     EVEN_K: tl.constexpr, IEEE: tl.constexpr, SUMSQ_IN_LOOP: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, GATED: tl.constexpr, ROTARY: tl.constexpr, HALF: tl.constexpr,
-    NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, SS_PARTS: tl.constexpr, USE_PDL: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, SS_PARTS: tl.constexpr, EVICT: tl.constexpr,
+    GEMV_STAGES: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """With SUMSQ_IN_LOOP=0, x_ptr is already x + residual and ss_ptr holds SS_PARTS rows of M partial sums of
     squares (kernels/row_stats.py).
     HAS_NORM=False (then SUMSQ_IN_LOOP=0): a plain GEMM, ss_ptr unused.
     GATED or ROTARY (kernels/paired.py; then SPLIT_K=1): N counts column pairs, and a program also streams the
-    paired rows of its columns (pos_ptr .. stride_ch and HALF .. NUM_KV_HEADS: ROTARY only)."""
+    paired rows of its columns (pos_ptr .. stride_ch and HALF .. NUM_KV_HEADS: ROTARY only).
+    BLOCK_M < 16: the GEMV-like tile (gemv_rows), its loads pipelined over GEMV_STAGES (the launch's num_stages)."""
     pdl_wait_first(USE_PDL)
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     pid_k = tl.program_id(1)
@@ -70,6 +88,11 @@ def _gemm_kernel(
     # Only one column of programs writes the new residual stream, so each element is written once.
     write_h = HAS_RESIDUAL and pid_n == 0
 
+    # EVICT=1: the weight, read once, is streamed past L2 (evict_first) and the activations, read by every
+    # column of programs, stay (evict_last). Only unpipelined loads keep the hint: the pipelined K loop's cp.async
+    # copies carry none (sm_90, triton 3.6).
+    w_policy: tl.constexpr = "evict_first" if EVICT else ""
+    x_policy: tl.constexpr = "evict_last" if EVICT else ""
     k_blocks = tl.cdiv(K, BLOCK_K)
     per_split = tl.cdiv(k_blocks, SPLIT_K)
     kb_start = pid_k * per_split
@@ -78,7 +101,8 @@ def _gemm_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_pair = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # GATED or ROTARY only
     sumsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for kb in range(kb_start, kb_end):
+    # tl.dot's loads are software-pipelined over the launch's num_stages; the GEMV tile's only where the loop asks.
+    for kb in tl.range(kb_start, kb_end, num_stages=None if BLOCK_M >= 16 else GEMV_STAGES):
         offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             mask_a = mask_m[:, None]
@@ -87,9 +111,11 @@ def _gemm_kernel(
             mask_k = offs_k < K
             mask_a = mask_m[:, None] & mask_k[None, :]
             mask_b = mask_k[:, None] & mask_n[None, :]
-        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask_a, other=0.0)
+        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask_a, other=0.0,
+                    eviction_policy=x_policy)
         if HAS_RESIDUAL and SUMSQ_IN_LOOP:
-            r = tl.load(r_ptr + offs_m[:, None] * stride_rm + offs_k[None, :] * stride_rk, mask=mask_a, other=0.0)
+            r = tl.load(r_ptr + offs_m[:, None] * stride_rm + offs_k[None, :] * stride_rk, mask=mask_a, other=0.0,
+                        eviction_policy=x_policy)
             # Round the sum to the input dtype, as the unfused `x + residual` does.
             a = (a.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
             if write_h:
@@ -103,12 +129,22 @@ def _gemm_kernel(
             else:
                 g = tl.load(g_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
             a = (a32 * g[None, :]).to(x_ptr.dtype.element_ty)
-        w_tile = w_ptr + offs_k[:, None] * stride_wk + rows[None, :] * stride_wn
-        b = tl.load(w_tile, mask=mask_b, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision="ieee" if IEEE else None)
-        if GATED or ROTARY:
-            b_pair = tl.load(w_tile + pair_rows * stride_wn, mask=mask_b, other=0.0)
-            acc_pair = tl.dot(a, b_pair, acc_pair, input_precision="ieee" if IEEE else None)
+        if BLOCK_M >= 16:
+            w_tile = w_ptr + offs_k[:, None] * stride_wk + rows[None, :] * stride_wn
+            b = tl.load(w_tile, mask=mask_b, other=0.0, eviction_policy=w_policy)
+            acc = tl.dot(a, b, acc, input_precision="ieee" if IEEE else None)
+            if GATED or ROTARY:
+                b_pair = tl.load(w_tile + pair_rows * stride_wn, mask=mask_b, other=0.0, eviction_policy=w_policy)
+                acc_pair = tl.dot(a, b_pair, acc_pair, input_precision="ieee" if IEEE else None)
+        else:  # a GEMV-like tile, below tl.dot's 16 rows: products summed over K in fp32, W read K-contiguous
+            w_tile = w_ptr + rows[:, None] * stride_wn + offs_k[None, :] * stride_wk
+            mask_w = mask_n[:, None] if EVEN_K else mask_n[:, None] & mask_k[None, :]
+            a32 = a.to(tl.float32)
+            b = tl.load(w_tile, mask=mask_w, other=0.0, eviction_policy=w_policy)
+            acc = gemv_rows(acc, a32, b.to(tl.float32), BLOCK_M)
+            if GATED or ROTARY:
+                b_pair = tl.load(w_tile + pair_rows * stride_wn, mask=mask_w, other=0.0, eviction_policy=w_policy)
+                acc_pair = gemv_rows(acc_pair, a32, b_pair.to(tl.float32), BLOCK_M)
     pdl_launch_next(USE_PDL)
 
     if HAS_NORM:
@@ -223,7 +259,8 @@ def main_loop(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         HALF=rotary.head_dim // 2 if rotary is not None else 1,
         NUM_Q_HEADS=rotary.num_q_heads if rotary is not None else 0,
         NUM_KV_HEADS=rotary.k_cache.shape[2] if rotary is not None else 0,
-        SS_PARTS=ss.shape[0] if has_norm and not in_loop else 1,
+        SS_PARTS=ss.shape[0] if has_norm and not in_loop else 1, EVICT=config.EVICT,
+        GEMV_STAGES=config.num_stages,
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl,
     )
     return ws

@@ -1,4 +1,5 @@
 """The fused RMSNorm+Linear kernel against the float64 reference: Triton's interpreter on CPU, compiled on CUDA."""
+import dataclasses
 import itertools
 
 import pytest
@@ -97,6 +98,26 @@ def test_configs(config, dtype):
     check(make_inputs(37, 1000, 33, dtype, bias=True, residual=True, norm_weight=True), dtype, config)
 
 
+# GEMV-like row tiles (BLOCK_M < 16: no tl.dot) and the eviction hint, each with the sum of squares from both sources;
+# split-K, an uneven K and several row blocks of a 5-row batch included.
+GEMV_CONFIGS = [
+    Config(1, 16, 64, num_warps=1, num_stages=2, GROUP_M=1),
+    Config(1, 32, 32, num_warps=1, num_stages=1, GROUP_M=1, SPLIT_K=3, EVICT=1),
+    Config(2, 16, 128, num_warps=2, num_stages=6, GROUP_M=2, SPLIT_K=2),
+    Config(4, 16, 128, num_warps=1, num_stages=1, GROUP_M=1, EVICT=1),
+    Config(8, 64, 32, num_warps=4, num_stages=3, GROUP_M=1, SPLIT_K=4),
+    Config(16, 16, 64, num_warps=1, num_stages=1, GROUP_M=1, EVICT=1),  # tl.dot with the hint
+]
+GEMV_CONFIGS = [c for cfg in GEMV_CONFIGS for c in (cfg, dataclasses.replace(cfg, SUMSQ_IN_LOOP=1))]
+
+
+@pytest.mark.parametrize("config", GEMV_CONFIGS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemv_tiles_and_the_eviction_hint(config, dtype):
+    check(make_inputs(5, 200, 40, dtype, bias=True, residual=True, norm_weight=True), dtype, config)
+    check(make_inputs(1, 256, 48, dtype), dtype, config)
+
+
 @pytest.mark.parametrize("M", [1, 16, 33, 64, 200, 300])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_default_config_is_valid_and_correct(M, dtype):
@@ -175,6 +196,11 @@ def test_bad_inputs(case, error, match):
     (Config(GROUP_M=0), "GROUP_M=0"),
     (Config(SPLIT_K=0), "SPLIT_K=0"),
     (Config(SUMSQ_IN_LOOP=2), "SUMSQ_IN_LOOP=2: expected 0 or 1"),
+    (Config(BLOCK_M=0), "BLOCK_M=0: expected a positive power of two"),
+    (Config(BLOCK_N=8), r"BLOCK_N=8: expected a value in \[16, 512\]"),
+    (Config(EVICT=2), r"EVICT=2: expected 0 \(no hint\) or 1"),
+    (Config(EVICT=1, TMA=1), "EVICT=1: TMA=1 loads take no eviction hint"),
+    (Config(BLOCK_M=8, TMA=2), "BLOCK_M=8: the TMA main loop runs tl.dot"),
     (Config(BLOCK_K=32, SPLIT_K=3), "SPLIT_K=3: larger than the 2 K blocks"),
 ])
 def test_impossible_configs_are_refused_before_launch(config, match):

@@ -15,6 +15,9 @@ STACKED = [  # configs as tuned for the stacked [gate; up] product
     Config(16, 32, 64, num_warps=2, num_stages=2, GROUP_M=1),
     Config(16, 64, 128, num_warps=4, num_stages=3, GROUP_M=4),
     Config(32, 64, 32, num_warps=4, num_stages=2, GROUP_M=2, SUMSQ_IN_LOOP=1),
+    # GEMV-like row tiles, the eviction hint
+    Config(1, 32, 64, num_warps=1, num_stages=1, GROUP_M=1, EVICT=1),
+    Config(4, 64, 128, num_warps=2, num_stages=6, GROUP_M=1, SUMSQ_IN_LOOP=1),
 ]
 
 

@@ -47,6 +47,9 @@ CONFIGS = [
     Config(16, 32, 32, SPLIT_K=2),
     Config(16, 64, 64, SPLIT_K=3),  # 1000 / 64 -> 16 K blocks, uneven split
     Config(16, 16, 256, SPLIT_K=4),  # 4 K blocks, the last one partial
+    # GEMV-like row tiles (BLOCK_M < 16) with the eviction hint and split-K
+    Config(1, 16, 64, num_warps=1, num_stages=1, GROUP_M=1, EVICT=1),
+    Config(4, 32, 128, num_warps=2, num_stages=6, GROUP_M=2, SPLIT_K=3),
 ]
 
 

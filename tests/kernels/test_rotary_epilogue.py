@@ -20,6 +20,9 @@ STACKED = [  # configs as tuned for the stacked [q; k; v] product
     Config(16, 64, 64, num_warps=2, num_stages=2, GROUP_M=1),
     Config(16, 128, 32, num_warps=4, num_stages=3, GROUP_M=4, SUMSQ_IN_LOOP=1),
     Config(32, 256, 64, num_warps=4, num_stages=1, GROUP_M=1),  # halves to 128, then to 32 to fit head_dim/2
+    # GEMV-like row tiles, the eviction hint
+    Config(4, 64, 64, num_warps=2, num_stages=1, GROUP_M=1, EVICT=1),
+    Config(8, 128, 32, num_warps=1, num_stages=6, GROUP_M=2, SUMSQ_IN_LOOP=1),
 ]
 
 
