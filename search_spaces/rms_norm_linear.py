@@ -4,6 +4,10 @@ The axes are pruned by the problem before anything is sampled, because most of t
 is pointless for a given M: row tiles taller than the padded M only add wasted work, 16-row tiles
 at prefill sizes re-read the weight M/16 times, split-K only pays when there are too few output
 tiles to fill the GPU, and GROUP_M only matters with several row blocks.
+
+At decode sizes (M <= 16) the space also holds what no hand heuristic here covers: GEMV-like row tiles of 1-8 rows
+(kernels/gemm.py), narrow column tiles with one warp, deeper or no software pipelining, and the eviction hint on the
+streamed weight (Config.EVICT). Helion's autotuner found its llama-7b QKV winner at M = 1 in that region.
 """
 from __future__ import annotations
 
@@ -28,6 +32,17 @@ _STAGES = (2, 3, 4, 5)
 _SPLIT_K = (1, 2, 4, 8, 16)
 # Accumulator elements per thread: fewer than this leaves warps idle, more spills registers.
 _MIN_ACC_PER_THREAD, _MAX_ACC_PER_THREAD = 4, 256
+# Decode only (M <= _GEMV_MAX_M): GEMV-like row tiles, 16-column tiles, one warp, an unpipelined loop (the eviction
+# hint needs it) and a deep one.
+_GEMV_BLOCK_M = (1, 2, 4, 8)
+_GEMV_MAX_M = 16
+_DECODE_BLOCK_N = (16,)
+_DECODE_WARPS = (1,)
+_DECODE_STAGES = (1, 6)
+# A GEMV tile holds its weight tile(s) in registers: weight elements per thread (both tiles of a paired form).
+# Compiled for sm_90 (triton 3.6): <= 128 never spilled; 256 spilled at 1x64x128 on one warp and 4x64x128 on two.
+# Below 8 (one 16-byte load) threads idle.
+_MIN_GEMV_W_PER_THREAD, _MAX_GEMV_W_PER_THREAD = 8, 128
 _DECODE_MAX_M = 64
 _SPLIT_K_MAX_M = 256
 _PREFILL_MIN_M = 1024
@@ -35,6 +50,19 @@ _PREFILL_MIN_M = 1024
 
 def _pow2_ceil(v: int) -> int:
     return 1 << (v - 1).bit_length()
+
+
+def _gemv_picks(problem: Problem) -> list[Config]:
+    """Warm starts near Helion's llama-7b QKV winner at M = 1 (4 rows, 16 columns, BLOCK_K 128, one warp, 6 stages,
+    evict-first weight loads), in this space's terms: rows of the padded M, the narrowest stacked column tile that
+    still runs the site's epilogue form (gated halves it, rotary needs 32 columns a program), the same tile
+    unpipelined with the eviction hint, wider and deeper neighbours, and a 16-row tl.dot tile on one warp."""
+    bm = min(_pow2_ceil(problem.M), 8)
+    bn = {"gated": 32, "rotary": 64}.get(problem.epilogue.kind, 16)
+    warps = max(1, bn * 128 // (32 * _MAX_GEMV_W_PER_THREAD))
+    return [Config(bm, bn, 128, warps, 6, 1), Config(bm, bn, 128, warps, 1, 1, EVICT=1),
+            Config(bm, 2 * bn, 128, 2 * warps, 4, 1), Config(bm, bn, 256, 2 * warps, 4, 1),
+            Config(16, bn, 128, 1, 6, 1)]
 
 
 def _tuning_device_has_tma() -> bool:
@@ -50,6 +78,9 @@ class RmsNormLinearSpace(SearchSpace):
         M, K, N = problem.M, problem.K, problem.N
         min_bm = 64 if M >= _PREFILL_MIN_M else 16
         block_m = [v for v in _BLOCK_M if min_bm <= v <= max(16, _pow2_ceil(M))]
+        decode = M <= _GEMV_MAX_M
+        if decode:  # GEMV tiles of the padded M and of half of it (shorter ones re-read the weight more often)
+            block_m = [v for v in _GEMV_BLOCK_M if v <= _pow2_ceil(M) <= 2 * v] + block_m
         block_k = [v for v in _BLOCK_K if v <= max(32, _pow2_ceil(K))]
         # Decode is weight-streaming: short K steps starve the loads; prefill wants smem for deeper pipelines.
         block_k = [v for v in block_k if v >= 64] if M <= _DECODE_MAX_M and K >= 64 else block_k
@@ -58,16 +89,18 @@ class RmsNormLinearSpace(SearchSpace):
         split_k = [v for v in _SPLIT_K if v <= -(-K // block_k[0])] if M <= _SPLIT_K_MAX_M else [1]
         return {
             "BLOCK_M": block_m,
-            "BLOCK_N": [v for v in _BLOCK_N if v <= max(32, _pow2_ceil(N))],
+            "BLOCK_N": [v for v in (_DECODE_BLOCK_N if decode else ()) + _BLOCK_N if v <= max(32, _pow2_ceil(N))],
             "BLOCK_K": block_k,
-            "num_warps": list(_WARPS),
-            "num_stages": list(_STAGES),
+            "num_warps": list((_DECODE_WARPS if decode else ()) + _WARPS),
+            "num_stages": sorted((_DECODE_STAGES if decode else ()) + _STAGES),
             "GROUP_M": [1, 8] if M > block_m[0] else [1],
             "SPLIT_K": split_k,
             # Sum of squares inside the K loop (one launch) or from a row-statistics prologue kernel.
             "SUMSQ_IN_LOOP": [0, 1],
             # Pointer loads, or TMA descriptors with a program per tile or persistent programs (sm_90+).
             "TMA": [0, 1, 2],
+            # evict_first on the streamed weight; only unpipelined loads carry it (see violation).
+            "EVICT": [0, 1] if decode else [0],
         }
 
     def violation(self, config: Config, problem: Problem, smem_limit: int | None) -> str | None:
@@ -80,7 +113,18 @@ class RmsNormLinearSpace(SearchSpace):
                 return f"TMA={config.TMA}: K={problem.K} and N={problem.N} rows must be multiples of 16 bytes"
             if not _tuning_device_has_tma():
                 return f"TMA={config.TMA}: this GPU has no TMA (needs sm_90+)"
-        per_thread = config.BLOCK_M * config.BLOCK_N // (32 * config.num_warps)
+        if config.EVICT and config.num_stages > 1:
+            return (f"EVICT={config.EVICT}: with num_stages={config.num_stages} the K loop's pipelined copies "
+                    "(cp.async) carry no eviction hint; it needs num_stages=1")
+        threads = 32 * config.num_warps
+        if config.BLOCK_M < 16:  # the GEMV tile: its weight tile(s), not an accumulator, fill the registers
+            w = config.BLOCK_N * config.BLOCK_K // threads
+            if not _MIN_GEMV_W_PER_THREAD <= w <= _MAX_GEMV_W_PER_THREAD:
+                return (f"num_warps={config.num_warps}: {w} weight elements per thread for a {config.BLOCK_N}x"
+                        f"{config.BLOCK_K} weight tile of a GEMV tile; expected {_MIN_GEMV_W_PER_THREAD}.."
+                        f"{_MAX_GEMV_W_PER_THREAD}")
+            return None
+        per_thread = config.BLOCK_M * config.BLOCK_N // threads
         if not _MIN_ACC_PER_THREAD <= per_thread <= _MAX_ACC_PER_THREAD:
             return (f"num_warps={config.num_warps}: {per_thread} accumulator elements per thread for a "
                     f"{config.BLOCK_M}x{config.BLOCK_N} tile; expected {_MIN_ACC_PER_THREAD}..{_MAX_ACC_PER_THREAD}")
@@ -107,6 +151,7 @@ class RmsNormLinearSpace(SearchSpace):
         # The other source of the sum of squares and the TMA main loop, for the two most likely tiles.
         others = [dataclasses.replace(c, SUMSQ_IN_LOOP=1 - c.SUMSQ_IN_LOOP) for c in picks[:2]]
         others += [dataclasses.replace(c, SPLIT_K=1, TMA=1 if M <= _DECODE_MAX_M else 2) for c in picks[:2]]
+        others += _gemv_picks(problem) if M <= _GEMV_MAX_M else []
         return [*([predicted] if predicted is not None else []), default, *picks, *others]
 
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:

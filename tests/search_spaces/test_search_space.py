@@ -16,14 +16,19 @@ H100_SMEM = 232448
 @pytest.mark.parametrize("M", [1, 3, 16, 100, 4096])
 def test_axes_are_pruned_by_m(M):
     axes = SPACE.axes(Problem(M, 4096, 12288))
-    padded = max(16, 1 << (M - 1).bit_length())
-    assert max(axes["BLOCK_M"]) == min(padded, 256)
+    padded = 1 << (M - 1).bit_length()
+    assert max(axes["BLOCK_M"]) == min(max(16, padded), 256)
     if M >= 1024:
         assert min(axes["BLOCK_M"]) >= 64 and axes["SPLIT_K"] == [1]
-    else:
+    elif M > 16:
         assert min(axes["BLOCK_M"]) == 16 and max(axes["SPLIT_K"]) > 1
+    else:  # GEMV-like row tiles of the padded M and half of it, then tl.dot's 16 rows
+        assert axes["BLOCK_M"] == [v for v in (1, 2, 4, 8) if v <= padded <= 2 * v] + [16]
+    decode = M <= 16  # one warp, 16 columns, no or deep pipelining, the eviction hint: decode sizes only
+    assert (1 in axes["num_warps"]) == (16 in axes["BLOCK_N"]) == (axes["EVICT"] == [0, 1]) == decode
+    assert ({1, 6} <= set(axes["num_stages"])) == decode
     # GROUP_M only matters with several row blocks.
-    assert (axes["GROUP_M"] == [1]) == (M <= 16)
+    assert (axes["GROUP_M"] == [1]) == (M <= min(axes["BLOCK_M"]))
 
 
 def test_split_k_axis_is_bounded_by_k():
@@ -38,6 +43,42 @@ def test_constraints_drop_impossible_configs_with_reasons():
     assert SPACE.violation(big, p, smem_limit=None) is None
     assert "SPLIT_K" in SPACE.violation(Config(BLOCK_K=128, SPLIT_K=4), Problem(1, 256, 64), None)
     assert "num_warps" in SPACE.violation(Config(BLOCK_M=16, BLOCK_N=32, num_warps=8), p, None)
+
+
+def test_gemv_tiles_refuse_what_spills_or_drops_the_hint_before_compiling():
+    p = Problem(1, 4096, 12288)
+    helion = Config(4, 16, 128, num_warps=1, num_stages=6, GROUP_M=1)  # Helion's llama-7b QKV winner at M = 1
+    assert SPACE.violation(helion, p, H100_SMEM) is None
+    # The weight tile in registers: 64x128 on one warp is 256 elements a thread (spilled on sm_90).
+    assert "256 weight elements per thread" in SPACE.violation(dataclasses.replace(helion, BLOCK_N=64), p, None)
+    assert "4 weight elements per thread" in SPACE.violation(Config(1, 16, 64, num_warps=8), p, None)
+    # The pipelined K loop's copies carry no eviction hint; unpipelined ones do, with or without tl.dot.
+    assert "needs num_stages=1" in SPACE.violation(dataclasses.replace(helion, EVICT=1), p, None)
+    for config in (dataclasses.replace(helion, num_stages=1, EVICT=1), Config(16, 64, 128, 4, 1, 1, EVICT=1)):
+        assert SPACE.violation(config, p, H100_SMEM) is None
+    # The TMA main loop has neither the GEMV tile nor the hint.
+    assert "TMA main loop runs tl.dot" in SPACE.violation(dataclasses.replace(helion, TMA=1), p, None)
+    assert "loads take no eviction hint" in SPACE.violation(Config(16, 64, 128, 4, 1, 1, TMA=1, EVICT=1), p, None)
+    assert SPACE.violation(Config(16, 64, 128, num_warps=1, num_stages=6), p, H100_SMEM) is None
+
+
+@pytest.mark.parametrize("epilogue", [PLAIN, GATED, rotary(128, 32)], ids=["plain", "gated", "rotary"])
+@pytest.mark.parametrize("M", [1, 4, 16])
+def test_decode_warm_starts_hold_gemv_tiles_that_run_the_sites_form(M, epilogue):
+    import torch
+    p = Problem(M, 4096, 12288, epilogue=epilogue)
+    axes, feasible = SPACE.axes(p), set(SPACE.feasible(p, H100_SMEM))
+    assert {c.BLOCK_M for c in feasible} == set(axes["BLOCK_M"]) and any(c.EVICT for c in feasible)
+    gemv = [c for c in SPACE.heuristics(p, torch.device("cpu")) if c.BLOCK_M < 16]
+    # One warp streams 16 columns (plain) or 16 column pairs (gated); a rotary program's 32 pairs need two.
+    assert any(c.EVICT for c in gemv) and min(c.num_warps for c in gemv) == (2 if epilogue.kind == "rotary" else 1)
+    for c in gemv:
+        assert SPACE.violation(c, p, H100_SMEM) is None and c.BLOCK_M <= max(axes["BLOCK_M"][:-1])
+        assert epilogue.launched(c) is not None  # the epilogue runs fused, not as a separate kernel
+    assert any(SPACE.runs_as(c, p) in {SPACE.runs_as(f, p) for f in feasible} for c in gemv)
+    # Past decode sizes the space and the warm starts are what they were: no GEMV tile, no hint.
+    big = Problem(64, 4096, 12288, epilogue=epilogue)
+    assert not any(c.BLOCK_M < 16 or c.EVICT for c in SPACE.heuristics(big, torch.device("cpu")))
 
 
 def test_tma_configs_need_aligned_rows_a_tma_gpu_and_a_plain_k_loop(monkeypatch):
