@@ -7,7 +7,8 @@ config of the nearest point of the same kernel, by the distance
     |log2 M - log2 M'| + W_K |log2 K - log2 K'| + W_N |log2 N - log2 N'| + W_EPILOGUE [kind != kind'],
 
 skipping configs this device cannot run (`feasible`: shared memory, TMA and its 16-byte row alignment, split-K
-against K, the epilogue's form, as tuning_table/select.py checks them). M weighs most: the tiles follow the number
+against K, the epilogue's form, as tuning_table/select.py checks them). A tile from a point of fewer rows than M
+that would stream the weight once per row block gets GROUP_M 8 (its row blocks share the weight tile through L2). M weighs most: the tiles follow the number
 of rows (a 16-row tile at decode, 128 x 256 on the persistent TMA loop at prefill) far more than the weight's shape.
 No point within `M_RADIUS` octaves of M means nothing similar was tuned: `predict` returns None and the caller runs
 `kernels.config.default_config`. The points are the table in use and every shipped table (`shipped_rule`); where some
@@ -23,6 +24,7 @@ docs/PERF_NOTES.md), not fitted: four models' worth of shapes would not support 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -105,8 +107,13 @@ class Rule:
         enough (the caller's default_config then)."""
         gpu = gpu_short_name(device)
         for _, p in self.ranked(kernel, M, K, N, epilogue, gpu):
-            if feasible(p.config, kernel, K, N, epilogue, device, elem_bytes):
-                return p.config
+            config = p.config
+            if p.M < M and config.BLOCK_M < M and config.GROUP_M == 1:
+                # A tile tuned for fewer rows: its row blocks of one column block launched together, so the second
+                # reads the weight tile from L2 instead of memory (the tuner grows its leaders the same way).
+                config = dataclasses.replace(config, GROUP_M=8)
+            if feasible(config, kernel, K, N, epilogue, device, elem_bytes):
+                return config
         return None
 
 

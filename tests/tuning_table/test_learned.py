@@ -41,6 +41,14 @@ def test_ties_go_to_the_smaller_m_whatever_the_order():
         assert nearest.M == 2 and d == d2 == pytest.approx(1.0)
 
 
+def test_a_tile_of_fewer_rows_shares_the_weight_through_l2():
+    rule = Rule([Point("h200", "rms_norm_linear", 32, 4096, 12288, "plain", dataclasses.replace(WIDE, BLOCK_M=32))])
+    assert rule.predict("rms_norm_linear", 64, 4096, 12288, PLAIN, CPU) == dataclasses.replace(WIDE, BLOCK_M=32,
+                                                                                                GROUP_M=8)
+    assert rule.predict("rms_norm_linear", 32, 4096, 12288, PLAIN, CPU).GROUP_M == 1  # as tuned for its own M
+    assert rule.predict("rms_norm_linear", 17, 4096, 12288, PLAIN, CPU).GROUP_M == 1  # a taller point: one row block
+
+
 def test_nothing_near_in_m_predicts_nothing_and_the_runtime_runs_the_default(monkeypatch):
     rule = synthetic()
     assert rule.predict("rms_norm_linear", 256, 1024, 4096, PLAIN, CPU) is None  # 16 and 4096 are 4 octaves away
