@@ -8,9 +8,9 @@ config of the nearest point of the same kernel, by the distance
 
 skipping configs this device cannot run (`feasible`: shared memory, TMA and its 16-byte row alignment, split-K
 against K, the epilogue's form, as tuning_table/select.py checks them). A tile from a point of fewer rows than M
-that would stream the weight once per row block gets GROUP_M 8 (its row blocks share the weight tile through L2). M weighs most: the tiles follow the number
-of rows (a 16-row tile at decode, 128 x 256 on the persistent TMA loop at prefill) far more than the weight's shape.
-No point within `M_RADIUS` octaves of M means nothing similar was tuned: `predict` returns None and the caller runs
+that would stream the weight once per row block gets GROUP_M 8 (its row blocks share the weight tile through L2).
+M weighs most: the tiles follow the number of rows (a 16-row tile at decode, 128 x 256 on the persistent TMA loop at
+prefill) far more than the weight's shape; N more than K, as N sets how many column tiles stream the weight. No point within `M_RADIUS` octaves of M means nothing similar was tuned: `predict` returns None and the caller runs
 `kernels.config.default_config`. The points are the table in use and every shipped table (`shipped_rule`); where some
 come from the running card's table, only those are used.
 
@@ -19,8 +19,9 @@ per block, ~4.8 TB/s). The device enters only as feasibility: a config that need
 has, or TMA where it has none, is skipped for the next point. How the best tiles move with the SM count, the shared
 memory or the bandwidth is not learned, and cannot be from one card: on an A100 or L4 the rule proposes the H200's
 winners that fit. A table tuned on the card itself (even covering other shapes) is preferred as soon as it exists.
-The weights were chosen by holding out each preset of the shipped table (benchmarks/bench_heuristic.py,
-docs/PERF_NOTES.md), not fitted: four models' worth of shapes would not support more.
+The weights were chosen, not fitted, by holding out each preset of the shipped table (how often the prediction is
+the tuned config; benchmarks/bench_heuristic.py times it, docs/PERF_NOTES.md): four models' worth of shapes would
+not support more than a distance.
 """
 from __future__ import annotations
 
