@@ -10,9 +10,10 @@ skipping configs this device cannot run (`feasible`: shared memory, TMA and its 
 against K, the epilogue's form, as tuning_table/select.py checks them). A tile from a point of fewer rows than M
 that would stream the weight once per row block gets GROUP_M 8 (its row blocks share the weight tile through L2).
 M weighs most: the tiles follow the number of rows (a 16-row tile at decode, 128 x 256 on the persistent TMA loop at
-prefill) far more than the weight's shape; N more than K, as N sets how many column tiles stream the weight. No point within `M_RADIUS` octaves of M means nothing similar was tuned: `predict` returns None and the caller runs
-`kernels.config.default_config`. The points are the table in use and every shipped table (`shipped_rule`); where some
-come from the running card's table, only those are used.
+prefill) far more than the weight's shape; N more than K, as N sets how many column tiles stream the weight.
+No point within `M_RADIUS` octaves of M means nothing similar was tuned: `predict` returns None and the caller runs
+`kernels.config.default_config`. The points are the table in use and every shipped table (`shipped_rule`); where
+some come from the running card's table, only those are used.
 
 What one GPU's data can and cannot learn: the shipped points are all one H200's (132 SMs, 227 KiB of shared memory
 per block, ~4.8 TB/s). The device enters only as feasibility: a config that needs more shared memory than this card
