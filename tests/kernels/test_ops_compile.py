@@ -43,19 +43,29 @@ CASES = [
     ("_gemm_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=True, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
                                      EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
                                      BLOCK_N=128, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=False,
-                                     ROTARY=False, HALF=1, NUM_Q_HEADS=0, NUM_KV_HEADS=0, SS_PARTS=1),
-     dict(num_warps=4, num_stages=4)),
+                                     ROTARY=False, HALF=1, NUM_Q_HEADS=0, NUM_KV_HEADS=0, SS_PARTS=1, EVICT=0,
+                                     GEMV_STAGES=4), dict(num_warps=4, num_stages=4)),
     # The MLP's gate/up site with SiLU-and-mul in the epilogue, and the QKV site with the rotary and the KV write.
     ("_gemm_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
                                      EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
                                      BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=True, ROTARY=False,
-                                     HALF=1, NUM_Q_HEADS=0, NUM_KV_HEADS=0, SS_PARTS=1),
+                                     HALF=1, NUM_Q_HEADS=0, NUM_KV_HEADS=0, SS_PARTS=1, EVICT=0, GEMV_STAGES=3),
      dict(num_warps=4, num_stages=3)),
     ("_gemm_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
                                      EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=16,
                                      BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=False, ROTARY=True,
-                                     HALF=64, NUM_Q_HEADS=32, NUM_KV_HEADS=32, SS_PARTS=4),
+                                     HALF=64, NUM_Q_HEADS=32, NUM_KV_HEADS=32, SS_PARTS=4, EVICT=0, GEMV_STAGES=4),
      dict(num_warps=2, num_stages=4)),
+    # GEMV-like row tiles (no tl.dot) on the QKV and a plain site, unpipelined with the eviction hint (compiled
+    # without the launch's specializations the K loop is not pipelined: see SPILLS_UNCHECKED).
+    ("_gemm_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
+                          EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=4, BLOCK_N=32,
+                          BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=False, ROTARY=True, HALF=64, NUM_Q_HEADS=32,
+                          NUM_KV_HEADS=32, SS_PARTS=1, EVICT=1, GEMV_STAGES=1), dict(num_warps=2, num_stages=1)),
+    ("_gemm_kernel", dict(HAS_NORM=True, HAS_RESIDUAL=False, HAS_NORM_WEIGHT=False, HAS_BIAS=False,
+                          EVEN_K=True, IEEE=False, SUMSQ_IN_LOOP=False, WIDE=False, BLOCK_M=1, BLOCK_N=16,
+                          BLOCK_K=128, GROUP_M=1, SPLIT_K=1, GATED=False, ROTARY=False, HALF=1, NUM_Q_HEADS=0,
+                          NUM_KV_HEADS=0, SS_PARTS=1, EVICT=1, GEMV_STAGES=1), dict(num_warps=1, num_stages=1)),
     ("_split_k_reduce_kernel", dict(HAS_NORM=True, HAS_BIAS=False, SPLIT_K=4, SS_PARTS=1, WIDE=False, BLOCK_M=16,
                                     BLOCK_N=128), dict(num_warps=4)),
     ("_tma_gemm_kernel", dict(HAS_NORM=True, HAS_BIAS=False, IEEE=False, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64,
@@ -79,6 +89,7 @@ GEMMS = {"_gemm_kernel", "_tma_gemm_kernel"}
 # Decode attention runs in several waves: the next kernel is placed only as its programs exit.
 PLACE_NEXT_ON_EXIT = {"_decode_split_kernel", "_decode_merge_kernel"}
 MMA = re.compile(r"^\s*(@!?%p\d+\s+)?(mma\.sync|wgmma\.mma_async)", re.MULTILINE)
+LOOP_LOADS = re.compile(r"^\s*(@!?%p\d+\s+)?(cp\.async\.c[ag]|ld\.global\S*L2::cache_hint)", re.MULTILINE)
 
 
 def test_kernels_compile_for_sm90_without_spills():
@@ -147,7 +158,8 @@ def check_pdl_order(name: str, ptx: str) -> None:
     first = GLOBAL_ACCESS.search(ptx)
     assert wait >= 0 and first and wait < first.start(), f"{name}: global memory touched before the wait"
     if name in GEMMS:
-        mmas = [m.start() for m in MMA.finditer(ptx)]
+        # The main loop's tensor-core MMAs, or a GEMV tile's weight loads: pipelined copies or hinted loads.
+        mmas = [m.start() for m in (MMA.finditer(ptx) if "mma" in ptx else LOOP_LOADS.finditer(ptx))]
         assert mmas and launch_next > max(mmas), f"{name}: the next kernel is placed before the main loop ends"
     elif name in PLACE_NEXT_ON_EXIT:
         assert launch_next < 0, f"{name}: the next kernel is placed before this one's programs exit"
