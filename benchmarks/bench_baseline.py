@@ -2,11 +2,15 @@
 
 Variants: baseline = separate RMSNorm and GEMM (fused_norm_linear=False); fused = the fused RMSNorm+Linear
 kernel with its heuristic default configs (tuning_table=False); tuned = the fused kernel with the GPU's lookup
-table (--tuning_table, else NANOVLLM_TUNING_TABLE, else tables/<gpu>.json; the CSV names the table used).
+table (--tuning_table, else NANOVLLM_TUNING_TABLE, else tables/<gpu>.json; the CSV names the table used);
+compiled = the baseline path under torch.compile, its decode graphs captured from the compiled forward (what a
+user gets by compiling instead of tuning; benchmarks/engine_runs.py).
 
-Each grid point runs B prompts of S random tokens (fresh ones every run, so no prefix-cache hits) with greedy
-decoding of T tokens, ignore_eos. One prefill step holds all B x S tokens. Per point, the median of --repeats
-runs after one warm-up run:
+The default batch sizes include some between the CUDA-graph and tuned buckets (2, 12, 24, 48: those run the
+graph and the table's configs of the next bucket up). Each grid point runs B prompts of S random tokens (fresh
+ones every run, so no prefix-cache hits) with greedy decoding of T tokens, ignore_eos. One prefill step holds all
+B x S tokens. Per point, the median of --repeats runs after one warm-up run, every run kept (the *_samples
+columns, in the order they ran):
 - ttft_ms: the prefill step (B x S tokens), which also samples the first token;
 - tpot_ms: one decode step (the T - 1 steps after the prefill, CUDA graphs as LLM() runs them);
 - latency_ms: the whole request, ttft + (T - 1) x tpot;
@@ -14,12 +18,13 @@ runs after one warm-up run:
 - peak_memory_mb: torch.cuda.max_memory_allocated during the run: the weights, the KV cache (sized for the
   largest point the engine runs, so the same for those points of a variant) and the point's activations.
 One engine is built per variant for the whole grid. When the variants' engines fit on the card together, each
-point's runs alternate between them (baseline, tuned, baseline, tuned, ...), so a drift of the GPU over the
-minutes a grid takes hits every variant alike (run one after the other, two engines of identical kernels
-differed by up to 4%: docs/PERF_NOTES.md); a variant's peak then leaves out the other engines' weights and
-caches. Where the pair fits only without the grid's largest points (llama-13b up to B = 32, S = 2048 on an H200),
-those points run with the variants one after the other, each engine sized for them alone. A point that does not
-fit the card gets status=oom.
+point's repeats alternate between them, the order turning by one variant each repeat (baseline, tuned; tuned,
+baseline; ...), so neither a drift of the GPU over the minutes a grid takes nor the position within a repeat
+favours a variant (run one after the other, two engines of identical kernels differed by up to 4%:
+docs/PERF_NOTES.md); a variant's peak then leaves out the other engines' weights and caches. Where the engines fit
+only without the grid's largest points (llama-13b up to B = 32, S = 2048 on an H200), those points run with the
+variants one after the other, each engine sized for them alone. A point that does not fit the card gets
+status=oom.
 
     python benchmarks/bench_baseline.py --model llama-7b --batch_size 1 4 8 --seq_len 128 --variant all
     python benchmarks/bench_baseline.py --model llama-7b mistral-7b llama-13b qwen3-0.6b --variant baseline tuned
@@ -47,11 +52,12 @@ from nanovllm.utils.random_checkpoint import cached_random_checkpoint  # noqa: E
 from tuning_table import find_table  # noqa: E402
 
 MODELS = ("llama-7b", "llama-13b", "mistral-7b", "qwen3-0.6b")
-VARIANTS = ("baseline", "fused", "tuned")
-GRID_BATCH = (1, 4, 8, 16, 32)
+VARIANTS = ("baseline", "fused", "tuned", "compiled")
+GRID_BATCH = (1, 2, 4, 8, 12, 16, 24, 32, 48)
 GRID_SEQ = (128, 256, 512, 1024, 2048)
 COLUMNS = ["model_name", "variant", "batch_size", "seq_len", "output_len", "latency_ms", "ttft_ms", "tpot_ms",
-           "throughput_tokens_per_sec", "peak_memory_mb", "status", "gpu", "tuning_table"]
+           "throughput_tokens_per_sec", "peak_memory_mb", "status", "gpu", "tuning_table", "ttft_ms_samples",
+           "tpot_ms_samples"]
 RESULTS = Path(__file__).resolve().parent / "bench_results"
 # Each failed try at building the variants' engines together loads the weights again; after these many tries
 # (the grid, then without its largest points, then without the next) every point left runs variant by variant.
@@ -129,8 +135,9 @@ def build_together(path: str, variants: list[str], points: list[tuple[int, int]]
 
 def run_interleaved(engines: dict[str, tuple[LLM, int]], model_name: str, points: list[tuple[int, int]], args,
                     writer: CsvWriter) -> list[tuple[int, int]]:
-    """Every point, smallest first, each repeat running every variant in turn. Returns the points left when one
-    ran out of memory: the caller frees these engines and runs those points variant by variant."""
+    """Every point, smallest first, each repeat running every variant in turn, the order turned by one each repeat.
+    Returns the points left when one ran out of memory: the caller frees these engines and runs those points
+    variant by variant."""
     bases = {v: row_base(model_name, v, args) for v in engines}
     pending = sorted(points, key=lambda p: (p[0] * p[1], p))
     while pending:
@@ -139,8 +146,10 @@ def run_interleaved(engines: dict[str, tuple[LLM, int]], model_name: str, points
         try:
             for llm, _ in engines.values():
                 run_once(llm, batch, seq_len, args.output_len)  # compiles the kernels of this M
-            for _ in range(args.repeats):
-                for v, (llm, _) in engines.items():
+            order = list(engines)
+            for repeat in range(args.repeats):
+                for v in order[repeat % len(order):] + order[:repeat % len(order)]:
+                    llm = engines[v][0]
                     torch.cuda.reset_peak_memory_stats()
                     runs[v].append(run_once(llm, batch, seq_len, args.output_len))
                     others = sum(held for o, (_, held) in engines.items() if o != v)
@@ -194,7 +203,7 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """Decode tokens/s per point and variant, and each fused variant's ratio to the baseline."""
     wide = df[df["status"] == "ok"].pivot_table(index=["model_name", "batch_size", "seq_len"], columns="variant",
                                                 values="throughput_tokens_per_sec")
-    for variant in ("fused", "tuned"):
+    for variant in ("fused", "tuned", "compiled"):
         if variant in wide and "baseline" in wide:
             wide[f"{variant}/baseline"] = wide[variant] / wide["baseline"]
     return wide
@@ -210,7 +219,7 @@ def main() -> None:
     parser.add_argument("--output_len", type=int, default=32, help="generated tokens per sequence (>= 2)")
     parser.add_argument("--variant", nargs="+", choices=VARIANTS + ("all",), default=["all"],
                         help="one or more of the variants, in the order given")
-    parser.add_argument("--repeats", type=int, default=3, help="measured runs per point (the median is kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="measured runs per point (all kept, and the median)")
     parser.add_argument("--tuning_table", help="lookup table of the tuned variant (default: the GPU's, see LLM())")
     parser.add_argument("--output", default=str(RESULTS / "baseline_metrics.csv"))
     parser.add_argument("--profile", metavar="DIR", help="also write a torch.profiler chrome trace per point")

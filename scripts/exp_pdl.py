@@ -22,11 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def one_run(shape: str, pdl: bool) -> dict:
     import kernels.pdl
-    from bench import run_decode_latency
+    from benchmarks.common import copy_bandwidth_gbps
+    from benchmarks.serving import decode_latency
     from nanovllm.utils.random_checkpoint import cached_random_checkpoint
 
     with contextlib.nullcontext() if pdl else kernels.pdl.pdl_off():
-        step_s, floor_s = run_decode_latency(cached_random_checkpoint(shape), enforce_eager=False)
+        result = decode_latency(cached_random_checkpoint(shape), repeats=1)
+    step_s, floor_s = result.step_s[0], result.weight_bytes / (copy_bandwidth_gbps() * 1e9)
     return {"shape": shape, "pdl": pdl, "ms_per_token": step_s * 1e3, "floor_ms": floor_s * 1e3,
             "pct_of_floor": 100 * floor_s / step_s}
 

@@ -91,8 +91,10 @@ def test_compare_profiles_rejects_a_trace_without_kernels(tmp_path):
 
 def test_plot_baseline_writes_both_plots_per_model(tmp_path):
     pytest.importorskip("matplotlib")
-    rows = [dict(model_name=m, variant=v, batch_size=b, seq_len=s, latency_ms=10.0 * b, ttft_ms=1.0, tpot_ms=1.0,
-                 throughput_tokens_per_sec=100.0 * b, peak_memory_mb=1.0, status="ok", gpu="NVIDIA H100")
+    gain = {"baseline": 1.0, "tuned": 1.1}
+    rows = [dict(model_name=m, variant=v, batch_size=b, seq_len=s, latency_ms=10.0 * b, ttft_ms=1.0,
+                 tpot_ms=1.0 / gain[v], throughput_tokens_per_sec=100.0 * b * gain[v], peak_memory_mb=1.0,
+                 status="ok", gpu="NVIDIA H100", tpot_ms_samples=f"{1 / gain[v]};{0.9 / gain[v]}")
             for m in ("llama-7b", "qwen3-0.6b") for v in ("baseline", "tuned") for b in (1, 4) for s in (128, 256)]
     rows.append({**rows[0], "batch_size": 32, "latency_ms": None, "status": "oom"})
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
@@ -100,8 +102,24 @@ def test_plot_baseline_writes_both_plots_per_model(tmp_path):
     assert result.returncode == 0, result.stderr
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert pngs == ["latency_vs_seq_len_llama-7b.png", "latency_vs_seq_len_qwen3-0.6b.png",
+                    "ratio_vs_batch_llama-7b.png", "ratio_vs_batch_qwen3-0.6b.png",
                     "throughput_vs_batch_llama-7b.png", "throughput_vs_batch_qwen3-0.6b.png"]
     assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    # A CSV of the baseline alone has no ratio to plot.
+    pd.DataFrame([r for r in rows if r["variant"] == "baseline"]).to_csv(tmp_path / "b.csv", index=False)
+    result = run("scripts/plot_baseline.py", str(tmp_path / "b.csv"), "--out", str(tmp_path / "only"))
+    assert result.returncode == 0, result.stderr
+    assert not any(p.name.startswith("ratio") for p in (tmp_path / "only").iterdir())
+
+
+def test_plot_baseline_ratios_are_the_variants_over_the_baseline():
+    import importlib
+
+    pytest.importorskip("matplotlib")
+    plot_baseline = importlib.import_module("scripts.plot_baseline")
+    variant = pd.Series({"tpot_ms_samples": "8;10"})
+    baseline = pd.Series({"tpot_ms_samples": "10;11"})
+    assert plot_baseline.repeat_ratios(variant, baseline) == pytest.approx([1.25, 1.1])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
@@ -134,13 +152,15 @@ def test_bench_baseline_alternates_the_variants_within_each_point(monkeypatch, t
     engines = bb.build_together("ckpt", ["baseline", "tuned"], [(4, 64), (1, 128)], args)
     writer = bb.CsvWriter(str(tmp_path / "m.csv"), bb.COLUMNS)
     assert bb.run_interleaved(engines, "llama-7b", [(4, 64), (1, 128)], args, writer) == []
-    # The smaller point first; per point one warm-up each, then the repeats alternate between the variants.
-    assert calls == [(v, b) for b in (1, 4) for v in ("baseline", "tuned") * 3]
+    # The smaller point first; per point one warm-up each, then the repeats alternate between the variants, the
+    # order turned each repeat.
+    assert calls == [(v, b) for b in (1, 4) for v in ("baseline", "tuned", "baseline", "tuned", "tuned", "baseline")]
     rows = pd.read_csv(tmp_path / "m.csv")
     assert len(rows) == 4 and set(rows["status"]) == {"ok"}
     assert rows["tpot_ms"].round(6).eq(10.0).all() and rows["ttft_ms"].round(6).eq(20.0).all()
     # A variant's peak leaves out the other engine's 100 bytes.
     assert rows["peak_memory_mb"].mul(2**20).round().eq(107).all()
+    assert set(rows["tpot_ms_samples"]) == {"10;10"} and set(rows["ttft_ms_samples"]) == {"20;20"}
     # A point out of memory with both engines loaded: it and the points after it go back to the caller.
     def run_once(llm, batch, seq_len, output_len):
         if batch == 4:
