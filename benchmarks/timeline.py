@@ -17,7 +17,8 @@ launched step gets a row of timeline.csv:
   floor_ms          a decode step's memory floor: every weight and every K/V byte of its batch read once, at the
                     measured copy bandwidth
 
-Then: prefill throughput at 8192-token steps against the compute floor (2 * parameters * tokens at the measured
+Triton compiles met during the run (a kernel specialization seen for the first time) go to compiles.csv, with the
+step they held up. Then: prefill throughput at 8192-token steps against the compute floor (2 * parameters * tokens at the measured
 bf16 matmul rate; the LM head counted only for the prompts a step ends), and each request's time to first token
 (requests.csv), all requests arriving at once as in bench.py. The summary is printed and written to summary.txt.
 
@@ -37,6 +38,7 @@ from random import Random
 
 import torch
 from transformers import AutoConfig
+from triton import knobs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import workload  # noqa: E402
@@ -88,6 +90,10 @@ class Timeline:
         self._launching: StepRecord | None = None
         self._read: StepRecord | None = None  # the step whose tokens were read last
         self._wrapped: list[tuple[object, str]] = []
+        # Triton compiles during the run (a kernel specialization met for the first time): step, kernel, seconds.
+        self.compiles: list[dict] = []
+        self._compile_start = 0.0
+        self._saved_hooks = None
 
     def _wrap(self, obj, name: str, around) -> None:
         original = getattr(obj, name)
@@ -112,11 +118,25 @@ class Timeline:
         self._wrap(runner, "_sample", self._sample)
         if runner.graphs is not None:
             self._wrap(runner.graphs, "_upload", self._upload)
+        hooks = knobs.runtime
+        self._saved_hooks = hooks.jit_cache_hook, hooks.jit_post_compile_hook
+        hooks.jit_cache_hook, hooks.jit_post_compile_hook = self._compile_begins, self._compile_ends
 
     def remove(self) -> None:
         for obj, name in reversed(self._wrapped):
             delattr(obj, name)  # the class's method shows through again
         self._wrapped.clear()
+        if self._saved_hooks is not None:
+            knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = self._saved_hooks
+            self._saved_hooks = None
+
+    def _compile_begins(self, **kwargs) -> bool:
+        self._compile_start = time.perf_counter()
+        return False  # go on and compile
+
+    def _compile_ends(self, *, repr: str, fn, **kwargs) -> None:
+        self.compiles.append({"step": len(self.steps) - 1, "kernel": fn.name,
+                              "seconds": round(time.perf_counter() - self._compile_start, 3), "signature": repr})
 
     def _event(self):
         if not self.cuda:
@@ -345,6 +365,10 @@ def summarize(timeline: Timeline, wall: float, num_tokens: int) -> list[str]:
             seconds = sum(r.gpu_forward_ms + r.gpu_sample_ms for r in prefill) / 1e3
             lines.append(f"  the workload's prefill: {tokens} tokens in {len(prefill)} steps, "
                          f"{tokens / seconds:,.0f} tok/s of GPU time")
+    compile_s = sum(c["seconds"] for c in timeline.compiles)
+    kernels = sorted({c["kernel"] for c in timeline.compiles})
+    lines.append(f"Triton compiles during the run: {len(timeline.compiles)}, {share(compile_s)}"
+                 + (f" ({', '.join(kernels)})" if kernels else ""))
     lines.append("decode steps by batch (graph padding, per-step medians in ms):")
     lines.append(f"  {'batch':>9} {'steps':>6} {'padded%':>8} {'gpu_fwd':>8} {'sample':>7} {'idle':>6} {'floor':>7} "
                  f"{'%floor':>7} {'host':>6} {'wait':>6} {'sched':>6} {'prep':>6} {'post':>6}")
@@ -416,6 +440,7 @@ def main() -> None:
     num_tokens = sum(len(o["token_ids"]) for o in outputs)
     lines += summarize(timeline, wall, num_tokens)
     write_csv(os.path.join(args.out, "timeline.csv"), COLUMNS, [asdict(r) for r in timeline.steps])
+    write_csv(os.path.join(args.out, "compiles.csv"), ["step", "kernel", "seconds", "signature"], timeline.compiles)
 
     first = sorted(timeline.first_token_s.items())  # by seq_id: the requests' order
     ttft = [t for _, t in first]

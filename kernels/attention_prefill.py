@@ -19,7 +19,9 @@ from kernels.validation import (FLOAT_DTYPES, check_attention_heads, check_block
                                      check_shape, check_sliding_window, check_tensor)
 
 
-@triton.jit
+# The batch size and the block table's width change from step to step; Triton would compile a kernel for each of
+# their classes (1, a multiple of 16, other) as the steps first meet them, seconds of a serving run each.
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, o_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr,
     qk_scale, window, num_seqs,

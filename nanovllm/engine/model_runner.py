@@ -110,6 +110,11 @@ class ModelRunner:
                 f"max_model_len={config.max_model_len} tokens needs {self.max_blocks_per_seq}; lower max_model_len or "
                 "give the cache more room (gpu_memory_utilization, num_kvcache_blocks)")
         self._bind_kv_cache(self.num_kvcache_blocks)
+        if self.device.type == "cuda":
+            # The sizing run above compiled the kernels of a long prefill; this compiles a short one's (the prefill
+            # attention takes smaller tiles there), so that no request waits for a compile. It writes K/V into
+            # blocks no sequence holds yet.
+            self._warmup(1, min(self.block_size, config.max_model_len))
         if self.device.type == "cuda" and not config.enforce_eager:
             self.graphs = DecodeGraphs(self.model, config.max_num_seqs, self.block_size, self.max_blocks_per_seq,
                                        hf_config.vocab_size if self.rank == 0 else None, self.device)
@@ -197,7 +202,7 @@ class ModelRunner:
     def _warmup(self, num_seqs: int, seq_len: int) -> None:
         seqs = [Sequence([0] * seq_len) for _ in range(num_seqs)]
         for i, seq in enumerate(seqs):
-            seq.block_table = list(range(i * self.max_blocks_per_seq, i * self.max_blocks_per_seq + seq.num_blocks))
+            seq.block_table = list(range(i * seq.num_blocks, (i + 1) * seq.num_blocks))
             seq.num_scheduled_tokens = seq_len
         self.launch(seqs, is_prefill=True).token_ids()  # waits for it
 
