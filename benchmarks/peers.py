@@ -48,8 +48,7 @@ def hf_decode_latency(path: str, repeats: int, prompt_len: int = 128, output_len
     for call in range(WARMUP_CALLS + repeats):
         ids = torch.full((1, prompt_len), 2 + call, dtype=torch.long, device="cuda")
         streamer = StepTimes()
-        with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=streamer)
+        model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=streamer)
         times = streamer.times  # the prompt, the first token (the prefill), then one per decode step
         if len(times) < 3:
             raise RuntimeError(f"generate() made {len(times) - 1} tokens; expected {output_len}")

@@ -105,11 +105,23 @@ def test_a_failed_part_leaves_the_finished_ones_and_no_partial_file(fake_gpu, tm
 def test_a_compile_failure_is_recorded_and_the_grid_runs_without_it(fake_gpu, tmp_path):
     speed, calls = fake_gpu
     speed[0] = 3.0
-    rp.run_parts(["grid-qwen3-0.6b"], tmp_path, env("run-1"), SIZES, force=False)
+    folder = tmp_path / "nvidia-h200" / "run-1"
+    rp.run_parts(["grid-qwen3-0.6b"], folder, env("run-1"), SIZES, force=False)
     assert calls == [("baseline", "tuned", "compiled"), ("baseline", "tuned")]
-    grid = pd.read_csv(tmp_path / "grid-qwen3-0.6b.csv")
+    grid = pd.read_csv(folder / "grid-qwen3-0.6b.csv")
     assert list(grid[grid["variant"] == "compiled"]["metric"]) == ["failed: RuntimeError: BackendCompilerFailed"]
     assert set(grid[grid["metric"] == "ratio_to_baseline"]["variant"]) == {"tuned"}
+    section = rf.render(tmp_path)
+    assert "| batch | qwen3-0.6b tuned |" in section
+    assert "qwen3-0.6b torch.compile did not run (run-1): RuntimeError: BackendCompilerFailed" in section
+
+
+def test_the_readme_has_one_figures_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    rf.replace_section(readme, "rendered")
+    head, _, tail = (ROOT / "README.md").read_text().partition(rf.BEGIN)
+    assert readme.read_text() == f"{head}{rf.BEGIN}\nrendered\n{rf.END}{tail.partition(rf.END)[2]}"
 
 
 def rf_sha(path: Path) -> str:
