@@ -405,6 +405,9 @@ def main() -> None:
     parser.add_argument("--prefill_prompts", type=int, default=64,
                         help="prompts of the prefill-throughput run (0: skip it)")
     parser.add_argument("--enforce_eager", action="store_true", help="no CUDA graphs")
+    parser.add_argument("--variant", choices=["tuned", "baseline"], default="tuned",
+                        help="tuned: the fused kernels with the GPU's table (the default engine); baseline: the "
+                             "separate RMSNorm + cuBLAS path (fused_norm_linear=False)")
     parser.add_argument("--out", required=True, help="folder for timeline.csv, requests.csv and summary.txt")
     args = parser.parse_args()
     if args.num_seqs < 1:
@@ -419,11 +422,12 @@ def main() -> None:
         torch.cuda.empty_cache()
     path = args.model or cached_random_checkpoint(args.shape)
     hf = AutoConfig.from_pretrained(path)
-    kwargs = {} if torch.cuda.is_available() else {"fused_norm_linear": False}  # the CPU interpreter is slow
+    # On the CPU the fused kernel would run in Triton's interpreter, far too slow for this workload.
+    kwargs = {"fused_norm_linear": False} if args.variant == "baseline" or not torch.cuda.is_available() else {}
     llm = LLM(path, enforce_eager=args.enforce_eager, max_model_len=4096, **kwargs)
     llm.generate([[1, 2, 3]], SamplingParams(), use_tqdm=False)
     weight_bytes, kv_bytes, body_params = model_bytes(llm)
-    lines = [f"model: {path}", f"device: {torch.cuda.get_device_name() if copy_gbps else 'cpu'}"
+    lines = [f"model: {path} ({args.variant})", f"device: {torch.cuda.get_device_name() if copy_gbps else 'cpu'}"
              + (f"; copy {copy_gbps:,.0f} GB/s, bf16 matmul {mm_tflops:.0f} TFLOP/s" if copy_gbps else "")]
 
     prompts, output_lens = workload(args.num_seqs, hf.vocab_size)
