@@ -1,7 +1,7 @@
 """Which lookup table the runtime reads: discovery, the tables shipped in the package, and the version check.
 
 Discovery, first match wins:
-1. the `tuning_table` argument: a path, or False for none (the heuristic default configs);
+1. the `tuning_table` argument: a path, or False for none (the learned fallback, tuning_table/learned.py);
 2. the NANOVLLM_TUNING_TABLE environment variable (a path);
 3. the shipped table of the detected card, `<gpu>.json` among the package's data (`shipped_table`; the repository's
    tables/ folder, which the wheel carries as tuning_table/tables); on a CPU there is no card and no table.
@@ -29,7 +29,7 @@ def shipped_table(gpu: str) -> Path | None:
 
 
 def find_table(tuning_table: str | os.PathLike | bool | None, device: torch.device) -> Path | None:
-    """The table file to use (module docstring), or None for the heuristic default configs."""
+    """The table file to use (module docstring), or None for the learned fallback's configs."""
     if tuning_table is False:
         return None
     if tuning_table is not None:
@@ -43,7 +43,8 @@ def find_table(tuning_table: str | os.PathLike | bool | None, device: torch.devi
     if path is None:
         card = gpu or f"{torch.cuda.get_device_name(device)!r}, a card tuning_table.gpus does not know,"
         warnings.warn(f"no tuning table shipped for {card} and {TUNING_TABLE_ENV} unset: the fused RMSNorm+Linear "
-                      "kernel runs its heuristic default configs", stacklevel=2)
+                      "kernel runs the configs of the nearest shapes tuned on other cards (tuning_table/learned.py)",
+                      stacklevel=2)
     return path
 
 
