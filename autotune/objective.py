@@ -14,6 +14,7 @@ import torch
 
 from autotune.timer import Timer, Timing, Workload
 from kernels.config import Config, device_smem_limit
+from kernels.pdl import pdl_off
 from search_spaces.base import Problem, SearchSpace
 
 # (atol, rtol) against the baseline, per dtype: a few units in the last place of unit-scale outputs.
@@ -45,7 +46,8 @@ class Evaluator:
         self.smem_limit = device_smem_limit(device)
         self.n_buffers = max(1, min(_MAX_BUFFERS, math.ceil(_L2_PASSES * l2_bytes / space.footprint_bytes(problem))))
         self.inputs = space.make_inputs(problem, device, self.n_buffers, seed=seed)
-        self.expected = space.launcher(None)(self.inputs[0])
+        with pdl_off():
+            self.expected = space.launcher(None)(self.inputs[0])
         self.expected_written = [t.clone() for t in space.written(self.inputs[0])]
         self.baseline: Timing | None = None
 
@@ -66,7 +68,10 @@ class Evaluator:
         for t in written:
             t.fill_(float("nan"))  # what the config leaves unwritten then fails the comparison
         try:
-            out = self.space.launcher(config)(self.inputs[0])
+            # Without PDL, as the compile pool built it and the timer runs it: a launch with PDL is another binary
+            # (launch_pdl is part of its key), which this process would compile itself, once per candidate.
+            with pdl_off():
+                out = self.space.launcher(config)(self.inputs[0])
         except Exception as e:  # noqa: BLE001 - compile errors and out-of-resources are results here
             return short_error(e)
         error = self._mismatch("result", out, self.expected)

@@ -10,8 +10,13 @@ Design choices (see docs for the numbers):
   killed process (pruned on SQLite, failed by their stopped heartbeat on PostgreSQL: `heartbeat.py`).
 - Trials are asked ahead (TPE's constant liar keeps pending trials apart) and handed to the
   compile pool; the GPU times them in order as their binaries become ready.
-- The best `retime_top` configs are then timed again head to head, interleaved with the baseline
-  over several rounds, and the winner of that is the study's result.
+- A study stops early once it has settled: `patience` finished trials in a row none of which beat the best by
+  more than its measured noise (the interquartile range of its samples). Most of a study's best configs are its
+  warm starts (docs/PERF_NOTES.md), so the budget `trials` is the most it spends, not what it usually does; the
+  trials asked ahead are held to what the patience left could still use.
+- The best `retime_top` configs within `retime_within` of the best are then timed again head to head,
+  interleaved with the baseline over several rounds, and the winner of that is the study's result (a config
+  clearly behind the best is not worth the rounds).
 - A run's `--budget` reaches a study as a wall-clock deadline: its search stops at the deadline when that comes
   before its own timeout, and a study with less than MIN_STUDY_S left is not started (a rerun starts it). Like
   the timeout, the deadline stops the asking; what was asked ahead is still timed, and the leaders re-timed.
@@ -44,6 +49,8 @@ from kernels.config import Config, device_smem_limit
 from search_spaces.base import Problem, SearchSpace
 
 
+# A study attribute: its search settled (Settling), so a rerun with the same patience leaves it as it is.
+SETTLED_ATTR = "settled"
 # How often a worker whose study is filled by another worker's running trials looks again.
 OTHERS_POLL_S = 1.0
 # Less time than this left of a run's budget does not start a study: setting it up, compiling its first candidates
@@ -78,8 +85,10 @@ class TuneSettings:
     timeout_s: float | None = None
     repeats: int = 20
     retime_top: int = 3
+    retime_within: float = 0.03  # of the best's median: configs slower than that are not re-timed
     retime_rounds: int = 4
     prefetch: int = 8
+    patience: int = 5  # finished trials in a row without a gain beyond the noise end a study; 0: never early
     seed: int | None = 0
 
     def __post_init__(self):
@@ -87,6 +96,8 @@ class TuneSettings:
             raise ValueError(f"--sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
         if self.trials < 1:
             raise ValueError(f"--trials {self.trials}: expected >= 1")
+        if self.patience < 0:
+            raise ValueError(f"--patience {self.patience}: expected >= 0 (0: no early stop)")
         if self.timeout_s is not None and not 0 < self.timeout_s < math.inf:
             raise ValueError(f"--timeout {self.timeout_s}: expected a positive number of seconds")
 
@@ -102,10 +113,13 @@ class StudyOutcome:
     out_of_budget: bool = False  # not started: less than MIN_STUDY_S left of the run's budget
 
 
-def top_configs(study: optuna.Study, k: int) -> list[Config]:
+def top_configs(study: optuna.Study, k: int, within: float = math.inf) -> list[Config]:
+    """The `k` fastest distinct configs of the study, those within `within` (a fraction) of the fastest."""
     done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
     out: list[Config] = []
     for t in done:
+        if t.value > done[0].value * (1 + within):
+            break
         c = Config.from_dict(t.params)
         if c not in out:
             out.append(c)
@@ -149,10 +163,13 @@ class Tuner:
             study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
             created = False
             reclaim_orphans(study, self.storage.url)
-        feasible = self.space.feasible(problem, device_smem_limit(self.device))
+        # The grid sampler walks the whole feasible grid; the others need only know whether it holds `trials` configs.
+        feasible = self.space.feasible(problem, device_smem_limit(self.device),
+                                       at_most=None if s.sampler == "grid" else s.trials)
         budget = min(s.trials, len(feasible))
         done = sum(map(counts_against_budget, study.get_trials(deepcopy=False)))
-        if finished is not None and done >= budget:
+        settled = s.patience > 0 and study.user_attrs.get(SETTLED_ATTR, False)
+        if finished is not None and (done >= budget or settled):
             if self.progress:
                 self.progress.study_started(name, 0)
             best = _stored_result(finished)
@@ -177,7 +194,8 @@ class Tuner:
             elif s.sampler == "tpe" and created:
                 warm = [*grown_leaders(list(warm_start), problem.M), *self.space.heuristics(problem, self.device)]
                 enqueue_warm_starts(study, self.space, problem, axes, warm, budget, device_smem_limit(self.device))
-            self._search(study, evaluator, axes, budget, run_id, deadline)
+            if self._search(study, evaluator, axes, budget, run_id, deadline):
+                study.set_user_attr(SETTLED_ATTR, True)
             ranked = self._retime(study, evaluator, run_id)
         except BaseException as e:
             self.recorder.finish_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
@@ -192,17 +210,20 @@ class Tuner:
         return StudyOutcome(name, problem, None, None, out_of_budget=True)
 
     def _search(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
-                run_id: int, run_deadline: float) -> None:
+                run_id: int, run_deadline: float) -> bool:
+        """Search until the budget, the deadline or settling (`Settling`); whether it settled."""
         s = self.settings
         deadline = time.monotonic() + min(s.timeout_s or math.inf, run_deadline - time.time())
         # Bounds the asks when the sampler keeps proposing infeasible or already-tried configs.
         asks_left = 20 * budget
         pending: deque = deque()  # (trial, config, compile future), asked ahead of timing
         recorded = None  # the result of pending[0], stored in our tables but maybe not yet told to Optuna
+        settling = Settling(0 if s.sampler == "grid" else s.patience)  # the grid is exhaustive by definition
         try:
             with DeferredInterrupt() as interrupt, Heartbeat(self.storage) as heartbeat:
-                while True:
-                    while len(pending) < s.prefetch and asks_left > 0 and time.monotonic() < deadline:
+                while not settling.settled:
+                    while (len(pending) < min(s.prefetch, settling.trials_left) and asks_left > 0
+                           and time.monotonic() < deadline):
                         interrupt.check()
                         asks_left -= 1
                         asked = self._ask(study, evaluator, axes, budget, heartbeat)
@@ -212,7 +233,7 @@ class Tuner:
                             pending.append((*asked, self.pool.submit(self.space.name, evaluator.problem, asked[1])))
                     if not pending:
                         if asks_left <= 0 or time.monotonic() >= deadline or not _others_hold_budget(study, budget):
-                            return
+                            return False
                         # Another worker's trials fill what is left: it tells them, or dies and the heartbeat
                         # requeues them here once their grace period is over. Leaving now would end the study short.
                         interrupt.check()
@@ -232,22 +253,26 @@ class Tuner:
                     heartbeat.discard(trial._trial_id)
                     pending.popleft()
                     recorded = None
+                    settling.add(result)
                     if self.progress:
                         self.progress.trial_finished(study.study_name, result)
+                _prune(study, pending, heartbeat, "not needed: the study settled before timing it")
+                _prune_waiting(study, "not needed: the study settled before asking it")
+                return True
         except BaseException:
             # Leave no trial RUNNING forever. A recorded result is told; what was not timed is pruned: it
             # does not count against the budget, and a rerun may sample the config again.
             if recorded is not None:
                 _tell(study, pending.popleft()[0], recorded)
-            for trial, _, _ in pending:
-                trial.set_user_attr("pruned", "interrupted before timing")
-                _tell(study, trial, None)
+            _prune(study, pending, None, "interrupted before timing")
             raise
 
     def _ask(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
              heartbeat: Heartbeat) -> tuple[optuna.Trial, Config | None] | None:
         """The next trial and its config (None when pruned as infeasible or duplicate); None once the budget is met."""
-        fail_stale_trials(study)  # a dead worker's trials must not hold budget another worker could fill
+        shared = is_heartbeat_enabled(study._storage)  # other workers may be asking in this study too
+        if shared:
+            fail_stale_trials(study)  # a dead worker's trials must not hold budget another worker could fill
         trials = study.get_trials(deepcopy=False)
         # Other workers' running trials count too: together they fill the budget once.
         if sum(counts_against_budget(t) or t.state == TrialState.RUNNING for t in trials) >= budget:
@@ -261,7 +286,9 @@ class Tuner:
             config = self.space.to_config({k: trial.suggest_categorical(k, v) for k, v in axes.items()})
             trial.set_user_attr(CONFIG_ATTR, config.to_dict())
             reason = self.space.violation(config, evaluator.problem, evaluator.smem_limit)
-            reason = reason or duplicate_of(config, settled_trials(study, trial.number), trial.number,
+            # Unshared, every earlier trial is this process's and recorded its config before this ask.
+            earlier = settled_trials(study, trial.number) if shared else trials
+            reason = reason or duplicate_of(config, earlier, trial.number,
                                             lambda c: self.space.runs_as(c, evaluator.problem))
         except BaseException:
             _tell(study, trial, None)
@@ -276,7 +303,7 @@ class Tuner:
     def _retime(self, study: optuna.Study, evaluator: Evaluator, run_id: int) -> list[tuple[Result, int]]:
         """Time the top configs and the baseline head to head, interleaved; fastest median first."""
         s = self.settings
-        top = top_configs(study, s.retime_top)
+        top = top_configs(study, s.retime_top, s.retime_within)
         if not top:
             return []
         samples: dict[Config | None, list[float]] = {c: [] for c in [None, *top]}
@@ -300,6 +327,53 @@ class Tuner:
             run_id, phase=phase, trial_number=trial_number, config=r.config.to_dict(), correct=r.correct,
             error=r.error, median_us=t.median_us if t else None, spread_us=t.spread_us if t else None,
             repeats=len(t.samples_us) if t else None, tflops=r.tflops, gbps=r.gbps, speedup=r.speedup)
+
+
+class Settling:
+    """Whether a study's search has settled: `patience` finished trials in a row that did not beat the best by more
+    than its noise (the interquartile range of its samples). patience=0 never settles."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best: Result | None = None
+        self.since_gain = 0
+
+    def add(self, result: Result) -> None:
+        if result.correct and (self.best is None or result.timing.median_us <
+                               self.best.timing.median_us - self.best.timing.spread_us):
+            self.best, self.since_gain = result, 0
+        else:
+            self.since_gain += 1
+
+    @property
+    def trials_left(self) -> int:
+        """How many more trials the search may still need if none of them gains."""
+        return self.patience - self.since_gain if self.patience else math.inf
+
+    @property
+    def settled(self) -> bool:
+        return self.patience > 0 and self.since_gain >= self.patience
+
+
+def _prune(study: optuna.Study, pending: deque, heartbeat: Heartbeat | None, reason: str) -> None:
+    """Prune the trials asked but not timed: they do not count against the budget, a rerun may sample them again."""
+    while pending:
+        trial, _, _ = pending.popleft()
+        trial.set_user_attr("pruned", reason)
+        _tell(study, trial, None)
+        if heartbeat is not None:
+            heartbeat.discard(trial._trial_id)
+
+
+def _prune_waiting(study: optuna.Study, reason: str) -> None:
+    """Prune the enqueued warm starts a settled study did not ask, so none waits forever. (Optuna tells only RUNNING
+    trials; its storage lets a waiting one finish directly. A worker popping it at the same moment gets the next.)"""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if study._storage.set_trial_state_values(t._trial_id, TrialState.PRUNED):
+                study._storage.set_trial_user_attr(t._trial_id, "pruned", reason)
+        except UpdateFinishedTrialError:
+            pass  # another worker took it and has finished it already
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: Result | None) -> None:

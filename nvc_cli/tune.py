@@ -41,6 +41,9 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="rms_norm_linear (the fused sites) or linear (the plain o_proj and down_proj GEMMs)")
 @click.option("--trials", default=TuneSettings.trials, show_default=True, type=int,
               help="finished trials per study (a rerun resumes up to this)")
+@click.option("--patience", default=TuneSettings.patience, show_default=True, type=int,
+              help="end a study after this many trials in a row without a gain beyond the noise (0: never; "
+                   "the grid sampler never ends early)")
 @click.option("--timeout", default=None, callback=_seconds, metavar="SECONDS", help="seconds per study [default: none]")
 @click.option("--budget", default=None, callback=_seconds, metavar="SECONDS",
               help="seconds for the whole run, most valuable studies first (decode sizes, the largest weights) "
@@ -52,14 +55,15 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="tensor-parallel ranks: tune each rank's shard of a preset's or config's sites")
 @click.pass_obj
 def tune(hardware: Hardware, gpu_name: str, shapes: str, m_spec: str | None, dtype: str, kernel: str, trials: int,
-         timeout: float | None, budget: float | None, sampler: str, storage: str, workers: int, tp: int) -> None:
+         patience: int, timeout: float | None, budget: float | None, sampler: str, storage: str, workers: int,
+         tp: int) -> None:
     """Find the fastest correct config of every (shape, M bucket) on this GPU."""
     try:
         gpu_name = check_gpu_arg(gpu_name)
         get_space(kernel)
         sites = parse_shapes(shapes, kernel, tp=tp)
         buckets = parse_m_buckets(m_spec)
-        settings = TuneSettings(sampler=sampler, trials=trials, timeout_s=timeout)
+        settings = TuneSettings(sampler=sampler, trials=trials, timeout_s=timeout, patience=patience)
         if workers < 1:
             raise ValueError(f"--workers {workers}: expected >= 1")
         visible = hardware.count()

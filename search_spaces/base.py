@@ -91,12 +91,15 @@ class SearchSpace(ABC):
     def to_config(self, params: dict[str, int]) -> Config:
         return Config.from_dict(params)
 
-    def feasible(self, problem: Problem, smem_limit: int | None) -> list[Config]:
-        """Every config of the grid that passes the constraints, one per kernel that runs."""
+    def feasible(self, problem: Problem, smem_limit: int | None, at_most: int | None = None) -> list[Config]:
+        """Every config of the grid that passes the constraints, one per kernel that runs; only the first `at_most`
+        of them where that is all the caller needs (checking the whole grid takes half a second)."""
         axes = self.axes(problem)
         configs = (self.to_config(dict(zip(axes, values))) for values in itertools.product(*axes.values()))
         unique: dict[Config, Config] = {}
         for c in configs:  # one per kernel that runs (`runs_as`)
             if self.violation(c, problem, smem_limit) is None:
                 unique.setdefault(self.runs_as(c, problem), c)
+                if at_most is not None and len(unique) >= at_most:
+                    break
         return list(unique.values())

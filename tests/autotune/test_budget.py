@@ -54,7 +54,7 @@ def _runs(db) -> list[Run]:
 def test_a_study_started_near_the_deadline_gets_what_is_left(db, monkeypatch):
     monkeypatch.setattr(tuner_module, "MIN_STUDY_S", 0.5)
     started = time.time()
-    outcome = make_tuner(db, trials=1000, timeout_s=60).tune(TINY, deadline=started + 2)
+    outcome = make_tuner(db, trials=1000, timeout_s=60, patience=0).tune(TINY, deadline=started + 2)
     # Stopped at the deadline, not at its 60 s timeout: what was asked ahead is timed, then the leaders re-timed.
     assert time.time() - started < 2 + 5
     (run,) = _runs(db)
@@ -82,7 +82,7 @@ def test_one_deadline_for_all_workers(db, monkeypatch):
     url = db[0]
     problems = [Problem(1, 64, 96, "float16"), Problem(1, 64, 128, "float16"), Problem(128, 64, 96, "float16")]
     started = time.time()
-    jobs = make_jobs(url, SPACE.name, problems, TuneSettings(trials=1000), 2, FakeHardware(2), started + 2)
+    jobs = make_jobs(url, SPACE.name, problems, TuneSettings(trials=1000, patience=0), 2, FakeHardware(2), started + 2)
     first, second = (run_job(job) for job in jobs)
     assert [o.out_of_budget for o in first] == [False, True] and [o.out_of_budget for o in second] == [True]
     assert time.time() - started < 2 + 5

@@ -1,6 +1,7 @@
 """The tuning pipeline on the DEVICE: the real kernel through Triton's interpreter for correctness,
 and FakeTimer (a test double with a deterministic latency per config) instead of the GPU clock."""
 import dataclasses
+import math
 import os
 import signal
 
@@ -18,6 +19,8 @@ from autotune.objective import Evaluator
 from autotune.export import build_table
 from tests.doubles import FakeTimer, fake_gpu
 from autotune.timer import Timing
+from autotune import tuner as tuner_module
+from autotune.objective import Result
 from autotune.tuner import Tuner, TuneSettings, study_name
 from db.models import Measurement, Run
 from db.queries import best_results, search_history
@@ -47,10 +50,10 @@ class WrongResultSpace(RmsNormLinearSpace):
 
 
 class OutOfResourcesSpace(RmsNormLinearSpace):
-    """Configs with 8 warps fail the way an over-sized kernel fails to launch."""
+    """Configs with 4 warps (most warm starts) fail the way an over-sized kernel fails to launch."""
 
     def launcher(self, config):
-        if config is not None and config.num_warps == 8:
+        if config is not None and config.num_warps == 4:
             def fail(inputs):
                 raise RuntimeError("out of resource: shared memory, Required: 300000, Hardware limit: 232448")
             return fail
@@ -125,7 +128,7 @@ def test_wrong_results_and_launch_failures_become_reasons():
     wrong = Evaluator(WrongResultSpace(), TINY, DEVICE, FakeTimer(), l2_bytes=1).evaluate(Config(16, 64, 32), 3)
     assert not wrong.correct and wrong.error.startswith("wrong result") and wrong.timing is None
     oor = Evaluator(OutOfResourcesSpace(), TINY, DEVICE, FakeTimer(), l2_bytes=1).evaluate(
-        Config(16, 256, 32, num_warps=8), 3)
+        Config(16, 256, 32, num_warps=4), 3)
     assert not oor.correct and "out of resource" in oor.error
 
 
@@ -204,7 +207,7 @@ def test_timing_keeps_median_and_spread():
 
 
 def test_tpe_study_stores_every_trial_and_retimes_the_top(db):
-    tuner = make_tuner(db, trials=10)
+    tuner = make_tuner(db, trials=10, patience=0)
     outcome = tuner.tune(TINY)
     study = optuna.load_study(study_name=outcome.study_name, storage=db[0])
     counted = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
@@ -253,11 +256,11 @@ def test_wrong_configs_are_failed_and_never_exported(db):
 
 
 def test_out_of_resources_is_a_failed_trial_and_the_search_goes_on(db):
-    outcome = make_tuner(db, space=OutOfResourcesSpace(), trials=12).tune(TINY)
+    outcome = make_tuner(db, space=OutOfResourcesSpace(), trials=12, patience=0).tune(TINY)
     study = optuna.load_study(study_name=outcome.study_name, storage=db[0])
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert failed and all("out of resource" in t.user_attrs["error"] for t in failed)
-    assert outcome.best is not None and outcome.best.config.num_warps != 8
+    assert outcome.best is not None and outcome.best.config.num_warps != 4
 
 
 def test_rerun_resumes_the_study_and_a_finished_study_is_skipped(db):
@@ -429,3 +432,51 @@ def test_an_interrupted_grid_resumes_without_losing_points(db):
     assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete) == len(
         SPACE.feasible(problem, device_smem_limit(DEVICE)))
     assert outcome.best.timing.median_us == pytest.approx(fake_optimum(problem))
+
+
+def test_settling_counts_only_gains_beyond_the_best_spread():
+    def result(median, spread=1.0):
+        return Result(Config(), True, timing=Timing(median, spread, (median,)))
+    settling = tuner_module.Settling(patience=2)
+    settling.add(result(100.0))
+    settling.add(result(99.5))  # inside the best's spread: noise, not a gain
+    assert settling.since_gain == 1 and settling.trials_left == 1 and not settling.settled
+    settling.add(result(98.0))  # beyond it
+    assert settling.best.timing.median_us == 98.0 and settling.since_gain == 0
+    settling.add(Result(Config(), False, "wrong result"))
+    settling.add(result(120.0))
+    assert settling.settled
+    assert not tuner_module.Settling(patience=0).settled and tuner_module.Settling(0).trials_left == math.inf
+
+
+def test_a_study_ends_once_settled_leaves_nothing_waiting_and_a_rerun_keeps_it(db):
+    outcome = make_tuner(db, trials=40, patience=3).tune(TINY)
+    study = optuna.load_study(study_name=outcome.study_name, storage=db[0])
+    counted = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    assert 3 <= len(counted) < 40 and study.user_attrs[tuner_module.SETTLED_ATTR]
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # The last `patience` timed trials gained nothing beyond the best's spread.
+    best = min(t.value for t in counted if t.state == TrialState.COMPLETE)
+    assert all(t.state == TrialState.FAIL or t.value >= best for t in counted[-3:])
+    assert make_tuner(db, trials=40, patience=3).tune(TINY).skipped
+    # Without patience the budget is spent after all.
+    make_tuner(db, trials=40, patience=0).tune(TINY)
+    study = optuna.load_study(study_name=outcome.study_name, storage=db[0])
+    assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]) == 40
+
+
+def test_only_configs_near_the_best_are_retimed(db):
+    class SteepTimer(FakeTimer):  # the first config timed is far ahead of every other
+        first = None
+
+        def measure(self, workload, repeats):
+            t = super().measure(workload, repeats)
+            if workload.config is not None and SteepTimer.first is None:
+                SteepTimer.first = workload.config
+            if workload.config in (None, SteepTimer.first):
+                return t
+            return Timing(t.median_us * 3, t.spread_us, t.samples_us)
+    outcome = make_tuner(db, timer=SteepTimer(), trials=8, patience=0).tune(TINY)
+    with Session(db[1]) as s:
+        retime = s.scalars(select(Measurement).where(Measurement.phase == "retime")).all()
+    assert [Config.from_dict(m.config) for m in retime] == [outcome.best.config] == [SteepTimer.first]
