@@ -8,6 +8,7 @@ it, raised before anything is stored.
 from __future__ import annotations
 
 import importlib
+import json
 import importlib.util
 import re
 from typing import Any
@@ -16,6 +17,8 @@ from kernels.config import DTYPES
 from search_spaces.base import SearchSpace
 from tuning_table.format import LookupTable
 
+# What the database's columns hold (db/models.py: nvc_kernels.name, nvc_shapes.form and dims).
+MAX_NAME, MAX_FORM, MAX_DIMS = 64, 64, 512
 _SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -33,6 +36,9 @@ def load_space(spec: str) -> SearchSpace:
     where = f"--kernel {spec}"
     if not _SPEC.fullmatch(spec):
         raise ValueError(f"{where}: expected a registered kernel or package.module:SpaceClass")
+    if len(spec) > MAX_NAME:
+        raise ValueError(f"{where}: {len(spec)} characters; the database keeps kernel names of up to {MAX_NAME} (import "
+                         f"the class from a shorter module path)")
     module_name, _, attr = spec.partition(":")
     try:
         obj = importlib.import_module(module_name)
@@ -83,9 +89,11 @@ def checked_problems(space: SearchSpace, shapes: str, dtype: str) -> list[Any]:
         missing = [d for d in space.bucket_dims if d not in dims]
         if missing:
             raise ValueError(f"{where}: problem {p!r}: dims {dims} lack the bucket dim(s) {', '.join(missing)}")
-        if p_dtype not in DTYPES or not isinstance(form, str) or "|" in form:
+        if p_dtype not in DTYPES or not isinstance(form, str) or "|" in form or len(form) > MAX_FORM:
             raise ValueError(f"{where}: problem {p!r}: dtype {p_dtype!r} (expected one of {', '.join(DTYPES)}) "
-                             f"and form {form!r} (expected a string without '|')")
+                             f"and form {form!r} (expected a string without '|', up to {MAX_FORM} characters)")
+        if len(json.dumps(dims)) > MAX_DIMS:
+            raise ValueError(f"{where}: problem {p!r}: dims longer than the database keeps ({MAX_DIMS} characters)")
         try:
             axes = space.axes(p)
         except Exception as e:  # noqa: BLE001
