@@ -41,7 +41,7 @@ from autotune.samplers import SAMPLERS, make_sampler
 from autotune.timer import Timer, Timing
 from db.storage import Recorder, RunKey
 from kernels.config import Config, device_smem_limit
-from search_spaces.base import Problem, SearchSpace
+from search_spaces.base import Problem, SearchSpace, TunedProblem
 
 
 # How often a worker whose study is filled by another worker's running trials looks again.
@@ -66,7 +66,7 @@ def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
     return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and not failed_by_heartbeat(t))
 
 
-def study_name(kernel: str, gpu: str, problem: Any) -> str:
+def study_name(kernel: str, gpu: str, problem: TunedProblem) -> str:
     """kernel|gpu|dtype|dim=value|...[|form], the dims in the problem's order (M, K, N for the GEMM kernels)."""
     dims = "|".join(f"{k}={v}" for k, v in problem.dims.items())
     return f"{kernel}|{gpu}|{problem.dtype}|{dims}" + (f"|{problem.form}" if problem.form else "")
@@ -95,7 +95,7 @@ class TuneSettings:
 @dataclass(frozen=True)
 class StudyOutcome:
     study_name: str
-    problem: Any               # a search_spaces.base.Problem for the GEMM kernels
+    problem: TunedProblem      # a search_spaces.base.Problem for the GEMM kernels
     best: Result | None        # None when no candidate was correct
     baseline_us: float | None
     leaders: tuple[Any, ...] = ()  # the re-timed top configs, fastest first: warm starts for the next bucket
@@ -130,7 +130,7 @@ class Tuner:
         self.gpu, self.device, self.timer, self.pool = gpu, device, timer, pool
         self.settings, self.progress = settings, progress
 
-    def tune(self, problem: Any, warm_start: list[Any] = (), deadline: float | None = None) -> StudyOutcome:
+    def tune(self, problem: TunedProblem, warm_start: list[Any] = (), deadline: float | None = None) -> StudyOutcome:
         """Tune one study, or resume it; `deadline` (a time.time(), the end of a run's budget) bounds its search."""
         s = self.settings
         name = study_name(self.space.name, self.gpu.short_name, problem)

@@ -26,6 +26,7 @@ from autotune.objective import Result
 from autotune.tuner import Progress, StudyOutcome, Tuner, TuneSettings
 from db.storage import Recorder, open_engine
 from search_spaces import Problem, get_space
+from search_spaces.base import TunedProblem
 
 # Batches up to this many rows are decode steps (search_spaces/rms_norm_linear.py prunes its axes at the same M).
 DECODE_MAX_M = 64
@@ -58,7 +59,7 @@ def by_value(problems: list[Any], bucket_dims: tuple[str, ...] = ("M",)) -> list
                                            p.epilogue.form, p.M))
 
 
-def by_shape(problem: Any, bucket_dims: tuple[str, ...]) -> tuple:
+def by_shape(problem: TunedProblem, bucket_dims: tuple[str, ...]) -> tuple:
     """A problem's (dtype, form, the other dims), the key of its table entry and of the leaders that warm-start its
     next bucket, followed by its bucket dims' values."""
     dims = problem.dims

@@ -11,10 +11,8 @@ import importlib
 import json
 import importlib.util
 import re
-from typing import Any
-
 from kernels.config import DTYPES
-from search_spaces.base import SearchSpace
+from search_spaces.base import SearchSpace, TunedProblem
 from tuning_table.format import LookupTable
 
 # What the database's columns hold (db/models.py: nvc_kernels.name, nvc_shapes.form and dims).
@@ -64,7 +62,7 @@ def load_space(spec: str) -> SearchSpace:
     return space
 
 
-def checked_problems(space: SearchSpace, shapes: str, dtype: str) -> list[Any]:
+def checked_problems(space: SearchSpace, shapes: str, dtype: str) -> list[TunedProblem]:
     """`space.problems(shapes, dtype)`, each problem and its axes checked: what the tuner, the database and the table
     rely on, so that a broken plugin fails here in one line rather than mid-tune."""
     where = f"--kernel {space.name}"
