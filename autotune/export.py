@@ -51,7 +51,8 @@ def build_table(best: pd.DataFrame) -> dict:
         kernels.setdefault(kernel, []).append({"K": int(K), "N": int(N), "dtype": dtype, "buckets": buckets})
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "gpu": newest["gpu"], "gpu_name": newest["gpu_name"],
             "torch": newest["torch"], "triton": newest["triton"],
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kernels": dict(sorted(kernels.items()))}
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "kernels": dict(sorted(kernels.items()))}
 
 
 def _generic_entries(best: pd.DataFrame) -> dict[str, list]:

@@ -177,7 +177,8 @@ class Tuner:
                 enqueue_grid(study, axes, feasible, budget, s.seed)
             elif s.sampler == "tpe" and created:
                 # The GEMM leaders' row tile is grown to the next M bucket's; other spaces' leaders go in as they are.
-                leaders = grown_leaders(list(warm_start), problem.M) if isinstance(problem, Problem) else list(warm_start)
+                leaders = list(warm_start)
+                leaders = grown_leaders(leaders, problem.M) if isinstance(problem, Problem) else leaders
                 warm = [*leaders, *self.space.heuristics(problem, self.device)]
                 enqueue_warm_starts(study, self.space, problem, axes, warm, budget, device_smem_limit(self.device))
             self._search(study, evaluator, axes, budget, run_id, deadline)

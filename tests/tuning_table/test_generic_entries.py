@@ -3,9 +3,10 @@ the bucket rule dim by dim, the structural strictness of a file read without its
 import copy
 import math
 
+import pandas as pd
 import pytest
 
-from autotune.export import merge_tables
+from autotune.export import build_table, merge_tables
 from tests.tuning_tables import table
 from tuning_table import parse_table, write_table, load_table
 
@@ -86,3 +87,29 @@ def test_merge_replaces_the_retuned_buckets_and_keeps_the_others(tmp_path):
     [buckets] = t.generic.values()
     assert [(b.bucket["batch"], b.bucket["context"], b.config["BLOCK_N"]) for b in buckets] == [
         (1, 1024, 32), (1, 8192, 256), (4, 2048, 16), (16, 1024, 128)]
+
+
+def test_export_buckets_a_plugins_results_and_leaves_out_one_whose_space_is_gone(monkeypatch):
+    from tests.cli.test_cli import ROOT
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    config = {"BLOCK": 128, "ROWS": 1, "num_warps": 4, "num_stages": 2}
+
+    def row(kernel: str, rows: int, finished: str, us: float) -> dict:
+        return dict(gpu="h100", gpu_id=1, gpu_name="NVIDIA H100", torch="2.11.0", triton="3.6.0", kernel=kernel,
+                    dtype="float16", K=None, N=None, M=None, dims={"rows": rows, "cols": 300}, form="",
+                    config=config, median_us=us,
+                    spread_us=0.1, baseline_us=3.0, speedup=3.0 / us, tflops=0.0, gbps=1.0,
+                    finished_at=pd.Timestamp(finished), study_name=f"{kernel}|...")
+
+    best = pd.DataFrame([row("softmax_plugin:SoftmaxSpace", 8, "2026-11-02", 2.0),
+                         row("softmax_plugin:SoftmaxSpace", 8, "2026-11-01", 9.0),  # older: replaced
+                         row("softmax_plugin:SoftmaxSpace", 1, "2026-11-01", 1.0),
+                         row("gone_module:Space", 1, "2026-11-01", 1.0)])
+    with pytest.warns(UserWarning, match="kernel gone_module:Space left out of the table: --kernel gone_module:Space: "
+                                         "cannot import gone_module"):
+        data = build_table(best)
+    assert list(data["kernels"]) == ["softmax_plugin:SoftmaxSpace"]
+    [entry] = data["kernels"]["softmax_plugin:SoftmaxSpace"]
+    assert entry["dims"] == {"cols": 300} and "form" not in entry
+    assert [(b["bucket"], b["latency_us"]) for b in entry["buckets"]] == [({"rows": 1}, 1.0), ({"rows": 8}, 2.0)]
+    parse_table(data)
