@@ -97,8 +97,7 @@ def test_export_buckets_a_plugins_results_and_leaves_out_one_whose_space_is_gone
     def row(kernel: str, rows: int, finished: str, us: float) -> dict:
         return dict(gpu="h100", gpu_id=1, gpu_name="NVIDIA H100", torch="2.11.0", triton="3.6.0", kernel=kernel,
                     dtype="float16", K=None, N=None, M=None, dims={"rows": rows, "cols": 300}, form="",
-                    config=config, median_us=us,
-                    spread_us=0.1, baseline_us=3.0, speedup=3.0 / us, tflops=0.0, gbps=1.0,
+                    config=config, median_us=us, spread_us=0.1, baseline_us=3.0, speedup=3.0 / us, tflops=0.0, gbps=1.0,
                     finished_at=pd.Timestamp(finished), study_name=f"{kernel}|...")
 
     best = pd.DataFrame([row("softmax_plugin:SoftmaxSpace", 8, "2026-11-02", 2.0),
