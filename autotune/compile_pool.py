@@ -18,12 +18,12 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
 
 import torch
 
-from kernels.config import Config
 from kernels.pdl import pdl_off
-from search_spaces import Problem, get_space
+from search_spaces import get_space
 
 _device: torch.device | None = None
 # How often a worker checks that the process that started it is alive.
@@ -48,7 +48,7 @@ def _init_worker(device: str, parent: int) -> None:
         torch.cuda.set_device(_device.index or 0)
 
 
-def precompile(kernel: str, problem: Problem, config: dict) -> str | None:
+def precompile(kernel: str, problem: Any, config: dict) -> str | None:
     """Compile one candidate by launching it on a small problem; the failure reason, or None."""
     from autotune.objective import short_error
 
@@ -57,7 +57,7 @@ def precompile(kernel: str, problem: Problem, config: dict) -> str | None:
     try:
         inputs = space.make_inputs(small, _device or torch.device("cpu"), copies=1)[0]
         with pdl_off():  # as the timer launches it (launch_pdl is part of the compiled binary's key)
-            space.launcher(Config.from_dict(config))(inputs)
+            space.launcher(space.to_config(config))(inputs)
         if _device is not None and _device.type == "cuda":
             torch.cuda.synchronize()
     except Exception as e:  # noqa: BLE001 - the reason is the result
@@ -75,7 +75,7 @@ class CompilePool:
             self._executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_init_worker, initargs=(str(device), os.getpid()))
 
-    def submit(self, kernel: str, problem: Problem, config: Config) -> Future:
+    def submit(self, kernel: str, problem: Any, config: Any) -> Future:
         if self._executor is None:
             done: Future = Future()
             done.set_result(None)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from autotune.heartbeat import failed_by_heartbeat
 from kernels.config import Config
-from search_spaces.base import Problem, SearchSpace
+from search_spaces.base import SearchSpace
 
 
 def grown_leaders(leaders: list[Config], M: int) -> list[Config]:
@@ -34,8 +34,8 @@ def grown_leaders(leaders: list[Config], M: int) -> list[Config]:
     return out
 
 
-def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, problem: Problem, axes: dict[str, list[int]],
-                        configs: list[Config], budget: int, smem_limit: int | None) -> None:
+def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, problem: Any, axes: dict[str, list[int]],
+                        configs: list[Any], budget: int, smem_limit: int | None) -> None:
     projected = []
     for c in configs:
         params = c.to_dict()
@@ -45,7 +45,7 @@ def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, problem: Proble
         study.enqueue_trial({k: c.to_dict()[k] for k in axes}, skip_if_exists=True)
 
 
-def enqueue_grid(study: optuna.Study, axes: dict[str, list[int]], feasible: list[Config], budget: int,
+def enqueue_grid(study: optuna.Study, axes: dict[str, list[int]], feasible: list[Any], budget: int,
                  seed: int | None) -> None:
     """Feasible points not yet in the study, up to the budget, in a seeded shuffle (a smaller budget or
     a timeout then samples the grid fairly; a rerun with a larger budget continues the same order)."""
@@ -87,16 +87,17 @@ def settled_trials(study: optuna.Study, number: int, timeout_s: float = 10.0) ->
         time.sleep(0.01)
 
 
-def duplicate_of(config: Config, trials: list[optuna.trial.FrozenTrial], number: int,
-                 runs_as: Callable[[Config], Config] = lambda c: c) -> str | None:
+def duplicate_of(config: Any, trials: list[optuna.trial.FrozenTrial], number: int,
+                 runs_as: Callable[[Any], Any] = lambda c: c,
+                 to_config: Callable[[dict], Any] = Config.from_dict) -> str | None:
     """The earlier trial whose config runs as this one does (`SearchSpace.runs_as`), if any; a concurrent worker's
     trial counts as soon as it has chosen its config (`settled_trials` waits for that), and the later of two
-    duplicates yields."""
+    duplicates yields. `to_config` is the space's (SearchSpace.to_config)."""
     for t in trials:
         if t.number >= number or t.state in (TrialState.PRUNED, TrialState.WAITING) or failed_by_heartbeat(t):
             continue
         given = chosen_config(t)
         # A trial stored before an axis existed lacks it: it ran that axis's default, not every value of it.
-        if given and runs_as(dataclasses.replace(Config(), **given)) == runs_as(config):
+        if given and runs_as(to_config(given)) == runs_as(config):
             return f"duplicate of trial {t.number}"
     return None

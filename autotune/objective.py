@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from autotune.timer import Timer, Timing, Workload
-from kernels.config import Config, device_smem_limit
+from kernels.config import device_smem_limit
 from kernels.pdl import pdl_off
-from search_spaces.base import Problem, SearchSpace
+from search_spaces.base import SearchSpace
 
 # (atol, rtol) against the baseline, per dtype: a few units in the last place of unit-scale outputs.
 TOLERANCES = {"bfloat16": (3e-2, 3e-2), "float16": (1e-2, 1e-2), "float32": (1e-4, 1e-4)}
@@ -25,7 +26,7 @@ _MAX_BUFFERS = 64
 
 @dataclass(frozen=True)
 class Result:
-    config: Config
+    config: Any  # the space's config (SearchSpace.to_config): kernels.config.Config for the GEMM kernels
     correct: bool
     error: str | None = None
     timing: Timing | None = None
@@ -40,7 +41,7 @@ def short_error(e: BaseException) -> str:
 
 
 class Evaluator:
-    def __init__(self, space: SearchSpace, problem: Problem, device: torch.device, timer: Timer,
+    def __init__(self, space: SearchSpace, problem: Any, device: torch.device, timer: Timer,
                  l2_bytes: int, seed: int = 0):
         self.space, self.problem, self.device, self.timer = space, problem, device, timer
         self.smem_limit = device_smem_limit(device)
@@ -51,7 +52,7 @@ class Evaluator:
         self.expected_written = [t.clone() for t in space.written(self.inputs[0])]
         self.baseline: Timing | None = None
 
-    def workload(self, config: Config | None) -> Workload:
+    def workload(self, config: Any | None) -> Workload:
         run = self.space.launcher(config)
         return Workload(self.problem, config, lambda i: run(self.inputs[i]), self.n_buffers)
 
@@ -59,7 +60,7 @@ class Evaluator:
         self.baseline = self.timer.measure(self.workload(None), repeats)
         return self.baseline
 
-    def check(self, config: Config) -> str | None:
+    def check(self, config: Any) -> str | None:
         """Why the config cannot be used (infeasible, fails to compile or run, wrong result), or None."""
         reason = self.space.violation(config, self.problem, self.smem_limit)
         if reason is not None:
@@ -88,7 +89,7 @@ class Evaluator:
             return f"wrong {what}: max abs error {worst:.3g} vs the baseline (atol={atol}, rtol={rtol})"
         return None
 
-    def evaluate(self, config: Config, repeats: int) -> Result:
+    def evaluate(self, config: Any, repeats: int) -> Result:
         error = self.check(config)
         if error is not None:
             return Result(config, correct=False, error=error)
@@ -98,7 +99,7 @@ class Evaluator:
             return Result(config, correct=False, error=short_error(e))
         return self.result(config, timing)
 
-    def result(self, config: Config, timing: Timing, baseline: Timing | None = None) -> Result:
+    def result(self, config: Any, timing: Timing, baseline: Timing | None = None) -> Result:
         baseline = baseline or self.baseline
         seconds = timing.median_us * 1e-6
         return Result(config, correct=True, timing=timing,

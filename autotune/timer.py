@@ -19,16 +19,14 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from kernels.config import Config
 from kernels.pdl import pdl_off
-from search_spaces.base import Problem
 
 
 @dataclass(frozen=True)
 class Workload:
     """One thing to time: `launch(i)` runs the kernel (or the baseline when config is None) on input set i."""
-    problem: Problem
-    config: Config | None
+    problem: Any        # the space's problem and config (search_spaces/base.py)
+    config: Any | None
     launch: Callable[[int], Any]
     n_buffers: int
 

@@ -1,5 +1,5 @@
-"""One Optuna study per (GPU, kernel, dtype, M, K, N, epilogue): sample, compile ahead, check, time, re-time the
-top few.
+"""One Optuna study per (GPU, kernel, dtype, problem dims, form): sample, compile ahead, check, time, re-time the
+top few. (For the GEMM kernels the dims are M, K, N and the form the epilogue's; a plugin's problem names its own.)
 
 Design choices (see docs for the numbers):
 - A study is one M bucket of one (K, N). Pruning the axes by M keeps each study's space small,
@@ -28,7 +28,7 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import optuna
 import torch
@@ -46,7 +46,7 @@ from autotune.samplers import SAMPLERS, make_sampler
 from autotune.timer import Timer, Timing
 from db.storage import Recorder, RunKey
 from kernels.config import Config, device_smem_limit
-from search_spaces.base import Problem, SearchSpace
+from search_spaces.base import Problem, SearchSpace, TunedProblem
 
 
 # A study attribute: its search settled (Settling), so a rerun with the same patience leaves it as it is.
@@ -73,9 +73,10 @@ def counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
     return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and not failed_by_heartbeat(t))
 
 
-def study_name(kernel: str, gpu: str, problem: Problem) -> str:
-    form = f"|{problem.epilogue.form}" if problem.epilogue.paired else ""
-    return f"{kernel}|{gpu}|{problem.dtype}|M={problem.M}|K={problem.K}|N={problem.N}{form}"
+def study_name(kernel: str, gpu: str, problem: TunedProblem) -> str:
+    """kernel|gpu|dtype|dim=value|...[|form], the dims in the problem's order (M, K, N for the GEMM kernels)."""
+    dims = "|".join(f"{k}={v}" for k, v in problem.dims.items())
+    return f"{kernel}|{gpu}|{problem.dtype}|{dims}" + (f"|{problem.form}" if problem.form else "")
 
 
 @dataclass(frozen=True)
@@ -105,22 +106,23 @@ class TuneSettings:
 @dataclass(frozen=True)
 class StudyOutcome:
     study_name: str
-    problem: Problem
+    problem: TunedProblem      # a search_spaces.base.Problem for the GEMM kernels
     best: Result | None        # None when no candidate was correct
     baseline_us: float | None
-    leaders: tuple[Config, ...] = ()  # the re-timed top configs, fastest first: warm starts for the next M
+    leaders: tuple[Any, ...] = ()  # the re-timed top configs, fastest first: warm starts for the next bucket
     skipped: bool = False      # already finished in an earlier run
     out_of_budget: bool = False  # not started: less than MIN_STUDY_S left of the run's budget
 
 
-def top_configs(study: optuna.Study, k: int, within: float = math.inf) -> list[Config]:
+def top_configs(study: optuna.Study, k: int, within: float = math.inf,
+                to_config: Callable[[dict], Any] = Config.from_dict) -> list[Any]:
     """The `k` fastest distinct configs of the study, those within `within` (a fraction) of the fastest."""
     done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
-    out: list[Config] = []
+    out: list[Any] = []
     for t in done:
         if t.value > done[0].value * (1 + within):
             break
-        c = Config.from_dict(t.params)
+        c = to_config(t.params)
         if c not in out:
             out.append(c)
         if len(out) == k:
@@ -143,7 +145,7 @@ class Tuner:
         self.gpu, self.device, self.timer, self.pool = gpu, device, timer, pool
         self.settings, self.progress = settings, progress
 
-    def tune(self, problem: Problem, warm_start: list[Config] = (), deadline: float | None = None) -> StudyOutcome:
+    def tune(self, problem: TunedProblem, warm_start: list[Any] = (), deadline: float | None = None) -> StudyOutcome:
         """Tune one study, or resume it; `deadline` (a time.time(), the end of a run's budget) bounds its search."""
         s = self.settings
         name = study_name(self.space.name, self.gpu.short_name, problem)
@@ -172,7 +174,7 @@ class Tuner:
         if finished is not None and (done >= budget or settled):
             if self.progress:
                 self.progress.study_started(name, 0)
-            best = _stored_result(finished)
+            best = _stored_result(finished, self.space.to_config)
             return StudyOutcome(name, problem, best, None, (best.config,), skipped=True)
         if left < MIN_STUDY_S:  # finished before, with fewer trials than asked now
             return self._not_started(name, problem)
@@ -181,8 +183,8 @@ class Tuner:
 
         timeout_s = min(s.timeout_s or math.inf, left)
         run_id = self.recorder.start_run(self.gpu.to_record(), RunKey(
-            name, self.space.name, problem.M, problem.K, problem.N, problem.dtype, s.sampler, s.trials,
-            timeout_s if timeout_s < math.inf else None, epilogue=problem.epilogue.form))
+            name, self.space.name, problem.dims, problem.dtype, s.sampler, s.trials,
+            timeout_s if timeout_s < math.inf else None, form=problem.form))
         try:
             evaluator = Evaluator(self.space, problem, self.device, self.timer, self.gpu.l2_bytes)
             base = evaluator.time_baseline(s.repeats)
@@ -192,7 +194,10 @@ class Tuner:
             if s.sampler == "grid" and (created or idle):
                 enqueue_grid(study, axes, feasible, budget, s.seed)
             elif s.sampler == "tpe" and created:
-                warm = [*grown_leaders(list(warm_start), problem.M), *self.space.heuristics(problem, self.device)]
+                # The GEMM leaders' row tile is grown to the next M bucket's; other spaces' leaders go in as they are.
+                leaders = list(warm_start)
+                leaders = grown_leaders(leaders, problem.M) if isinstance(problem, Problem) else leaders
+                warm = [*leaders, *self.space.heuristics(problem, self.device)]
                 enqueue_warm_starts(study, self.space, problem, axes, warm, budget, device_smem_limit(self.device))
             if self._search(study, evaluator, axes, budget, run_id, deadline):
                 study.set_user_attr(SETTLED_ATTR, True)
@@ -204,7 +209,7 @@ class Tuner:
         return StudyOutcome(name, problem, ranked[0][0] if ranked else None, evaluator.baseline.median_us,
                             tuple(r.config for r, _ in ranked))
 
-    def _not_started(self, name: str, problem: Problem) -> StudyOutcome:
+    def _not_started(self, name: str, problem: Any) -> StudyOutcome:
         if self.progress:
             self.progress.study_started(name, 0)
         return StudyOutcome(name, problem, None, None, out_of_budget=True)
@@ -268,7 +273,7 @@ class Tuner:
             raise
 
     def _ask(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
-             heartbeat: Heartbeat) -> tuple[optuna.Trial, Config | None] | None:
+             heartbeat: Heartbeat) -> tuple[optuna.Trial, Any | None] | None:
         """The next trial and its config (None when pruned as infeasible or duplicate); None once the budget is met."""
         shared = is_heartbeat_enabled(study._storage)  # other workers may be asking in this study too
         if shared:
@@ -289,7 +294,7 @@ class Tuner:
             # Unshared, every earlier trial is this process's and recorded its config before this ask.
             earlier = settled_trials(study, trial.number) if shared else trials
             reason = reason or duplicate_of(config, earlier, trial.number,
-                                            lambda c: self.space.runs_as(c, evaluator.problem))
+                                            lambda c: self.space.runs_as(c, evaluator.problem), self.space.to_config)
         except BaseException:
             _tell(study, trial, None)
             raise
@@ -303,10 +308,10 @@ class Tuner:
     def _retime(self, study: optuna.Study, evaluator: Evaluator, run_id: int) -> list[tuple[Result, int]]:
         """Time the top configs and the baseline head to head, interleaved; fastest median first."""
         s = self.settings
-        top = top_configs(study, s.retime_top, s.retime_within)
+        top = top_configs(study, s.retime_top, s.retime_within, self.space.to_config)
         if not top:
             return []
-        samples: dict[Config | None, list[float]] = {c: [] for c in [None, *top]}
+        samples: dict[Any, list[float]] = {c: [] for c in [None, *top]}
         for _ in range(s.retime_rounds):
             for c in list(samples):
                 try:
@@ -391,6 +396,6 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: Result | None) -> No
         pass  # already told when an interruption came in between
 
 
-def _stored_result(m) -> Result:
+def _stored_result(m, to_config: Callable[[dict], Any]) -> Result:
     timing = Timing(m.median_us, m.spread_us, ())
-    return Result(Config.from_dict(m.config), m.correct, m.error, timing, m.tflops, m.gbps, m.speedup)
+    return Result(to_config(m.config), m.correct, m.error, timing, m.tflops, m.gbps, m.speedup)

@@ -13,6 +13,7 @@ import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 import torch
@@ -24,8 +25,8 @@ from autotune.heartbeat import tuning_storage
 from autotune.objective import Result
 from autotune.tuner import Progress, StudyOutcome, Tuner, TuneSettings
 from db.storage import Recorder, open_engine
-from kernels.config import Config
 from search_spaces import Problem, get_space
+from search_spaces.base import TunedProblem
 
 # Batches up to this many rows are decode steps (search_spaces/rms_norm_linear.py prunes its axes at the same M).
 DECODE_MAX_M = 64
@@ -36,7 +37,7 @@ class Job:
     """What one worker tunes; picklable, so it can cross into a spawned process."""
     storage_url: str
     kernel: str
-    problems: tuple[Problem, ...]
+    problems: tuple[Any, ...]  # search_spaces.base.Problem for the GEMM kernels, a plugin's own otherwise
     settings: TuneSettings
     hardware: Hardware
     device_index: int = 0
@@ -44,19 +45,31 @@ class Job:
     deadline: float | None = None  # time.time() at which the run's --budget ends
 
 
-def by_value(problems: list[Problem]) -> list[Problem]:
+def by_value(problems: list[Any], bucket_dims: tuple[str, ...] = ("M",)) -> list[Any]:
     """The order a budget is spent in. Decode sizes (M <= DECODE_MAX_M) of every shape come before prefill sizes:
     generation is almost all decode steps, each of them a few microseconds per site that a config can win back,
     while at prefill sizes the kernel is compute-bound and cuBLAS close to its best. Within each, the shapes with the
     largest weight first: decode time is reading the weight, so they hold the most microseconds per launch (the
     problem does not say how often a model launches it: QKV and gate/up once a layer, lm_head once a step). Within a
-    shape M grows, so each bucket is warm-started by the one below."""
+    shape M grows, so each bucket is warm-started by the one below. Other spaces' problems (their `bucket_dims`) go
+    shape by shape, each shape's buckets ascending (`by_shape`)."""
+    if not all(isinstance(p, Problem) for p in problems):
+        return sorted(problems, key=lambda p: by_shape(p, bucket_dims))
     return sorted(problems, key=lambda p: (p.M > DECODE_MAX_M, -p.N * p.K * p.elem_bytes, p.dtype, p.K, p.N,
                                            p.epilogue.form, p.M))
 
 
-def partition(problems: list[Problem], workers: int) -> list[list[Problem]]:
-    ordered = sorted(problems, key=lambda p: (p.dtype, p.K, p.N, p.M))
+def by_shape(problem: TunedProblem, bucket_dims: tuple[str, ...]) -> tuple:
+    """A problem's (dtype, form, the other dims), the key of its table entry and of the leaders that warm-start its
+    next bucket, followed by its bucket dims' values."""
+    dims = problem.dims
+    return (problem.dtype, problem.form, tuple((k, v) for k, v in dims.items() if k not in bucket_dims),
+            tuple(dims[d] for d in bucket_dims))
+
+
+def partition(problems: list[Any], workers: int, bucket_dims: tuple[str, ...] = ("M",)) -> list[list[Any]]:
+    gemm = all(isinstance(p, Problem) for p in problems)
+    ordered = sorted(problems, key=lambda p: (p.dtype, p.K, p.N, p.M) if gemm else by_shape(p, bucket_dims))
     size, extra = divmod(len(ordered), workers)
     out, start = [], 0
     for w in range(workers):
@@ -77,11 +90,12 @@ def run_job(job: Job, progress: Progress | None = None) -> list[StudyOutcome]:
     tuner_args = (space, tuning_storage(job.storage_url), Recorder(open_engine(job.storage_url)), gpu, device,
                   job.hardware.timer())
     outcomes: list[StudyOutcome] = []
-    leaders: dict[tuple[int, int, str], tuple[Config, ...]] = {}  # the last tuned bucket's, per shape
+    leaders: dict[tuple, tuple[Any, ...]] = {}  # the last tuned bucket's, per shape
     with CompilePool(job.compile_processes, device) as pool:
         tuner = Tuner(*tuner_args, pool=pool, settings=job.settings, progress=progress)
         for problem in job.problems:
-            shape = (problem.K, problem.N, problem.dtype)
+            shape = (problem.K, problem.N, problem.dtype) if isinstance(problem, Problem) else \
+                by_shape(problem, space.bucket_dims)[:3]
             outcome = tuner.tune(problem, list(leaders.get(shape, ())), job.deadline)
             outcomes.append(outcome)
             leaders[shape] = outcome.leaders
@@ -159,11 +173,12 @@ def run_workers(jobs: list[Job]) -> None:
         raise RuntimeError(f"tuning worker(s) failed: {', '.join(failed)}")
 
 
-def make_jobs(storage_url: str, kernel: str, problems: list[Problem], settings: TuneSettings, workers: int,
+def make_jobs(storage_url: str, kernel: str, problems: list[Any], settings: TuneSettings, workers: int,
               hardware: Hardware, deadline: float | None = None) -> list[Job]:
     """One job per worker (GPUs 0..workers-1), each with its slice of the studies, most valuable first, and the
     run's `deadline` (time.time(); None: no --budget)."""
     procs = hardware.compile_processes(workers)
-    return [Job(storage_url, kernel, tuple(by_value(part)), settings, hardware, device_index=i,
+    dims = get_space(kernel).bucket_dims
+    return [Job(storage_url, kernel, tuple(by_value(part, dims)), settings, hardware, device_index=i,
                 compile_processes=procs, deadline=deadline)
-            for i, part in enumerate(partition(problems, workers)) if part]
+            for i, part in enumerate(partition(problems, workers, dims)) if part]

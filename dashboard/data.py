@@ -18,13 +18,15 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db.models import ExportedTable, Gpu, Kernel, Measurement, Run, Shape
-from db.queries import BEST_COLUMNS, best_results
+from db.queries import BEST_COLUMNS, best_results, with_gemm_dims
 from db.storage import StorageError, engine_kwargs, open_engine, redact, resolve_url
 
-RUN_COLUMNS = ["run_id", "study_name", "sampler", "status", "baseline_us", "gpu", "kernel", "dtype", "K", "N", "M"]
+RUN_COLUMNS = ["run_id", "study_name", "sampler", "status", "baseline_us", "gpu", "kernel", "dtype", "dims"]
 SEARCH_COLUMNS = ["run_id", "trial_number", "correct", "error", "median_us"]
 GPU_COLUMNS = ["gpu", "name", "torch", "triton", "driver", "sm_count", "memory_gib"]
 EXPORT_COLUMNS = ["gpu", "path", "created", "kernel", "dtype", "K", "N", "M", "config", "latency_us", "speedup"]
+# A generic kernel's (a plugin's) buckets name their sizes here instead of K, N and M; shown only where there are some.
+EXPORT_DIMS = "dims"
 STUDY_COLUMNS = ["study_name", "gpu", "kernel", "dtype", "K", "N", "M", "sampler", "runs", "status", "trials",
                  "failed", "best_search_us", "baseline_us", "tuned_us", "speedup"]
 
@@ -85,7 +87,7 @@ def load(url: str, gpu: str | None = None) -> DashboardData:
                              pd.DataFrame(columns=BEST_COLUMNS), pd.DataFrame(columns=EXPORT_COLUMNS))
     try:
         runs_q = (select(Run.id, Run.study_name, Run.sampler, Run.status, Run.baseline_us, Gpu.short_name,
-                         Kernel.name, Shape.dtype, Shape.K, Shape.N, Shape.M)
+                         Kernel.name, Shape.dtype, Shape.dims)
                   .join(Gpu, Gpu.id == Run.gpu_id).join(Kernel, Kernel.id == Run.kernel_id)
                   .join(Shape, Shape.id == Run.shape_id).order_by(Run.id))
         gpus_q = select(Gpu.short_name, Gpu.name, Gpu.torch_version, Gpu.triton_version, Gpu.driver, Gpu.sm_count,
@@ -98,7 +100,7 @@ def load(url: str, gpu: str | None = None) -> DashboardData:
             gpus_q = gpus_q.where(Gpu.short_name == gpu)
             search_q = search_q.where(Measurement.run_id.in_(
                 select(Run.id).join(Gpu, Gpu.id == Run.gpu_id).where(Gpu.short_name == gpu)))
-        runs = _frame(engine, runs_q, RUN_COLUMNS)
+        runs = with_gemm_dims(_frame(engine, runs_q, RUN_COLUMNS))  # K, N, M: <NA> for other kernels
         search = _frame(engine, search_q, SEARCH_COLUMNS).merge(runs[["run_id", "study_name", "sampler"]], on="run_id")
         best = best_results(engine, gpu)
         gpus = _frame(engine, gpus_q, GPU_COLUMNS)
@@ -132,14 +134,27 @@ def _exported(engine: Engine, gpu: str | None) -> pd.DataFrame:
         q = q.where(ExportedTable.gpu_short_name == gpu)
     with Session(engine) as s:
         tables = s.scalars(q).all()
-        rows = [(t.gpu_short_name, t.path, f"{t.created_at:%Y-%m-%d %H:%M}", kernel, e["dtype"], e["K"], e["N"], b["M"],
+        rows = [(t.gpu_short_name, t.path, f"{t.created_at:%Y-%m-%d %H:%M}", kernel, e["dtype"], *_exported_dims(e, b),
                  short_config(b["config"]), b["latency_us"], b["speedup"])
                 for t in tables for kernel, entries in t.content["kernels"].items() for e in entries
                 for b in e["buckets"]]
-    return pd.DataFrame(rows, columns=EXPORT_COLUMNS)
+    at = EXPORT_COLUMNS.index("M") + 1
+    frame = pd.DataFrame(rows, columns=[*EXPORT_COLUMNS[:at], EXPORT_DIMS, *EXPORT_COLUMNS[at:]])
+    return frame if (frame[EXPORT_DIMS] != "").any() else frame[EXPORT_COLUMNS]
+
+
+def _exported_dims(entry: dict, bucket: dict) -> tuple:
+    """K, N, M and dims of a bucket: a GEMM kernel's K, N and M; a generic kernel's (tuning_table/format.py) sizes as
+    text in dims."""
+    if "bucket" not in bucket:
+        return entry["K"], entry["N"], bucket["M"], ""
+    return None, None, None, " ".join(f"{k}={v}" for k, v in {**entry["dims"], **bucket["bucket"]}.items())
 
 
 def short_config(c: dict) -> str:
+    """A GEMM config as BLOCK_MxBLOCK_NxBLOCK_K w.. s..; any other space's as its axis=value pairs."""
+    if "BLOCK_M" not in c:
+        return " ".join(f"{k}={v}" for k, v in c.items())
     return (f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']} w{c['num_warps']} s{c['num_stages']} g{c['GROUP_M']} "
             f"sk{c['SPLIT_K']} ssq{c.get('SUMSQ_IN_LOOP', 0)} tma{c.get('TMA', 0)}")
 

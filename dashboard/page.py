@@ -92,7 +92,7 @@ def _across_shapes(page: _Page, data: DashboardData, bench: BenchData) -> None:
     page.heading(3, "Tuned vs the baseline (F.rms_norm + F.linear), re-timed head to head")
     if data.best.empty:
         page.note("No finished study yet, so no re-timed winner to compare with the baseline.")
-    for gpu, best in data.best.groupby("gpu"):
+    for gpu, best in data.best[data.best["M"].notna()].groupby("gpu"):  # the GEMM kernels' (shape, M) grid
         page.figure(figures.speedup_heatmap(_shape_rows(best), "speedup", f"{gpu}: baseline latency / tuned latency"))
 
     compare = bench.compare.assign(row=bench.compare["shape"].astype(str) + " K=" + bench.compare["K"].astype(str)
@@ -121,7 +121,7 @@ def _across_shapes(page: _Page, data: DashboardData, bench: BenchData) -> None:
 
     if data.best["gpu"].nunique() > 1:
         page.heading(3, "Across GPUs")
-        page.figure(figures.gpu_comparison(data.best))
+        page.figure(figures.gpu_comparison(data.best[data.best["M"].notna()]))
 
     page.heading(3, "Exported lookup tables (the newest of each GPU)")
     if data.exported.empty:

@@ -6,6 +6,7 @@ speedup, the re-timed winner of each run, and every exported lookup table.
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
@@ -13,7 +14,7 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bumped together with a new revision in db/migrations/versions/, which migrates the databases of the last one.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> datetime:
@@ -50,18 +51,22 @@ class Kernel(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
 
 
+def dims_text(dims: dict[str, int]) -> str:
+    """The one spelling of a problem's named sizes in nvc_shapes.dims: JSON, keys sorted, no spaces."""
+    return json.dumps(dims, sort_keys=True, separators=(",", ":"))
+
+
 class Shape(Base):
-    """One tuned problem: x (M, K) @ weight (N, K).T in `dtype`, timed with `epilogue` applied after the product
-    (its form in kernels/epilogue.py: "" for the product itself, "gated", "rotary=<head_dim>/<kv_heads>")."""
+    """One tuned problem of any kernel: its named sizes `dims` (dims_text; a GEMM's x (M, K) @ weight (N, K).T is
+    {"K":..,"M":..,"N":..}), its `dtype` and its `form`, the variant it was timed in ("" for none; for the GEMM
+    kernels the epilogue applied after the product, kernels/epilogue.py: "gated", "rotary=<head_dim>/<kv_heads>")."""
     __tablename__ = "nvc_shapes"
     # Named, unlike schema 1's, so that a later migration can drop it on every backend.
-    __table_args__ = (UniqueConstraint("M", "K", "N", "dtype", "epilogue", name="uq_nvc_shapes_M_K_N_dtype_epilogue"),)
+    __table_args__ = (UniqueConstraint("dims", "dtype", "form", name="uq_nvc_shapes_dims_dtype_form"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    M: Mapped[int] = mapped_column(Integer)
-    K: Mapped[int] = mapped_column(Integer)
-    N: Mapped[int] = mapped_column(Integer)
     dtype: Mapped[str] = mapped_column(String(16))
-    epilogue: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    form: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    dims: Mapped[str] = mapped_column(String(512))
 
 
 class Run(Base):

@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from db import migrations
 from db.models import (SCHEMA_VERSION, Base, ExportedTable, Gpu, Kernel, Measurement, Run, SchemaVersion, Shape,
-                       utcnow)
+                       dims_text, utcnow)
 
 DEFAULT_URL = "sqlite:///tuning.db"
 # SQLite serializes writers with a file lock; writers of other studies wait instead of failing.
@@ -282,14 +282,12 @@ def _get_or_create(s: Session, model, defaults: dict | None = None, **key):
 class RunKey:
     study_name: str
     kernel: str
-    M: int
-    K: int
-    N: int
+    dims: dict[str, int]  # the problem's named sizes (M, K, N for the GEMM kernels)
     dtype: str
     sampler: str
     trials_budget: int
     timeout_s: float | None
-    epilogue: str = ""  # its form (kernels/epilogue.py), "" for the plain product
+    form: str = ""  # the problem's variant ("" for none; the GEMM kernels': the epilogue's form, kernels/epilogue.py)
 
 
 class Recorder:
@@ -313,7 +311,7 @@ class Recorder:
                                       memory_bytes=gpu["memory_bytes"]),
                 name=gpu["name"], driver=gpu["driver"], torch_version=gpu["torch"], triton_version=gpu["triton"])
             kernel = _get_or_create(s, Kernel, name=key.kernel)
-            shape = _get_or_create(s, Shape, M=key.M, K=key.K, N=key.N, dtype=key.dtype, epilogue=key.epilogue)
+            shape = _get_or_create(s, Shape, dims=dims_text(key.dims), dtype=key.dtype, form=key.form)
             run = Run(study_name=key.study_name, gpu_id=gpu_row.id, kernel_id=kernel.id, shape_id=shape.id,
                       sampler=key.sampler, trials_budget=key.trials_budget, timeout_s=key.timeout_s,
                       host=socket.gethostname())

@@ -48,7 +48,8 @@ def _needs_dashboard_extra() -> None:
 @click.group(cls=_Commands)
 @click.pass_context
 def main(ctx: click.Context) -> None:
-    """Autotune the fused RMSNorm+Linear kernel (and its norm-free GEMM, --kernel linear) per GPU and shape."""
+    """Autotune the fused RMSNorm+Linear kernel (and its norm-free GEMM, --kernel linear), or a search space of your
+    own (--kernel package.module:SpaceClass, docs/PLUGINS.md), per GPU and shape."""
     if ctx.obj is None:
         ctx.obj = CudaHardware()
 

@@ -11,7 +11,9 @@ from db.queries import best_results
 from db.storage import Recorder, StorageError, open_engine, redact, storage_errors
 from kernels.config import Config
 from nvc_cli.options import one_line_error, storage_option
-from tuning_table import check_gpu_arg, load_table, read_table_file, write_table
+from search_spaces.plugin import check_table
+from tuning_table import check_gpu_arg, load_table, parse_table, read_table_file, write_table
+from tuning_table.format import KERNELS, LookupTable
 
 
 @click.command("export-table")
@@ -34,6 +36,7 @@ def export_table(gpu_name: str | None, out: str | None, merge: bool, storage: st
             merged = merge and path.exists()
             if merged:
                 table = merge_tables(read_table_file(path), table, f"lookup table {path}")
+            check_table(parse_table(table, f"table to write to {path}"), f"table to write to {path}")
             # The row first, the file (checked, then replaced atomically) while its transaction is open, the commit
             # last: whatever fails leaves the file as it was and no row, except a commit failing after the file was
             # replaced, which leaves a valid table that the database does not list (the other order could list a
@@ -57,9 +60,12 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
             table = load_table(table_path)
             click.echo(f"{table_path}: {table.gpu_name} ({table.gpu}), torch {table.torch}, triton {table.triton}, "
                        f"created {table.created}")
+            check_table(table, f"lookup table {table_path}")
             rows = [dict(kernel=k, dtype=d, K=K, N=N, M=b.M, config=_short(b.config), speedup=b.speedup,
                          epilogue=b.epilogue.form) for (k, K, N, d), buckets in table.entries.items() for b in buckets]
-            click.echo(pd.DataFrame(rows).to_string(index=False))
+            if rows:
+                click.echo(pd.DataFrame(rows).to_string(index=False))
+            _show_generic_entries(table)
             return
         gpu_name = check_gpu_arg(gpu_name) if gpu_name else None
         with storage_errors(storage):
@@ -69,6 +75,20 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
     if best.empty:
         click.echo("no finished studies yet")
         return
+    generic = best[~best["kernel"].isin(KERNELS)]
+    best = best[best["kernel"].isin(KERNELS)].rename(columns={"form": "epilogue"})
+    if not best.empty:
+        _show_gemm_results(best)
+    if not generic.empty:
+        generic = generic.assign(dims=generic["dims"].map(_sizes), config=generic["config"].map(_sizes),
+                                 us=generic["median_us"].round(2), spread=generic["spread_us"].round(2),
+                                 base_us=generic["baseline_us"].round(2), speedup=generic["speedup"].round(3),
+                                 gbps=generic["gbps"].round(0))
+        click.echo(generic[["gpu", "kernel", "dtype", "dims", "config", "us", "spread", "base_us", "speedup", "gbps",
+                            "form"]].to_string(index=False))
+
+
+def _show_gemm_results(best: pd.DataFrame) -> None:
     best = best.assign(config=best["config"].map(_short_dict), us=best["median_us"].round(2),
                        spread=best["spread_us"].round(2), base_us=best["baseline_us"].round(2),
                        speedup=best["speedup"].round(3), tflops=best["tflops"].round(1), gbps=best["gbps"].round(0))
@@ -95,3 +115,16 @@ def _short(c: Config) -> str:
 
 def _short_dict(d: dict) -> str:
     return _short(Config.from_dict(d))
+
+
+def _sizes(d: dict) -> str:
+    """A plugin's dims or config as name=value pairs."""
+    return " ".join(f"{k}={v}" for k, v in d.items())
+
+
+def _show_generic_entries(table: LookupTable) -> None:
+    """The buckets of the table's generic (plugin) kernels, one row each."""
+    rows = [dict(kernel=k, dtype=d, dims=_sizes({**dict(fixed), **b.bucket}), config=_sizes(b.config),
+                 speedup=b.speedup, form=form) for (k, fixed, d, form), buckets in table.generic.items() for b in buckets]
+    if rows:
+        click.echo(pd.DataFrame(rows).to_string(index=False))

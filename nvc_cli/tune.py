@@ -15,6 +15,7 @@ from db.storage import StorageError, open_engine, optuna_storage, storage_errors
 from kernels.config import DTYPES
 from nvc_cli.options import one_line_error, storage_option
 from search_spaces import Problem, get_space
+from search_spaces.plugin import checked_problems, is_plugin
 from search_spaces.shapes import PRESETS, SITE_KERNELS, parse_m_buckets, parse_shapes, sites_from_config
 from tuning_table import check_gpu_arg
 
@@ -34,11 +35,13 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 
 @click.command()
 @click.option("--gpu", "gpu_name", required=True, help="normalized GPU name; must match the device (h100, a100, ...)")
-@click.option("--shapes", required=True, help="preset, config.json path or NxK, comma-separated")
+@click.option("--shapes", required=True, help="preset, config.json path or NxK, comma-separated; for a plugin's "
+              "--kernel, what its space reads (docs/PLUGINS.md)")
 @click.option("--m", "m_spec", default=None, help="M buckets, comma-separated [default: 1,2,4,...,16384]")
 @click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(sorted(DTYPES)))
 @click.option("--kernel", default="rms_norm_linear", show_default=True,
-              help="rms_norm_linear (the fused sites) or linear (the plain o_proj and down_proj GEMMs)")
+              help="rms_norm_linear (the fused sites), linear (the plain o_proj and down_proj GEMMs), or a plugin's "
+                   "search space as package.module:SpaceClass (docs/PLUGINS.md)")
 @click.option("--trials", default=TuneSettings.trials, show_default=True, type=int,
               help="finished trials per study (a rerun resumes up to this)")
 @click.option("--patience", default=TuneSettings.patience, show_default=True, type=int,
@@ -60,9 +63,18 @@ def tune(hardware: Hardware, gpu_name: str, shapes: str, m_spec: str | None, dty
     """Find the fastest correct config of every (shape, M bucket) on this GPU."""
     try:
         gpu_name = check_gpu_arg(gpu_name)
-        get_space(kernel)
-        sites = parse_shapes(shapes, kernel, tp=tp)
-        buckets = parse_m_buckets(m_spec)
+        space = get_space(kernel)
+        if is_plugin(kernel):
+            for name, value, unset in (("--m", m_spec, None), ("--tp", tp, 1)):
+                if value != unset:
+                    raise ValueError(f"{name}: only for the GEMM kernels; a plugin's --shapes names its problems")
+            problems = checked_problems(space, shapes, dtype)
+            what = f"{len(problems)} studies of {kernel}"
+        else:
+            sites = parse_shapes(shapes, kernel, tp=tp)
+            buckets = parse_m_buckets(m_spec)
+            problems = [Problem(m, s.K, s.N, dtype, s.epilogue) for s in sites for m in buckets]
+            what = f"{len(problems)} studies ({len(sites)} shapes x {len(buckets)} M buckets)"
         settings = TuneSettings(sampler=sampler, trials=trials, timeout_s=timeout, patience=patience)
         if workers < 1:
             raise ValueError(f"--workers {workers}: expected >= 1")
@@ -77,12 +89,10 @@ def tune(hardware: Hardware, gpu_name: str, shapes: str, m_spec: str | None, dty
                 raise ValueError(f"--gpu {gpu_name}: device {i} is {info.name!r} ({info.short_name})")
         open_engine(storage)
         optuna_storage(storage)
-        problems = [Problem(m, s.K, s.N, dtype, s.epilogue) for s in sites for m in buckets]
     except (ValueError, RuntimeError, StorageError) as e:
         raise one_line_error(e) from None
     within = f" within {budget:g} s" if budget is not None else ""
-    click.echo(f"tuning {len(problems)} studies ({len(sites)} shapes x {len(buckets)} M buckets) on "
-               f"{workers} x {gpu_name}, {trials} trials each{within}, into {storage}", err=True)
+    click.echo(f"tuning {what} on {workers} x {gpu_name}, {trials} trials each{within}, into {storage}", err=True)
     deadline = time.time() + budget if budget is not None else None
     try:
         with storage_errors(storage):

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from kernels.config import Config, default_config, device_has_tma, tma_rows_aligned
+from kernels.epilogue import Epilogue
 from kernels.paired import RotaryKV
 from kernels.rms_norm_linear import fused_rms_norm_linear
 from search_spaces.base import Problem, SearchSpace
@@ -73,6 +74,16 @@ def _tuning_device_has_tma() -> bool:
 class RmsNormLinearSpace(SearchSpace):
     name = "rms_norm_linear"
     has_norm = True  # False: the norm-free GEMM (search_spaces/linear.py), whose configs need SUMSQ_IN_LOOP=0
+    bucket_dims = ("M",)
+
+    def to_config(self, params: dict[str, int]) -> Config:
+        return Config.from_dict(params)
+
+    def make_problem(self, dims: dict[str, int], dtype: str, form: str = "") -> Problem:
+        return Problem(dims["M"], dims["K"], dims["N"], dtype, Epilogue.parse(form))
+
+    def flops(self, problem: Problem) -> int:
+        return 2 * problem.M * problem.N * problem.K
 
     def axes(self, problem: Problem) -> dict[str, list[int]]:
         M, K, N = problem.M, problem.K, problem.N

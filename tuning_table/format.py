@@ -32,7 +32,23 @@ them to the table already at --out (autotune/export.py's merge_tables), bucket b
 N, dtype, M) results replace the file's (unless the file's was timed in its form and the database's was not), the
 file's other buckets are kept.
 
+Any other kernel (a plugin's search space, named by the `module:Class` it was tuned as, docs/PLUGINS.md; or a name
+of GENERIC_KERNELS) has entries of named integer sizes instead of K and N, and buckets over the dims its space
+buckets over (`bucket_dims`) instead of M:
+
+        "softmax_plugin:SoftmaxSpace": [
+          {"dims": {"cols": 32000}, "dtype": "float16", "form": "",
+           "buckets": [{"bucket": {"rows": 1}, "config": {"BLOCK": 1024, "num_warps": 4, "num_stages": 2},
+                        "latency_us": 3.1, "spread_us": 0.1, "baseline_us": 4.0, "speedup": 1.29}, ...]}]
+
+"form" (a variant string, "" for none) is optional. Every entry of such a kernel names the same dims and its
+buckets the same bucket dims, in the same order; an entry is one (dims, dtype, form), a bucket one set of bucket
+values. Its configs are objects of integers, checked against the space's axes where the space can be imported
+(search_spaces/plugin.py: check_table), only structurally here, where just the file is read.
+
 Bucket rule (LookupTable.bucket): a problem with M rows uses the smallest tuned bucket >= M, else the largest.
+The same rule for other kernels (LookupTable.lookup), one bucket dim after the other in their order: the smallest
+tuned value >= the problem's, else the largest, among the buckets the dims before left.
 Which bucket runs fused at all is the selection rule of tuning_table/select.py.
 A table is only valid for the software it names: configs tuned under one Triton can lose under another.
 
@@ -65,6 +81,10 @@ from tuning_table.gpus import KNOWN_GPUS
 FORMAT = "nano-vllm-coconut/lookup-table"
 FORMAT_VERSION = 1
 KERNELS = ("rms_norm_linear", "linear")
+# Kernels of this project whose entries take the generic form (module docstring); a plugin's is any `module:Class`.
+GENERIC_KERNELS: tuple[str, ...] = ()
+_GENERIC_ENTRY_FIELDS = ("dims", "dtype", "buckets")
+_GENERIC_BUCKET_FIELDS = ("bucket", "config", "latency_us", "spread_us", "baseline_us", "speedup")
 _TOP_FIELDS = ("format", "format_version", "gpu", "gpu_name", "torch", "triton", "created", "kernels")
 _ENTRY_FIELDS = ("K", "N", "dtype", "buckets")
 _BUCKET_FIELDS = ("M", "config", "latency_us", "spread_us", "baseline_us", "speedup")
@@ -83,6 +103,24 @@ class Bucket:
     epilogue: Epilogue
 
 
+@dataclass(frozen=True)
+class GenericBucket:
+    """One tuned set of bucket values (`bucket`, {dim: int}) of a generic kernel's entry: its config as the space's
+    axes name it, and the measured speedup over the baseline (below 1: the baseline won)."""
+    bucket: dict[str, int]
+    config: dict[str, int]
+    speedup: float
+
+
+def is_generic(kernel: str) -> bool:
+    """Whether a kernel's entries take the generic form: a plugin's `module:Class`, or one of GENERIC_KERNELS."""
+    return kernel in GENERIC_KERNELS or (":" in kernel and kernel not in KERNELS)
+
+
+def dims_key(dims: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(dims.items()))
+
+
 @dataclass
 class LookupTable:
     gpu: str
@@ -92,6 +130,9 @@ class LookupTable:
     created: str
     # (kernel, K, N, dtype) -> its buckets by ascending M
     entries: dict[tuple[str, int, int, str], list[Bucket]] = field(default_factory=dict)
+    # A generic kernel's entries: (kernel, dims_key(fixed dims), dtype, form) -> its buckets; and its bucket dims.
+    generic: dict[tuple[str, tuple[tuple[str, int], ...], str, str], list[GenericBucket]] = field(default_factory=dict)
+    bucket_dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def bucket(self, kernel: str, K: int, N: int, dtype: torch.dtype | str, M: int) -> Bucket | None:
         """The bucket rule: the smallest tuned bucket >= M, else the largest; None when (K, N, dtype) is untuned."""
@@ -105,6 +146,25 @@ class LookupTable:
         """The largest tuned M of (K, N, dtype); None when it is untuned."""
         buckets = self.entries.get((kernel, K, N, dtype_name(dtype)))
         return buckets[-1].M if buckets else None
+
+    def lookup(self, kernel: str, dims: dict[str, int], dtype: torch.dtype | str, form: str = "") -> GenericBucket | None:
+        """A generic kernel's bucket for a problem of `dims` (all of them, bucket dims too) by the bucket rule (module
+        docstring); None when the kernel or its other dims, dtype and form are untuned."""
+        names = self.bucket_dims.get(kernel)
+        if names is None:
+            return None
+        missing = [n for n in names if n not in dims]
+        if missing:
+            raise ValueError(f"lookup of {kernel}: dims {dims} lack the bucket dim(s) {', '.join(missing)}")
+        fixed = {k: v for k, v in dims.items() if k not in names}
+        buckets = self.generic.get((kernel, dims_key(fixed), dtype_name(dtype), form), [])
+        for name in names:
+            if not buckets:
+                return None
+            values = sorted({b.bucket[name] for b in buckets})
+            chosen = values[min(bisect_left(values, dims[name]), len(values) - 1)]
+            buckets = [b for b in buckets if b.bucket[name] == chosen]
+        return buckets[0] if buckets else None
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
@@ -141,8 +201,12 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
     need(isinstance(data["kernels"], dict), "kernels", f"expected a JSON object, got {_show(data['kernels'])}")
     table = LookupTable(data["gpu"], data["gpu_name"], data["torch"], data["triton"], data["created"])
     for kernel, entries in data["kernels"].items():
-        need(kernel in KERNELS, f"kernels.{kernel}", f"unknown kernel; expected one of {', '.join(KERNELS)}")
+        need(kernel in KERNELS or is_generic(kernel), f"kernels.{kernel}",
+             f"unknown kernel; expected one of {', '.join(KERNELS + GENERIC_KERNELS)} or a plugin's module:Class")
         need(isinstance(entries, list), f"kernels.{kernel}", f"expected a list, got {_show(entries)}")
+        if is_generic(kernel):
+            _parse_generic(table, kernel, entries, need, fields)
+            continue
         for i, e in enumerate(entries):
             where = f"kernels.{kernel}[{i}]"
             fields(e, where, _ENTRY_FIELDS)
@@ -183,6 +247,55 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
             need(key not in table.entries, where, f"(K={e['K']}, N={e['N']}, {e['dtype']}) appears twice")
             table.entries[key] = buckets
     return table
+
+
+def _parse_generic(table: LookupTable, kernel: str, entries: list, need, fields) -> None:
+    """A generic kernel's entries into `table` (the module docstring's rules; `need` and `fields` are parse_table's)."""
+    def sizes(obj: object, where: str, what: str) -> dict[str, int]:
+        need(isinstance(obj, dict), where, f"expected a JSON object of {what}, got {_show(obj)}")
+        for k, v in obj.items():
+            need(_json_int(v) and v >= 1, f"{where}.{k}", f"expected an int >= 1, got {_show(v)}")
+        return obj
+
+    names: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (entry dims, bucket dims) of the first entry
+    for i, e in enumerate(entries):
+        where = f"kernels.{kernel}[{i}]"
+        fields(e, where, _GENERIC_ENTRY_FIELDS, ("form",))
+        dims = sizes(e["dims"], f"{where}.dims", "named sizes")
+        need(isinstance(e["dtype"], str) and e["dtype"] in DTYPES, f"{where}.dtype",
+             f"expected one of {', '.join(sorted(DTYPES))}, got {_show(e['dtype'])}")
+        form = e.get("form", "")
+        need(isinstance(form, str), f"{where}.form", f"expected a string, got {_show(form)}")
+        need(isinstance(e["buckets"], list) and e["buckets"] != [], f"{where}.buckets",
+             f"expected a non-empty list, got {_show(e['buckets'])}")
+        buckets = []
+        for j, b in enumerate(e["buckets"]):
+            at = f"{where}.buckets[{j}]"
+            fields(b, at, _GENERIC_BUCKET_FIELDS)
+            bucket = sizes(b["bucket"], f"{at}.bucket", "bucket sizes")
+            need(bucket != {}, f"{at}.bucket", "expected at least one bucket dim")
+            shared = sorted(set(bucket) & set(dims))
+            need(not shared, f"{at}.bucket", f"dim(s) {', '.join(shared)} also in the entry's dims")
+            found = (tuple(sorted(dims)), tuple(bucket))
+            names = names or found
+            need(found == names, at, f"dims {', '.join(found[0]) or 'none'} and bucket dims {', '.join(found[1])}; "
+                                     f"the kernel's first entry has {', '.join(names[0]) or 'none'} and "
+                                     f"{', '.join(names[1])}")
+            need(isinstance(b["config"], dict) and b["config"] != {}, f"{at}.config",
+                 f"expected a non-empty JSON object, got {_show(b['config'])}")
+            for k, v in b["config"].items():
+                need(_json_int(v), f"{at}.config.{k}", f"expected an int, got {_show(v)}")
+            for name, zero_ok in _TIMINGS:
+                v = b[name]
+                need(_number(v) and (v >= 0 if zero_ok else v > 0), f"{at}.{name}",
+                     f"expected a finite {'number >= 0' if zero_ok else 'positive number'}, got {_show(v)}")
+            buckets.append(GenericBucket(dict(bucket), dict(b["config"]), float(b["speedup"])))
+        repeated = sorted({str(b.bucket) for b in buckets if sum(o.bucket == b.bucket for o in buckets) > 1})
+        need(not repeated, f"{where}.buckets", f"bucket {', '.join(repeated)} appears twice")
+        key = (kernel, dims_key(dims), e["dtype"], form)
+        need(key not in table.generic, where, f"({dims}, {e['dtype']}, form {form!r}) appears twice")
+        table.generic[key] = buckets
+        table.bucket_dims[kernel] = names[1]
 
 
 def _json_int(v: object) -> bool:

@@ -42,6 +42,6 @@ def stamp(connection: Connection, revision: str) -> None:
     command.stamp(_config(connection), revision)
 
 
-def upgrade(connection: Connection) -> None:
-    """Run every revision after the recorded one, inside the transaction `connection` holds."""
-    command.upgrade(_config(connection), "head")
+def upgrade(connection: Connection, to: str = "head") -> None:
+    """Run every revision after the recorded one up to `to`, inside the transaction `connection` holds."""
+    command.upgrade(_config(connection), to)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from autotune.compile_pool import CompilePool
 from kernels.config import Config
+from search_spaces import get_space
+from search_spaces.base import Params
 from tests.autotune.test_tuner import DEVICE, SPACE, TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,3 +74,13 @@ def test_compile_workers_do_not_outlive_a_killed_parent():
     assert r.returncode == -9, r.stderr
     (pid,) = map(int, r.stdout.split())
     assert wait_gone(pid), f"compile worker {pid} outlived its parent"
+
+
+def test_a_compile_worker_loads_a_plugin_space_by_its_name(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))  # the spawned worker gets this process's path
+    space = get_space("softmax_plugin:SoftmaxSpace")
+    [problem] = space.problems("3x40", "float32")
+    with CompilePool(1, DEVICE) as pool:
+        good = Params(dict(BLOCK=64, ROWS=2, num_warps=2, num_stages=1))
+        assert pool.submit(space.name, problem, good).result(timeout=120) is None
+        assert pool.submit(space.name, problem, Params(dict(BLOCK=64))).result(timeout=120) == "KeyError: 'ROWS'"

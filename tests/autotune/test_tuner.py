@@ -290,7 +290,7 @@ def test_trials_left_running_by_a_killed_process_do_not_eat_the_budget(db):
 def test_table_keeps_every_bucket_across_software_versions():
     row = dict(kernel="rms_norm_linear", dtype="bfloat16", K=64, N=96, gpu="h100", gpu_name="NVIDIA H100",
                config={"BLOCK_M": 16}, median_us=10.0, spread_us=0.1, baseline_us=12.0, speedup=1.2,
-               study_name="rms_norm_linear|h100|...", epilogue="")
+               study_name="rms_norm_linear|h100|...", form="")
     best = pd.DataFrame([
         dict(row, M=1, gpu_id=1, torch="2.10", triton="3.5.0", finished_at=pd.Timestamp("2026-01-01")),
         dict(row, M=16, gpu_id=2, torch="2.11", triton="3.6.0", finished_at=pd.Timestamp("2026-02-01")),

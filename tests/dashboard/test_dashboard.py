@@ -229,8 +229,8 @@ def fill_directly(url: str, trials_per_study: list[int]) -> None:
         name = study_name(space.name, gpu.short_name, problem)
         axes, configs = space.axes(problem), space.feasible(problem, None)
         distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in axes.items()}
-        run_id = recorder.start_run(gpu.to_record(), RunKey(name, space.name, problem.M, problem.K, problem.N,
-                                                            problem.dtype, "random", trials, None))
+        run_id = recorder.start_run(gpu.to_record(), RunKey(name, space.name, problem.dims, problem.dtype,
+                                                            "random", trials, None))
         base_us = timer.measure(Workload(problem, None, None, 1), 1).median_us
         recorder.set_baseline(run_id, base_us, 0.1)
         frozen, rows = [], []

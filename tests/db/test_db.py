@@ -29,7 +29,7 @@ def test_schema_is_created_on_first_use_next_to_optunas(tmp_path):
     with engine.connect() as c:
         assert c.execute(text("SELECT version FROM nvc_schema_version")).scalars().all() == [SCHEMA_VERSION]
         assert c.execute(text("SELECT version_num FROM nvc_alembic_version")).scalars().all() == [migrations.head()]
-    assert "epilogue" in {col["name"] for col in inspect(engine).get_columns("nvc_shapes")}
+    assert {"dims", "form"} <= {col["name"] for col in inspect(engine).get_columns("nvc_shapes")}
     open_engine(url)  # reopening is fine
 
 
@@ -71,7 +71,7 @@ def test_not_a_database_and_bad_urls_are_one_clear_error(tmp_path):
 def test_best_results_takes_the_latest_finished_run_of_each_study(tmp_path):
     engine = open_engine(f"sqlite:///{tmp_path / 'r.db'}")
     rec = Recorder(engine)
-    key = RunKey("s1", "rms_norm_linear", 16, 4096, 12288, "bfloat16", "tpe", 10, None)
+    key = RunKey("s1", "rms_norm_linear", dict(M=16, K=4096, N=12288), "bfloat16", "tpe", 10, None)
     for median, status in [(30.0, "finished"), (25.0, "finished"), (10.0, "interrupted")]:
         run = rec.start_run(GPU, key)
         rec.set_baseline(run, 40.0, 0.5)
@@ -82,22 +82,36 @@ def test_best_results_takes_the_latest_finished_run_of_each_study(tmp_path):
     assert len(best) == 1 and best.loc[0, "median_us"] == 25.0 and best.loc[0, "gpu"] == "h100"
     assert best_results(engine, "a100").empty
     assert rec.finished_best("s1").median_us == 25.0
-    assert best.loc[0, "epilogue"] == ""
+    assert best.loc[0, "form"] == "" and best.loc[0, "dims"] == dict(M=16, K=4096, N=12288)
+    assert (best.loc[0, "K"], best.loc[0, "N"], best.loc[0, "M"]) == (4096, 12288, 16)
+
+
+def test_a_plugin_problem_is_a_shape_row_of_its_own_dims(tmp_path):
+    engine = open_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    rec = Recorder(engine)
+    run = rec.start_run(GPU, RunKey("sm", "mod:Space", dict(rows=4, cols=100), "float16", "tpe", 3, None))
+    m = rec.add_measurement(run, phase="retime", trial_number=None, config={"BLOCK": 128}, correct=True,
+                            median_us=5.0, spread_us=0.1, speedup=1.2)
+    rec.finish_run(run, "finished", m)
+    with engine.connect() as c:
+        assert c.execute(text("SELECT dims, form FROM nvc_shapes")).all() == [('{"cols":100,"rows":4}', "")]
+    best = best_results(engine)
+    assert best.loc[0, "dims"] == dict(cols=100, rows=4) and best["M"].isna().all()
 
 
 def test_each_epilogue_of_a_shape_is_its_own_shape_row(tmp_path):
     engine = open_engine(f"sqlite:///{tmp_path / 'e.db'}")
     rec = Recorder(engine)
     for name, form in [("plain", ""), ("gated", "gated"), ("rotary", "rotary=128/8"), ("again", "gated")]:
-        run = rec.start_run(GPU, RunKey(name, "rms_norm_linear", 16, 4096, 12288, "bfloat16", "tpe", 3, None,
-                                        epilogue=form))
+        run = rec.start_run(GPU, RunKey(name, "rms_norm_linear", dict(M=16, K=4096, N=12288), "bfloat16", "tpe", 3,
+                                        None, form=form))
         m = rec.add_measurement(run, phase="retime", trial_number=None, config={"BLOCK_M": 16}, correct=True,
                                 median_us=5.0, spread_us=0.1, speedup=1.2)
         rec.finish_run(run, "finished", m)
     with engine.connect() as c:
-        assert sorted(c.execute(text("SELECT epilogue FROM nvc_shapes")).scalars()) == ["", "gated", "rotary=128/8"]
+        assert sorted(c.execute(text("SELECT form FROM nvc_shapes")).scalars()) == ["", "gated", "rotary=128/8"]
     best = best_results(engine)
-    assert dict(zip(best["study_name"], best["epilogue"])) == {
+    assert dict(zip(best["study_name"], best["form"])) == {
         "plain": "", "gated": "gated", "rotary": "rotary=128/8", "again": "gated"}
 
 
@@ -106,7 +120,7 @@ def test_postgresql_works_the_same(pg_url):
     engine = open_engine(pg_url)
     optuna_storage(pg_url)
     rec = Recorder(engine)
-    run = rec.start_run(GPU, RunKey("s", "rms_norm_linear", 1, 64, 64, "float16", "tpe", 3, 5.0))
+    run = rec.start_run(GPU, RunKey("s", "rms_norm_linear", dict(M=1, K=64, N=64), "float16", "tpe", 3, 5.0))
     m = rec.add_measurement(run, phase="retime", trial_number=None, config={"BLOCK_M": 16}, correct=True,
                             median_us=5.0, spread_us=0.1, speedup=1.2)
     rec.finish_run(run, "finished", m)

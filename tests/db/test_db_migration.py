@@ -2,6 +2,7 @@
 rows split per epilogue, Optuna's own alembic table untouched, failures and unknown schemas leaving the database as
 it was."""
 import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
@@ -149,9 +150,10 @@ def test_a_schema_1_database_is_migrated_in_place(url, tmp_path, create):
     assert scalars(engine, "SELECT version_num FROM nvc_alembic_version") == [migrations.head()]
     assert dump(url)["alembic_version"] == optuna_before
     assert [(uq["name"], uq["column_names"]) for uq in inspect(engine).get_unique_constraints("nvc_shapes")] == [
-        ("uq_nvc_shapes_M_K_N_dtype_epilogue", ["M", "K", "N", "dtype", "epilogue"])]
+        ("uq_nvc_shapes_dims_dtype_form", ["dims", "dtype", "form"])]  # through schema 2 to 3
     with engine.connect() as c:
-        shapes = c.execute(text('SELECT id, "N", epilogue FROM nvc_shapes')).all()
+        shapes = [(id_, json.loads(dims)["N"], form)
+                  for id_, dims, form in c.execute(text("SELECT id, dims, form FROM nvc_shapes")).all()]
         run_shape = dict(c.execute(text("SELECT id, shape_id FROM nvc_runs")).all())
     assert sorted((n, form) for _, n, form in shapes) == [(4096, ""), (12288, ""), (12288, "gated"),
                                                           (12288, "rotary=128/8")]
@@ -160,12 +162,12 @@ def test_a_schema_1_database_is_migrated_in_place(url, tmp_path, create):
     old_row = min(id_ for id_, n, _ in shapes if n == 12288)  # the plain studies keep the row they shared
     assert run_shape[runs[QKV]] == run_shape[runs[f"{QKV}|rotary=128"]] == old_row
     best = best_results(engine)
-    assert dict(zip(best["study_name"], best["epilogue"])) == {**STUDIES, O_PROJ: ""}
+    assert dict(zip(best["study_name"], best["form"])) == {**STUDIES, O_PROJ: ""}
     assert dict(zip(best["study_name"], best["median_us"]))[f"{QKV}|gated"] == 12.0
 
     # A new run of a migrated study finds its split row; Optuna still opens its storage.
-    gated = Recorder(engine).start_run(GPU, RunKey(f"{QKV}|gated", "rms_norm_linear", 16, 4096, 12288, "bfloat16",
-                                                   "tpe", 3, None, epilogue="gated"))
+    gated = Recorder(engine).start_run(GPU, RunKey(f"{QKV}|gated", "rms_norm_linear", dict(M=16, K=4096, N=12288),
+                                                   "bfloat16", "tpe", 3, None, form="gated"))
     assert scalars(engine, f"SELECT shape_id FROM nvc_runs WHERE id = {gated}") == [run_shape[runs[f"{QKV}|gated"]]]
     optuna_storage(url)
     engine.dispose()
@@ -199,7 +201,7 @@ def test_a_failed_migration_leaves_the_schema_1_database_as_it_was(url, monkeypa
         assert hashlib.sha256(open(url.removeprefix("sqlite:///"), "rb").read()).hexdigest() == digest
     monkeypatch.undo()
     open_engine(url).dispose()
-    assert "epilogue" in {col[0] for col in dump(url)["nvc_shapes"][0][0]}
+    assert "form" in {col[0] for col in dump(url)["nvc_shapes"][0][0]}
 
 
 def test_workers_opening_a_schema_1_database_at_once_migrate_it_once(url):

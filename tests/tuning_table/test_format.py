@@ -164,7 +164,7 @@ def _result(M, config, finished, epilogue=""):
     return dict(gpu="h100", gpu_id=1, gpu_name="NVIDIA H100 80GB HBM3", torch="2.11.0", triton="3.6.0",
                 kernel="rms_norm_linear", dtype="bfloat16", K=4096, N=12288, M=M, config=config, median_us=10.0,
                 spread_us=0.1, baseline_us=13.0, speedup=1.3, tflops=1.0, gbps=1.0,
-                finished_at=pd.Timestamp(finished), epilogue=epilogue,
+                finished_at=pd.Timestamp(finished), form=epilogue,
                 study_name=f"rms_norm_linear|h100|bfloat16|M={M}|K=4096|N=12288{form}")
 
 
