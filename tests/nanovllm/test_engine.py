@@ -166,6 +166,17 @@ def test_decode_runs_ahead_and_a_sequence_ending_early_keeps_its_tokens(path, pl
     assert not bm.used_block_ids and bm.num_free_blocks == len(bm.blocks)
 
 
+def test_a_steps_uploaded_arrays_each_start_on_16_bytes(path):
+    """Triton compiles a kernel per pointer-alignment class: packed back to back, the class would follow the batch."""
+    runner = llm(path).model_runner
+    parts = runner._upload(torch.int32, [1, 2, 3], [[4, 5], [6, 7]], [8])
+    assert [p.tolist() for p in parts] == [[1, 2, 3], [[4, 5], [6, 7]], [8]]
+    assert [p.data_ptr() % 16 for p in parts] == [0, 0, 0]
+    parts = runner._upload(torch.int64, [9, 10, 11], [12])
+    assert [p.tolist() for p in parts] == [[9, 10, 11], [12]]
+    assert [p.data_ptr() % 16 for p in parts] == [0, 0]
+
+
 def test_string_prompts_and_per_prompt_params(path):
     engine = llm(path)
     texts = ["Hello world", "The quick brown fox"]
