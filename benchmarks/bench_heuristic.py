@@ -17,10 +17,12 @@ linear runs F.linear there, and its tuned configs lose to cuBLAS in some buckets
 on one H200 (140 buckets of the shipped table, 263 distinct compiles).
 
     python3 benchmarks/bench_heuristic.py --table tables/h200.json --out "$OUT"
+    python3 benchmarks/bench_heuristic.py --summary benchmarks/bench_results/bench_heuristic.csv  # the table again
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import statistics
@@ -126,7 +128,20 @@ def main() -> None:
     ap.add_argument("--compile-processes", type=int, default=15)
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/bench_results",
                     help="folder of bench_heuristic.csv [default: $OUT, else benchmarks/bench_results]")
+    ap.add_argument("--summary", metavar="CSV", help="only print the summary of a CSV this script wrote (no GPU)")
     args = ap.parse_args()
+    if args.summary:
+        try:
+            with open(args.summary, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError as e:
+            sys.exit(f"bench_heuristic.py: --summary {args.summary}: cannot read ({e.strerror})")
+        missing = [c for c in COLUMNS if rows and c not in rows[0]]
+        if not rows or missing:
+            sys.exit(f"bench_heuristic.py: --summary {args.summary}: not a CSV of this script "
+                     f"({'no rows' if not rows else 'missing columns ' + ', '.join(missing)})")
+        print(summary(rows))
+        return
     presets = tuple(p.strip() for p in args.presets.split(",") if p.strip())
     unknown = [p for p in presets if p not in PRESETS]
     if unknown or not presets:

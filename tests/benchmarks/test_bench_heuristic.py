@@ -86,4 +86,14 @@ def test_every_variant_is_checked_then_timed_each_round_in_a_rotated_order(tmp_p
     assert all(r["median_us"] > 0 and r["error"] == "" for r in out)
     written = (tmp_path / "bench_heuristic.csv").read_text().splitlines()
     assert len(written) == 1 + 12 and written[0].startswith("preset,kernel,site,K,N,M,epilogue,variant,round")
-    assert capsys.readouterr().out.strip().splitlines()[-1].split()[:4] == ["qwen3-0.6b", "rms_norm_linear", "1", "0"]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].split()[:4] == ["qwen3-0.6b", "rms_norm_linear", "1", "0"]
+    # The committed CSV gives the same table again, without a GPU.
+    again = subprocess.run([sys.executable, "benchmarks/bench_heuristic.py", "--summary",
+                            str(tmp_path / "bench_heuristic.csv")], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and again.stdout.strip().splitlines() == printed[-2:]
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    bad = subprocess.run([sys.executable, "benchmarks/bench_heuristic.py", "--summary", str(tmp_path / "other.csv")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "not a CSV of this script (missing columns preset" in bad.stderr
