@@ -28,8 +28,8 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
