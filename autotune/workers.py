@@ -50,7 +50,7 @@ def by_value(problems: list[Any], bucket_dims: tuple[str, ...] = ("M",)) -> list
     generation is almost all decode steps, each of them a few microseconds per site that a config can win back,
     while at prefill sizes the kernel is compute-bound and cuBLAS close to its best. Within each, the shapes with the
     largest weight first: decode time is reading the weight, so they hold the most microseconds per launch (the
-    problem does not say how often a model launches it: QKV and gate/up once a layer, lm_head once a step). Within a
+    problem does not say how often a model launches it). Within a
     shape M grows, so each bucket is warm-started by the one below. Other spaces' problems (their `bucket_dims`) go
     shape by shape, each shape's buckets ascending (`by_shape`)."""
     if not all(isinstance(p, Problem) for p in problems):

@@ -37,7 +37,8 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.option("--gpu", "gpu_name", required=True, help="normalized GPU name; must match the device (h100, a100, ...)")
 @click.option("--shapes", required=True, help="preset, config.json path or NxK, comma-separated; for a plugin's "
               "--kernel, what its space reads (docs/PLUGINS.md)")
-@click.option("--m", "m_spec", default=None, help="M buckets, comma-separated [default: 1,2,4,...,16384]")
+@click.option("--m", "m_spec", default=None,
+              help="M buckets, comma-separated [default: 1,2,4,...,16384; for linear 1,2,...,64]")
 @click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(sorted(DTYPES)))
 @click.option("--kernel", default="rms_norm_linear", show_default=True,
               help="rms_norm_linear (the fused sites), linear (the plain o_proj and down_proj GEMMs), or a plugin's "
@@ -72,7 +73,7 @@ def tune(hardware: Hardware, gpu_name: str, shapes: str, m_spec: str | None, dty
             what = f"{len(problems)} studies of {kernel}"
         else:
             sites = parse_shapes(shapes, kernel, tp=tp)
-            buckets = parse_m_buckets(m_spec)
+            buckets = parse_m_buckets(m_spec, kernel)
             problems = [Problem(m, s.K, s.N, dtype, s.epilogue) for s in sites for m in buckets]
             what = f"{len(problems)} studies ({len(sites)} shapes x {len(buckets)} M buckets)"
         settings = TuneSettings(sampler=sampler, trials=trials, timeout_s=timeout, patience=patience)

@@ -1,16 +1,19 @@
 """Shape sets to tune: model presets, Hugging Face config.json files, explicit NxK lists, and M buckets.
 
-Every RMSNorm+Linear site of a decoder is one (K, N) with K = hidden_size: the attention
-norm feeding the fused QKV projection, the MLP norm feeding the fused gate/up projection,
-and the final norm feeding lm_head. QKV and gate/up are tuned in the form the runtime runs them (their
+Every RMSNorm+Linear site the runtime fuses is one (K, N) with K = hidden_size: the attention
+norm feeding the fused QKV projection and the MLP norm feeding the fused gate/up projection. (The final norm and
+lm_head stay unfused, nanovllm/models/llama.py: a tune of their shape would time a kernel nothing runs.) QKV and gate/up are tuned in the form the runtime runs them (their
 `epilogue`: rotary, except where q and k are normalized before the rotary embedding as in Qwen3, and gated).
 The norm-free kernel "linear" has the two plain linears that
 end each block: o_proj (K = heads x head_dim, N = hidden_size) and down_proj (K = intermediate_size,
-N = hidden_size). M (tokens in the batch) is tuned per bucket.
+N = hidden_size). M (tokens in the batch) is tuned per bucket: the fused kernel's default buckets run from decode
+batches to prefill's batch x sequence length, since the runtime fuses prefill too where a bucket wins; the plain
+linear's stop at 64 rows, since past FusionOptions.linear_max_m (16) the runtime runs cuBLAS there, and a bucket tuned
+above it serves only a user who raises that limit (`--m` tunes more).
 
 With tensor parallelism over `tp` ranks every rank runs its shard of each site (nanovllm's parallel layers), so that
 is what a tune with `tp` covers: QKV holds 1/tp of the q and KV heads (one KV head, replicated, where there are fewer
-KV heads than ranks), gate/up 1/tp of the intermediate columns, lm_head ceil(vocab_size / tp) rows; o_proj and
+KV heads than ranks), gate/up 1/tp of the intermediate columns; o_proj and
 down_proj 1/tp of their input features (K).
 """
 from __future__ import annotations
@@ -23,8 +26,9 @@ from pathlib import Path
 from kernels.epilogue import GATED, PLAIN, Epilogue
 from kernels.epilogue import rotary as epilogue_rotary
 
-# Decode batch sizes up to prefill's batch x sequence length.
-DEFAULT_M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# Decode batch sizes up to prefill's batch x sequence length; the plain linear's decode sizes (see above).
+DEFAULT_M_BUCKETS = {"rms_norm_linear": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
+                     "linear": (1, 2, 4, 8, 16, 32, 64)}
 
 # The config.json fields that decide the shapes, as published for each model.
 PRESETS: dict[str, dict] = {
@@ -61,14 +65,12 @@ SITE_KERNELS = ("rms_norm_linear", "linear")
 
 def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm_linear", tp: int = 1) -> list[Site]:
     """The (K, N) of a Hugging Face decoder config's sites of `kernel`, as one of `tp` tensor-parallel ranks runs them:
-    QKV, gate/up and lm_head for the fused kernel, o_proj and down_proj for "linear"."""
+    QKV and gate/up for the fused kernel, o_proj and down_proj for "linear"."""
     if kernel not in SITE_KERNELS:
         raise ValueError(f"kernel {kernel!r}: no model sites known (known: {', '.join(SITE_KERNELS)}); "
                          "pass --shapes NxK")
     cfg = cfg.get("text_config", cfg)
     need = ["hidden_size", "intermediate_size", "num_attention_heads"]
-    if kernel == "rms_norm_linear":
-        need.append("vocab_size")  # lm_head's N; o_proj and down_proj don't depend on it
     missing = [k for k in need if not isinstance(cfg.get(k), int)]
     if missing:
         raise ValueError(f"{source}: missing integer field(s) {missing}; expected a decoder config.json")
@@ -91,7 +93,7 @@ def sites_from_config(cfg: dict, source: str = "config", kernel: str = "rms_norm
                    else PLAIN)
     except ValueError as e:
         raise ValueError(f"{source}: the QKV site does not fit its heads: {e}") from None
-    return [qkv, Site("gate_up", hidden, 2 * mlp, GATED), Site("lm_head", hidden, -(-cfg["vocab_size"] // tp))]
+    return [qkv, Site("gate_up", hidden, 2 * mlp, GATED)]
 
 
 def parse_shapes(spec: str, kernel: str = "rms_norm_linear", tp: int = 1) -> list[Site]:
@@ -134,10 +136,10 @@ def _sites_from_file(path: Path, kernel: str, tp: int) -> list[Site]:
     return sites_from_config(cfg, str(path), kernel, tp)
 
 
-def parse_m_buckets(spec: str | None) -> list[int]:
-    """`1,16,256` -> [1, 16, 256]; None -> the default buckets."""
+def parse_m_buckets(spec: str | None, kernel: str = "rms_norm_linear") -> list[int]:
+    """`1,16,256` -> [1, 16, 256]; None -> `kernel`'s default buckets."""
     if spec is None:
-        return list(DEFAULT_M_BUCKETS)
+        return list(DEFAULT_M_BUCKETS[kernel])
     try:
         values = sorted({int(v) for v in spec.split(",") if v.strip()})
     except ValueError:

@@ -174,15 +174,16 @@ def test_the_baseline_is_the_runtimes_separate_path(epilogue, monkeypatch):
 
 def test_presets_have_the_published_shapes():
     sites = {s.name: (s.N, s.K) for s in parse_shapes("llama-7b")}
-    assert sites == {"qkv": (12288, 4096), "gate_up": (22016, 4096), "lm_head": (32000, 4096)}
-    assert {s.name: s.N for s in parse_shapes("llama-3-8b")} == {"qkv": 6144, "gate_up": 28672, "lm_head": 128256}
+    # The final norm and lm_head stay unfused in the runtime, so nothing tunes their shape.
+    assert sites == {"qkv": (12288, 4096), "gate_up": (22016, 4096)}
+    assert {s.name: s.N for s in parse_shapes("llama-3-8b")} == {"qkv": 6144, "gate_up": 28672}
     assert {s.name: s.N for s in parse_shapes("qwen3-0.6b")}["qkv"] == 4096  # head_dim 128, not hidden/heads
     for preset in ("llama-13b", "mistral-7b"):
-        assert len(parse_shapes(preset)) == 3
+        assert len(parse_shapes(preset)) == 2
     # Each site in the form the runtime runs it; Qwen3 normalizes q and k before rotating them.
     forms = {s.name: s.epilogue for s in parse_shapes("mistral-7b")}
-    assert forms == {"qkv": rotary(128, 8), "gate_up": GATED, "lm_head": PLAIN}
-    assert {s.name: s.epilogue for s in parse_shapes("qwen3-0.6b")} == {"qkv": PLAIN, "gate_up": GATED, "lm_head": PLAIN}
+    assert forms == {"qkv": rotary(128, 8), "gate_up": GATED}
+    assert {s.name: s.epilogue for s in parse_shapes("qwen3-0.6b")} == {"qkv": PLAIN, "gate_up": GATED}
     assert {s.epilogue for s in parse_shapes("llama-7b", kernel="linear")} == {PLAIN}
 
 
@@ -191,21 +192,20 @@ def test_config_json_and_nxk_lists(tmp_path):
                vocab_size=32000)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
-    assert [(s.K, s.N) for s in parse_shapes(str(path))] == [(2048, 2048 + 2 * 4 * 64), (2048, 11264), (2048, 32000)]
+    assert [(s.K, s.N) for s in parse_shapes(str(path))] == [(2048, 2048 + 2 * 4 * 64), (2048, 11264)]
     mixed = parse_shapes("12288x4096, 96X64 ,llama-7b")
-    assert [(s.N, s.K) for s in mixed] == [(12288, 4096), (96, 64), (22016, 4096), (32000, 4096)]
+    assert [(s.N, s.K) for s in mixed] == [(12288, 4096), (96, 64), (22016, 4096)]
     # Named twice, llama-7b's QKV is tuned once, in its rotary form, where the NxK first put it.
     assert (mixed[0].name, mixed[0].epilogue.kind) == ("qkv", "rotary")
 
 
-def test_linear_sites_need_no_vocab_size(tmp_path):
+def test_sites_need_no_vocab_size(tmp_path):
     cfg = dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     assert [(s.name, s.K, s.N) for s in parse_shapes(str(path), "linear")] == [
         ("o_proj", 2048, 2048), ("down_proj", 5632, 2048)]
-    with pytest.raises(ValueError, match=r"missing integer field\(s\) \['vocab_size'\]"):
-        sites_from_config(cfg)  # the fused kernel's lm_head does need it
+    assert [s.name for s in sites_from_config(cfg)] == ["qkv", "gate_up"]
 
 
 @pytest.mark.parametrize("spec, match", [
@@ -227,7 +227,9 @@ def test_bad_config_json(tmp_path):
 
 
 def test_m_buckets():
-    assert parse_m_buckets(None) == list(DEFAULT_M_BUCKETS) and DEFAULT_M_BUCKETS[-1] == 16384
+    assert parse_m_buckets(None) == list(DEFAULT_M_BUCKETS["rms_norm_linear"]) and parse_m_buckets(None)[-1] == 16384
+    # The plain linear only where the runtime can run it (up to FusionOptions.linear_max_m; 64 for users who raise it).
+    assert parse_m_buckets(None, "linear") == [1, 2, 4, 8, 16, 32, 64]
     assert parse_m_buckets("256, 1,16,16") == [1, 16, 256]
     for bad in ("a,b", "0,1", ""):
         with pytest.raises(ValueError, match="--m"):
