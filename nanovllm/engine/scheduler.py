@@ -13,6 +13,11 @@ class Scheduler:
     that does not fit is cut (chunked prefill) and stays at the head of the queue for the next step. When the KV
     cache cannot grow a running sequence, the newest running sequence is preempted: its blocks are freed and it is
     recomputed later from its tokens.
+
+    A decode batch lists its sequences longest first. The decode attention's programs start in row order, so the
+    longest sequences' programs start first and the short ones fill in behind them, instead of a long one starting
+    last and leaving the GPU waiting on it. Every sequence of a batch grows by one token a step, so the batches
+    scheduled ahead, subsequences of it, stay in that order.
     """
 
     def __init__(self, config: Config, eos_token_ids: set[int]):
@@ -73,7 +78,7 @@ class Scheduler:
                 seq.num_scheduled_tokens = 1
                 scheduled.append(seq)
         self.running.extendleft(reversed(scheduled))
-        return scheduled
+        return sorted(scheduled, key=len, reverse=True)  # stable: equal lengths keep their order
 
     def _preempt(self, seq: Sequence) -> None:
         self.num_preemptions += 1

@@ -52,3 +52,11 @@ def test_host_step_prints_a_row_per_batch_bucket():
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[2:]]
     assert [r[0] for r in rows] == ["1-64"] and int(rows[0][1]) == 806  # the longest request's 807 tokens less one
+
+
+def test_decode_order_model_finds_longest_first_no_slower():
+    result = run("benchmarks/decode_order_model.py")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert len(rows) == 12
+    assert all(1.0 <= float(r[4]) <= float(r[3]) for r in rows)  # longest first: never more tail than arrival order

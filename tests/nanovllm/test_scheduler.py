@@ -90,13 +90,24 @@ def test_stops_at_max_model_len():
 
 
 def decode_batch(s, prompts, max_tokens=8):
+    """The sequences of `prompts`, in their order, scheduled for their first decode step."""
     seqs = [Sequence(p, SamplingParams(max_tokens=max_tokens)) for p in prompts]
     for seq in seqs:
         s.add(seq)
     run_step(s)  # prefill
     batch, is_prefill = s.schedule()
-    assert not is_prefill
-    return batch
+    assert not is_prefill and batch == sorted(seqs, key=len, reverse=True)
+    return seqs
+
+
+def test_a_decode_batch_runs_longest_first_and_the_running_order_is_kept():
+    s = scheduler()
+    a, b, c, d = decode_batch(s, [[1, 2], [3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13]])
+    assert list(s.running) == [a, b, c, d]  # arrival order: preemption takes the newest
+    s.postprocess([b, d, c, a], [1, 2, 3, 4])
+    batch, _ = s.schedule()
+    assert batch == [b, d, c, a]  # equal lengths keep their arrival order
+    assert s.schedule_ahead(batch) == batch
 
 
 def test_schedule_ahead_appends_a_placeholder_and_opens_the_block_it_needs():
