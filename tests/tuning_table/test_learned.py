@@ -111,7 +111,7 @@ def test_the_running_cards_points_come_first():
     assert [p.gpu for _, p in rule.ranked("rms_norm_linear", 1, 4096, 12288)] == ["h200", "a100"]
 
 
-def test_bad_queries_are_refused():
+def test_bad_sizes_are_refused_and_an_unknown_kernel_has_no_points():
     assert synthetic().ranked("softmax_plugin:SoftmaxSpace", 1, 64, 64) == []  # a kernel no table keys by K, N
     with pytest.raises(ValueError, match="M=0: expected an int >= 1"):
         synthetic().ranked("rms_norm_linear", 0, 64, 64)
