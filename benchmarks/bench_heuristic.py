@@ -1,20 +1,20 @@
 """The learned fallback (tuning_table/learned.py) held out preset by preset, timed on the GPU (issue 16, item 3).
 
 For each preset, the rule is fitted on the table's buckets of every other shape (the preset's own (kernel, K, N)
-shapes are left out, also where another preset shares them, as llama-7b and mistral-7b share lm_head and o_proj),
-and predicts each tuned bucket of the preset: every site of both kernels (QKV, gate/up, lm_head; o_proj, down_proj),
-at every M the table tuned there (1..16384 where it has them). Each bucket then times, in the site's runtime form
-(rotary and gated epilogues included): the predicted config, the table's tuned config, kernels.config.default_config
-(the old fallback) and the eager baseline (the search space's launcher(None): the runtime's separate path, or
-F.linear), each checked against the baseline first (bf16, random data), then timed with the tuner's CudaEventTimer
-(CUDA graphs, rotating buffers past L2) in --rounds rounds of alternating order. Candidates are compiled ahead in
---compile-processes processes.
+shapes, its lm_head's included, are left out, also where another preset shares them, as llama-7b and mistral-7b
+share lm_head and o_proj), and predicts each tuned bucket of the preset: every site of both kernels (QKV, gate/up;
+o_proj, down_proj), at every M the table tuned there (1..16384 where it has them). Each bucket then times, in the
+site's runtime form (rotary and gated epilogues included): the predicted config, the table's tuned config,
+kernels.config.default_config (the old fallback) and the eager baseline (the search space's launcher(None): the
+runtime's separate path, or F.linear), each checked against the baseline first (bf16, random data), then timed with
+the tuner's CudaEventTimer (CUDA graphs, rotating buffers past L2) in --rounds rounds of alternating order.
+Candidates are compiled ahead in --compile-processes processes.
 
 Writes <out>/bench_heuristic.csv (one row per bucket, variant and round: median and IQR of that round's samples) and
 prints per preset and kernel the geomean of predicted / tuned latency (target <= 1.05) and the worst predicted /
 eager ratio at M <= 64 (target <= 1.0: the fused kernel's, which the runtime runs without a table; the plain
 linear runs F.linear there, and its tuned configs lose to cuBLAS in some buckets anyway), last. About 2-3 minutes
-on one H200 (140 buckets of the shipped table, 263 distinct compiles).
+on one H200 (110 buckets of the shipped table, 234 distinct compiles).
 
     python3 benchmarks/bench_heuristic.py --table tables/h200.json --out "$OUT"
     python3 benchmarks/bench_heuristic.py --summary benchmarks/bench_results/bench_heuristic.csv  # the table again
@@ -70,7 +70,10 @@ def plan(table: LookupTable, presets: tuple[str, ...], device: torch.device, max
     cases = []
     for preset in presets:
         sites = [(kernel, s) for kernel in KERNELS for s in parse_shapes(preset, kernel)]
-        rule = everything.holding_out((kernel, s.K, s.N) for kernel, s in sites)
+        # Its lm_head too: no longer a site (the runtime does not fuse it), but tables tuned it for this model.
+        cfg = PRESETS[preset]
+        lm_head = ("rms_norm_linear", cfg["hidden_size"], cfg["vocab_size"])
+        rule = everything.holding_out([(kernel, s.K, s.N) for kernel, s in sites] + [lm_head])
         for kernel, s in sites:
             for bucket in table.entries.get((kernel, s.K, s.N, "bfloat16"), []):
                 if bucket.M > max_m:
