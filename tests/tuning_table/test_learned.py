@@ -149,3 +149,15 @@ def test_the_runtime_predicts_untuned_shapes_from_the_table_in_use_too(tmp_path,
     # M 3..7 lie more than an octave from both buckets: nothing near was tuned, the default runs.
     assert configs[3] == default_config(3, 512, 64, CPU, 4) and configs[7] == default_config(7, 512, 64, CPU, 4)
     assert configs[17:] == [None] * 4  # past untuned_max_m, the separate path as before
+
+
+def test_on_a_small_card_without_tma_every_predicted_launch_runs(monkeypatch):
+    # A T4-like card: 64 KiB of shared memory a block, no TMA. The shipped H200 points that fit, else the default.
+    for module in (learned, select):
+        monkeypatch.setattr(module, "device_smem_limit", lambda device: 64 * 1024)
+        monkeypatch.setattr(module, "device_has_tma", lambda device: False)
+    for K, N, epilogue in ((4096, 12288, rotary(128, 32)), (5120, 27648, GATED), (2048, 3072, PLAIN)):
+        launches = select_configs(None, "rms_norm_linear", K, N, torch.bfloat16, epilogue, CPU, 16)
+        for launch in launches[1:]:
+            assert launch.config.smem_bytes(2) <= 64 * 1024 and not launch.config.TMA
+    assert launches[1].config in {p.config for p in shipped_points()}  # a tuned config that fits, not the default
