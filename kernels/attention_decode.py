@@ -30,7 +30,7 @@ class DecodeTile:
     num_stages: int = 2
 
 
-# What every decode step launches (scripts/exp_decode_attention.py sweeps the alternatives; docs/PERF_NOTES.md).
+# What a decode step launches where the tuning table has no tile (search_spaces/attention.py tunes the alternatives).
 DEFAULT_TILE = DecodeTile()
 # A split shorter than this spends more on its partial write and merge than it saves.
 MIN_KEYS_PER_SPLIT = 256

@@ -9,6 +9,8 @@ it has no tile. Softmax is online, in fp32, in base 2 (scale folded with log2(e)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -17,6 +19,26 @@ from kernels.pdl import pdl_launch_args, pdl_wait
 from kernels.attention_tile import LOG2E, attend_tile
 from kernels.validation import (FLOAT_DTYPES, check_attention_heads, check_block_tables, check_kv_cache,
                                      check_shape, check_sliding_window, check_tensor)
+
+
+@dataclass(frozen=True)
+class PrefillTile:
+    """The kernel's launch parameters: query rows of a program (BLOCK_M = BLOCK_Q query tokens x GROUP heads, a power
+    of two >= GROUP), keys a loop step reads, warps and pipeline stages."""
+    BLOCK_M: int
+    BLOCK_N: int
+    num_warps: int
+    num_stages: int
+
+
+def default_prefill_tile(dtype: torch.dtype, num_tokens: int, group: int) -> PrefillTile:
+    """What a step launches where the tuning table has no tile (search_spaces/attention.py tunes the alternatives)."""
+    if dtype == torch.float32:
+        # fp32 dots run as FMA loops (input_precision="ieee"): small tiles keep them in registers.
+        return PrefillTile(max(16, triton.next_power_of_2(group)), 32, 4, 2)
+    # Larger tiles pay off once there are enough query rows to keep every SM busy.
+    block_m = max(128 if num_tokens * group >= 4096 else 64, triton.next_power_of_2(group))
+    return PrefillTile(block_m, 64, 8 if block_m >= 128 else 4, 2)
 
 
 # The batch size and the block table's width change from step to step; Triton would compile a kernel for each of
@@ -101,8 +123,9 @@ def _prefill_kernel(
 def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                    block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                                    scale: float, sliding_window: int | None = None,
-                                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """out: where to write the result (default: a new tensor like q)."""
+                                   out: torch.Tensor | None = None, tile: PrefillTile | None = None) -> torch.Tensor:
+    """out: where to write the result (default: a new tensor like q); tile: the launch parameters (default:
+    default_prefill_tile)."""
     device = q.device
     check_tensor("q", q, 3, FLOAT_DTYPES, device)
     check_kv_cache(k_cache, v_cache, device)
@@ -123,13 +146,10 @@ def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cac
         check_shape("out", out, tuple(q.shape))
     if num_tokens == 0 or batch == 0:
         return out
-    if q.dtype == torch.float32:
-        # fp32 dots run as FMA loops (input_precision="ieee"): small tiles keep them in registers.
-        block_m, block_n, num_warps = max(16, triton.next_power_of_2(group)), 32, 4
-    else:
-        # Larger tiles pay off once there are enough query rows to keep every SM busy.
-        block_m = max(128 if num_tokens * group >= 4096 else 64, triton.next_power_of_2(group))
-        block_n, num_warps = 64, 8 if block_m >= 128 else 4
+    tile = tile or default_prefill_tile(q.dtype, num_tokens, group)
+    if tile.BLOCK_M < group or tile.BLOCK_M & (tile.BLOCK_M - 1):
+        raise ValueError(f"tile.BLOCK_M={tile.BLOCK_M}: expected a power of two >= the {group} query heads per KV head")
+    block_m = tile.BLOCK_M
     block_q = block_m // group
     _prefill_kernel[(num_tokens // block_q + batch, num_kv_heads)](
         q, k_cache, v_cache, out, block_tables, cu_seqlens_q, seq_lens,
@@ -137,8 +157,8 @@ def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cac
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
         k_cache.stride(2), block_tables.stride(0),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(triton.next_power_of_2(head_dim), 16), BLOCK_Q=block_q,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None,
+        BLOCK_M=block_m, BLOCK_N=tile.BLOCK_N, BLOCK_SIZE=block_size, USE_WINDOW=sliding_window is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=2, **pdl_launch_args(q.device),
+        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_launch_args(q.device),
     )
     return out

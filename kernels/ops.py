@@ -9,8 +9,8 @@ import torch
 
 from kernels import reference
 from kernels.activation import silu_and_mul_triton
-from kernels.attention_decode import paged_decode_attention_triton
-from kernels.attention_prefill import paged_prefill_attention_triton
+from kernels.attention_decode import DEFAULT_TILE, DecodeTile, paged_decode_attention_triton
+from kernels.attention_prefill import PrefillTile, paged_prefill_attention_triton
 from kernels.norm import rms_norm_triton
 from kernels.rotary_kvcache import apply_rotary_and_store_kvcache_triton
 from kernels.sampling import sample
@@ -41,22 +41,33 @@ def apply_rotary_and_store_kvcache(q: torch.Tensor, k: torch.Tensor, v: torch.Te
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
-                            scale: float, sliding_window: int | None = None) -> torch.Tensor:
+                            scale: float, sliding_window: int | None = None,
+                            tile: PrefillTile | None = None) -> torch.Tensor:
     """Causal attention of the new tokens q [T, Hq, D] of B sequences over their paged KV cache.
 
     seq_lens[b] counts the whole context including the new tokens, whose K/V are already in the cache;
-    query i of sequence b sits at position seq_lens[b] - q_len_b + i.
+    query i of sequence b sits at position seq_lens[b] - q_len_b + i. tile: the kernel's launch parameters (None:
+    kernels.attention_prefill.default_prefill_tile).
     """
-    fn = paged_prefill_attention_triton if use_triton(q) else reference.paged_prefill_attention_reference
-    return fn(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, sliding_window)
+    if not use_triton(q):
+        return reference.paged_prefill_attention_reference(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens,
+                                                           scale, sliding_window)
+    return paged_prefill_attention_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale,
+                                          sliding_window, tile=tile)
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                           sliding_window: int | None = None) -> torch.Tensor:
-    """Attention of one new token per sequence, q [B, Hq, D] at position seq_lens[b] - 1. CUDA-graph safe."""
-    fn = paged_decode_attention_triton if use_triton(q) else reference.paged_decode_attention_reference
-    return fn(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window)
+                           sliding_window: int | None = None, tile: DecodeTile = DEFAULT_TILE,
+                           num_splits: int | None = None) -> torch.Tensor:
+    """Attention of one new token per sequence, q [B, Hq, D] at position seq_lens[b] - 1. CUDA-graph safe.
+    tile and num_splits: the split kernel's launch parameters and how many parts the KV length is cut into (None:
+    kernels.attention_decode.default_num_splits)."""
+    if not use_triton(q):
+        return reference.paged_decode_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, scale,
+                                                          sliding_window)
+    return paged_decode_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window,
+                                         num_splits, tile=tile)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,

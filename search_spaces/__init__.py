@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kernels.config import DTYPES
+from search_spaces.attention import AttentionDecodeSpace, AttentionPrefillSpace
 from search_spaces.base import Problem, SearchSpace
 from search_spaces.linear import LinearSpace
 from search_spaces.plugin import is_plugin, load_space
@@ -25,5 +26,7 @@ def get_space(name: str) -> SearchSpace:
 
 register(RmsNormLinearSpace())
 register(LinearSpace())
+register(AttentionDecodeSpace())
+register(AttentionPrefillSpace())
 
 __all__ = ["DTYPES", "Problem", "SearchSpace", "get_space", "register"]

@@ -109,6 +109,9 @@ class SearchSpace(ABC):
     # The dims the lookup table buckets over, looked up by the smallest tuned value >= the problem's, else the
     # largest, one dim after the other (tuning_table/format.py, LookupTable.lookup).
     bucket_dims: tuple[str, ...]
+    # Whether every decode step runs this kernel (attention): a run's budget reaches those right after the GEMMs'
+    # decode sizes (autotune/workers.py, by_value).
+    decode_step: bool = False
 
     @abstractmethod
     def axes(self, problem: Any) -> dict[str, list[int]]:

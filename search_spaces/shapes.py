@@ -125,6 +125,11 @@ def parse_shapes(spec: str, kernel: str = "rms_norm_linear", tp: int = 1) -> lis
 
 
 def _sites_from_file(path: Path, kernel: str, tp: int) -> list[Site]:
+    return sites_from_config(load_config(path), str(path), kernel, tp)
+
+
+def load_config(path: Path) -> dict:
+    """A model's config.json, or a ValueError naming --shapes."""
     try:
         cfg = json.loads(path.read_text())
     except OSError as e:
@@ -133,7 +138,32 @@ def _sites_from_file(path: Path, kernel: str, tp: int) -> list[Site]:
         raise ValueError(f"--shapes: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"--shapes: {path} holds a JSON {type(cfg).__name__}; expected a config object")
-    return sites_from_config(cfg, str(path), kernel, tp)
+    return cfg
+
+
+def is_gemm_shape(item: str) -> bool:
+    """Whether a --shapes item is an NxK (a GEMM shape, no model behind it)."""
+    return _NXK.match(item) is not None
+
+
+def model_configs(spec: str) -> list[tuple[str, dict]]:
+    """(name, config) of each preset or config.json path of `--shapes`, for the kernels whose shapes are a model's
+    (attention: its heads); an NxK names no model and is refused."""
+    if not spec or not spec.strip():
+        raise ValueError("--shapes: empty; expected a preset or a config.json path")
+    configs = []
+    for item in (s.strip() for s in spec.split(",")):
+        if item in PRESETS:
+            configs.append((item, PRESETS[item]))
+        elif is_gemm_shape(item):
+            raise ValueError(f"--shapes: {item!r} is a GEMM shape (NxK); attention needs a preset "
+                             f"({', '.join(PRESETS)}) or a config.json path")
+        elif item.endswith(".json") or Path(item).is_file():
+            configs.append((item, load_config(Path(item))))
+        else:
+            raise ValueError(f"--shapes: {item!r} is not a preset ({', '.join(PRESETS)}) or an existing config.json "
+                             "path")
+    return configs
 
 
 def parse_m_buckets(spec: str | None, kernel: str = "rms_norm_linear") -> list[int]:

@@ -82,7 +82,7 @@ FORMAT = "nano-vllm-coconut/lookup-table"
 FORMAT_VERSION = 1
 KERNELS = ("rms_norm_linear", "linear")
 # Kernels of this project whose entries take the generic form (module docstring); a plugin's is any `module:Class`.
-GENERIC_KERNELS: tuple[str, ...] = ()
+GENERIC_KERNELS: tuple[str, ...] = ("attention_decode", "attention_prefill")
 _GENERIC_ENTRY_FIELDS = ("dims", "dtype", "buckets")
 _GENERIC_BUCKET_FIELDS = ("bucket", "config", "latency_us", "spread_us", "baseline_us", "speedup")
 _TOP_FIELDS = ("format", "format_version", "gpu", "gpu_name", "torch", "triton", "created", "kernels")

@@ -26,6 +26,7 @@ from nanovllm.utils.loader import load_model
 from nanovllm.utils.parallel import tensor_parallel_shard
 from kernels.epilogue import PLAIN
 from tuning_table import open_table, select_configs
+from tuning_table.attention import AttentionTiles
 from tuning_table.format import dtype_name
 
 logger = logging.getLogger(__name__)
@@ -96,10 +97,13 @@ class ModelRunner:
         load_model(self.model, config.model)
         if peers is not None:
             peers.join(self.device)
+        # The table configures the tuned kernels; without the fused kernel every kernel runs its defaults.
+        path, table = open_table(config.tuning_table, self.device) if config.fused_norm_linear else (None, None)
         if config.fused_norm_linear:
-            self._fuse_norm_linear()
+            self._fuse_norm_linear(path, table)
         self.sampler = Sampler()
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self._pick_attention_tiles(table)
         self.graphs: DecodeGraphs | None = None
         self.num_kvcache_blocks = self._num_kvcache_blocks()
         if self.world_size > 1:  # the ranks' shards are alike, their free memory need not be
@@ -123,13 +127,23 @@ class ModelRunner:
         if isinstance(peers, Workers):
             peers.wait("ready")
 
-    def _fuse_norm_linear(self) -> None:
+    def _pick_attention_tiles(self, table) -> None:
+        """Each attention layer reads its tiles from the table's entries of its shape (one resolver per shape, so
+        that the layers share what it resolved); a CUDA graph captures the ones of its batch."""
+        tiles = {}
+        for layer in self.attention_layers:
+            shape = (layer.num_heads, layer.num_kv_heads, layer.head_dim, layer.sliding_window)
+            if shape not in tiles:
+                tiles[shape] = AttentionTiles(table, *shape[:3], self.dtype, shape[3])
+                logger.info("attention %s: tuned tiles %s", shape, tiles[shape].covered() if table else "none")
+            layer.tiles = tiles[shape]
+
+    def _fuse_norm_linear(self, path, table) -> None:
         """Every fused site and plain linear gets its launches per M from the tuning table (tuning_table's selection
         rule), resolved once here so that a forward pass (and the CUDA graphs captured from it) only indexes a
         list."""
         # The most rows one forward pass can have: a prefill step, an eager decode batch or a CUDA-graph batch.
         max_m = max(self.config.max_num_batched_tokens, self.config.max_num_seqs, 512)
-        path, table = open_table(self.config.tuning_table, self.device)
         source = f"tuning table {path}"
         selected = {}
 

@@ -70,8 +70,8 @@ def test_a_generic_entry_is_checked_structurally(data, match):
 def test_a_name_that_is_neither_builtin_nor_a_plugin_is_refused():
     data = table([])
     data["kernels"]["softmax"] = attention_table()["kernels"][KERNEL]
-    with pytest.raises(ValueError, match="kernels.softmax: unknown kernel; expected one of rms_norm_linear, linear or "
-                                         "a plugin's module:Class"):
+    with pytest.raises(ValueError, match="kernels.softmax: unknown kernel; expected one of rms_norm_linear, linear, "
+                                         "attention_decode, attention_prefill or a plugin's module:Class"):
         parse_table(data)
 
 
