@@ -34,14 +34,19 @@ def grown_leaders(leaders: list[Config], M: int) -> list[Config]:
     return out
 
 
-def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, problem: Any, axes: dict[str, list[int]],
-                        configs: list[Any], budget: int, smem_limit: int | None) -> None:
+def warm_configs(space: SearchSpace, problem: Any, axes: dict[str, list[int]], configs: list[Any],
+                 smem_limit: int | None) -> list[Any]:
+    """The warm starts as a study runs them: each moved onto the nearest values of its axes, feasible, once each."""
     projected = []
     for c in configs:
         params = c.to_dict()
         projected.append(space.to_config({k: min(v, key=lambda x: abs(x - params[k])) for k, v in axes.items()}))
-    usable = [c for c in dict.fromkeys(projected) if space.violation(c, problem, smem_limit) is None]
-    for c in usable[:budget]:
+    return [c for c in dict.fromkeys(projected) if space.violation(c, problem, smem_limit) is None]
+
+
+def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, problem: Any, axes: dict[str, list[int]],
+                        configs: list[Any], budget: int, smem_limit: int | None) -> None:
+    for c in warm_configs(space, problem, axes, configs, smem_limit)[:budget]:
         study.enqueue_trial({k: c.to_dict()[k] for k in axes}, skip_if_exists=True)
 
 

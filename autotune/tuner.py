@@ -9,7 +9,9 @@ Design choices (see docs for the numbers):
   duplicate samples are pruned before anything compiles and do not count; nor do trials left running by a
   killed process (pruned on SQLite, failed by their stopped heartbeat on PostgreSQL: `heartbeat.py`).
 - Trials are asked ahead (TPE's constant liar keeps pending trials apart) and handed to the
-  compile pool; the GPU times them in order as their binaries become ready.
+  compile pool; the GPU times them in order as their binaries become ready. Once a study's first trials are in the
+  pool, the next study's heuristic warm starts follow them (`then`), so that study does not start on an idle GPU
+  waiting for its first compiles.
 - A study stops early once it has settled: `patience` finished trials in a row none of which beat the best by
   more than its measured noise (the interquartile range of its samples). Most of a study's best configs are its
   warm starts (docs/PERF_NOTES.md), so the budget `trials` is the most it spends, not what it usually does; the
@@ -38,7 +40,8 @@ from optuna.trial import TrialState
 
 from autotune.compile_pool import CompilePool
 from autotune.device import GpuInfo
-from autotune.enqueue import CONFIG_ATTR, duplicate_of, enqueue_grid, enqueue_warm_starts, grown_leaders, settled_trials
+from autotune.enqueue import (CONFIG_ATTR, duplicate_of, enqueue_grid, enqueue_warm_starts, grown_leaders, settled_trials,
+                              warm_configs)
 from autotune.heartbeat import Heartbeat, fail_stale_trials, failed_by_heartbeat, reclaim_orphans
 from autotune.interrupt import DeferredInterrupt
 from autotune.objective import Evaluator, Result
@@ -145,8 +148,10 @@ class Tuner:
         self.gpu, self.device, self.timer, self.pool = gpu, device, timer, pool
         self.settings, self.progress = settings, progress
 
-    def tune(self, problem: TunedProblem, warm_start: list[Any] = (), deadline: float | None = None) -> StudyOutcome:
-        """Tune one study, or resume it; `deadline` (a time.time(), the end of a run's budget) bounds its search."""
+    def tune(self, problem: TunedProblem, warm_start: list[Any] = (), deadline: float | None = None,
+             then: TunedProblem | None = None) -> StudyOutcome:
+        """Tune one study, or resume it; `deadline` (a time.time(), the end of a run's budget) bounds its search;
+        `then`, the problem tuned next, has its heuristic warm starts compiled ahead."""
         s = self.settings
         name = study_name(self.space.name, self.gpu.short_name, problem)
         deadline = math.inf if deadline is None else deadline
@@ -199,7 +204,7 @@ class Tuner:
                 leaders = grown_leaders(leaders, problem.M) if isinstance(problem, Problem) else leaders
                 warm = [*leaders, *self.space.heuristics(problem, self.device)]
                 enqueue_warm_starts(study, self.space, problem, axes, warm, budget, device_smem_limit(self.device))
-            if self._search(study, evaluator, axes, budget, run_id, deadline):
+            if self._search(study, evaluator, axes, budget, run_id, deadline, then):
                 study.set_user_attr(SETTLED_ATTR, True)
             ranked = self._retime(study, evaluator, run_id)
         except BaseException as e:
@@ -215,7 +220,7 @@ class Tuner:
         return StudyOutcome(name, problem, None, None, out_of_budget=True)
 
     def _search(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
-                run_id: int, run_deadline: float) -> bool:
+                run_id: int, run_deadline: float, then: TunedProblem | None = None) -> bool:
         """Search until the budget, the deadline or settling (`Settling`); whether it settled."""
         s = self.settings
         deadline = time.monotonic() + min(s.timeout_s or math.inf, run_deadline - time.time())
@@ -236,6 +241,9 @@ class Tuner:
                             break
                         if asked[1] is not None:
                             pending.append((*asked, self.pool.submit(self.space.name, evaluator.problem, asked[1])))
+                    if then is not None:
+                        self._compile_ahead(then)
+                        then = None
                     if not pending:
                         if asks_left <= 0 or time.monotonic() >= deadline or not _others_hold_budget(study, budget):
                             return False
@@ -271,6 +279,16 @@ class Tuner:
                 _tell(study, pending.popleft()[0], recorded)
             _prune(study, pending, None, "interrupted before timing")
             raise
+
+    def _compile_ahead(self, problem: TunedProblem) -> None:
+        """Hand the pool `problem`'s heuristic warm starts, as its study will ask them (the sampler's own picks are
+        not known before the study runs)."""
+        if self.settings.sampler != "tpe":
+            return
+        smem = device_smem_limit(self.device)
+        for c in warm_configs(self.space, problem, self.space.axes(problem), self.space.heuristics(problem, self.device),
+                              smem):
+            self.pool.submit(self.space.name, problem, c)
 
     def _ask(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
              heartbeat: Heartbeat) -> tuple[optuna.Trial, Any | None] | None:
