@@ -30,7 +30,7 @@ class Config:
     # RMSNorm + QKV and RMSNorm + gate/up projections through one fused kernel (False: separate norm and GEMM).
     fused_norm_linear: bool = True
     # The fused kernel's tuned configs: a lookup table path, None to find the GPU's (tuning_table/find.py),
-    # False for the heuristic default configs.
+    # False for none: the shipped tables' nearest tuned configs (tuning_table/learned.py), else the default configs.
     tuning_table: str | os.PathLike | bool | None = None
     # Which M run the tuned kernels (tuning_table/select.py).
     fusion: FusionOptions = field(default_factory=FusionOptions)

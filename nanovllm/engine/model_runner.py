@@ -173,7 +173,7 @@ class ModelRunner:
                         len(shapes), dtype)
             if table is not None and missing and kernel == "rms_norm_linear":
                 warnings.warn(f"tuning table {path} has no {dtype} configs for (K, N) {missing}: those run the "
-                              "heuristic default configs", stacklevel=3)
+                              "learned fallback's configs", stacklevel=3)
 
     def _block_bytes(self) -> int:
         attn = self.attention_layers[0]

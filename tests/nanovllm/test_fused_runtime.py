@@ -98,7 +98,7 @@ def test_table_covering_part_of_the_model_logs_and_warns_once(checkpoint, tmp_pa
     with caplog.at_level(logging.INFO, logger=model_runner.__name__), pytest.warns(UserWarning) as record:
         engine(checkpoint[0], tuning_table=path)
     assert [str(w.message) for w in record] == [
-        f"tuning table {path} has no float32 configs for (K, N) [(64, 256)]: those run the heuristic default configs"]
+        f"tuning table {path} has no float32 configs for (K, N) [(64, 256)]: those run the learned fallback's configs"]
     assert f"tuning table {path} (h100, torch {torch.__version__}" in caplog.text
     assert "rms_norm_linear: " in caplog.text and "covers 0 of the model's 1 float32 shapes" in caplog.text
 

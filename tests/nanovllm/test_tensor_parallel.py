@@ -122,7 +122,7 @@ def test_two_ranks_give_the_tokens_of_one(arch, tmp_path, tp_engine):
     # The tuner's --tp 2 sites are the shards this rank runs.
     config = config().to_dict()
     ours = {"qkv": layer.self_attn.qkv_proj, "gate_up": layer.mlp.gate_up_proj, "o_proj": layer.self_attn.o_proj,
-            "down_proj": layer.mlp.down_proj, "lm_head": two.model_runner.model.lm_head}
+            "down_proj": layer.mlp.down_proj}
     sites = sites_from_config(config, tp=2) + sites_from_config(config, kernel="linear", tp=2)
     assert {s.name: (s.K, s.N) for s in sites} == {name: tuple(m.weight.shape[::-1]) for name, m in ours.items()}
 
@@ -250,11 +250,10 @@ def test_the_tuners_tp_presets_cover_each_ranks_shard():
     sites = {s.name: s for s in parse_shapes("llama-7b", tp=2) + parse_shapes("llama-7b", "linear", tp=2)}
     assert sites == {
         "qkv": Site("qkv", 4096, (16 + 2 * 16) * 128, rotary(128, 16)), "gate_up": Site("gate_up", 4096, 11008, GATED),
-        "lm_head": Site("lm_head", 4096, 16000), "o_proj": Site("o_proj", 2048, 4096),
-        "down_proj": Site("down_proj", 5504, 4096)}
-    # 8 KV heads on 16 ranks: each rank one KV head, replicated on 2, and 2 q heads; a vocabulary padded to 16 shards.
-    qkv, _, lm_head = sites_from_config({**PRESETS["mistral-7b"], "vocab_size": 32001}, tp=16)
-    assert (qkv.N, qkv.epilogue, lm_head.N) == ((2 + 2) * 128, rotary(128, 1), 2001)
+        "o_proj": Site("o_proj", 2048, 4096), "down_proj": Site("down_proj", 5504, 4096)}
+    # 8 KV heads on 16 ranks: each rank one KV head, replicated on 2, and 2 q heads.
+    qkv, _ = sites_from_config(PRESETS["mistral-7b"], tp=16)
+    assert (qkv.N, qkv.epilogue) == ((2 + 2) * 128, rotary(128, 1))
     assert parse_shapes("llama-7b") == parse_shapes("llama-7b", tp=1)
     assert parse_shapes("12288x4096", tp=2) == [Site("12288x4096", 4096, 12288)]  # a shape as named
     for tp, problem in [(3, "llama-7b: --tp 3 must divide num_attention_heads=32 and intermediate_size=11008, and "
