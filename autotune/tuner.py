@@ -47,6 +47,7 @@ from autotune.interrupt import DeferredInterrupt
 from autotune.objective import Evaluator, Result
 from autotune.samplers import SAMPLERS, make_sampler
 from autotune.timer import Timer, Timing
+from db.models import GRID, SAMPLER, WARM_START
 from db.storage import Recorder, RunKey
 from kernels.config import Config, device_smem_limit
 from search_spaces.base import Problem, SearchSpace, TunedProblem
@@ -260,7 +261,8 @@ class Tuner:
                         # The failure may be the Ctrl-C's: it also kills a compiler this process runs itself (ptxas,
                         # for a kernel the pool did not build). Pruned, not failed: a rerun tries the config again.
                         interrupt.check()
-                    self._record(run_id, "search", trial.number, result)
+                    self._record(run_id, "search", trial.number, result,
+                                 trial_origin(study, study._storage.get_trial(trial._trial_id), s.sampler))
                     recorded = result
                     _tell(study, trial, result)
                     heartbeat.discard(trial._trial_id)
@@ -341,15 +343,31 @@ class Tuner:
         baseline = evaluator.baseline = Timing.from_samples(samples.pop(None))
         self.recorder.set_baseline(run_id, baseline.median_us, baseline.spread_us)
         results = [evaluator.result(c, Timing.from_samples(v), baseline) for c, v in samples.items()]
-        ranked = [(r, self._record(run_id, "retime", None, r)) for r in results]
+        origins: dict[Any, str] = {}  # a re-timed config's: that of the first trial that timed it
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            origins.setdefault(self.space.to_config(t.params), trial_origin(study, t, s.sampler))
+        ranked = [(r, self._record(run_id, "retime", None, r, origins[r.config])) for r in results]
         return sorted(ranked, key=lambda pair: pair[0].timing.median_us)
 
-    def _record(self, run_id: int, phase: str, trial_number: int | None, r: Result) -> int:
+    def _record(self, run_id: int, phase: str, trial_number: int | None, r: Result, origin: str) -> int:
         t = r.timing
         return self.recorder.add_measurement(
             run_id, phase=phase, trial_number=trial_number, config=r.config.to_dict(), correct=r.correct,
             error=r.error, median_us=t.median_us if t else None, spread_us=t.spread_us if t else None,
-            repeats=len(t.samples_us) if t else None, tflops=r.tflops, gbps=r.gbps, speedup=r.speedup)
+            repeats=len(t.samples_us) if t else None, tflops=r.tflops, gbps=r.gbps, speedup=r.speedup, origin=origin)
+
+
+def trial_origin(study: optuna.Study, trial: optuna.trial.FrozenTrial, sampler: str) -> str:
+    """Where a trial's config came from: enqueued (Optuna's "fixed_params") as the grid sampler's point or as a
+    warm start, else proposed by the sampler. A trial requeued for a dead worker (heartbeat.requeue_stale_trial) is
+    enqueued too, but repeats the trial it names, and so has that trial's origin."""
+    if "requeued_from" in trial.user_attrs:
+        storage = study._storage
+        trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
+            study._study_id, trial.user_attrs["requeued_from"]))
+    if "fixed_params" not in trial.system_attrs:
+        return SAMPLER
+    return GRID if sampler == "grid" else WARM_START
 
 
 class Settling:

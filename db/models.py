@@ -14,7 +14,11 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bumped together with a new revision in db/migrations/versions/, which migrates the databases of the last one.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+# Where a measured config came from (Measurement.origin): enqueued as a warm start (the previous M bucket's leaders,
+# the space's heuristics), proposed by the sampler itself, or a point of the grid sampler's enqueued grid.
+WARM_START, SAMPLER, GRID = "warm_start", "sampler", "grid"
 
 
 def utcnow() -> datetime:
@@ -113,6 +117,8 @@ class Measurement(Base):
     gbps: Mapped[float | None] = mapped_column(Float, nullable=True)
     speedup: Mapped[float | None] = mapped_column(Float, nullable=True)  # baseline median / median
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # WARM_START, SAMPLER or GRID; a re-timed config carries its trial's. NULL: measured before schema 4 (unknown).
+    origin: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     run: Mapped[Run] = relationship(foreign_keys=[run_id])
 

@@ -8,12 +8,14 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from db.models import Gpu, Kernel, Measurement, Run, Shape
+from db.models import SAMPLER, WARM_START, Gpu, Kernel, Measurement, Run, Shape
 
 BEST_COLUMNS = ["gpu", "gpu_id", "gpu_name", "torch", "triton", "kernel", "dtype", "K", "N", "M", "config",
                 "median_us", "spread_us", "baseline_us", "speedup", "tflops", "gbps", "finished_at", "study_name",
                 "form", "dims"]
 GEMM_DIMS = ("K", "N", "M")
+SPLIT_COLUMNS = ["study_name", "gpu", "kernel", "dtype", "dims", "form", "trials", "warm_config", "warm_us",
+                 "warm_spread_us", "sampler_config", "sampler_us", "sampler_spread_us", "best_from", "gain", "best_at"]
 
 
 def with_gemm_dims(frame: pd.DataFrame) -> pd.DataFrame:
@@ -63,3 +65,51 @@ def search_history(engine: Engine, study_name: str) -> pd.DataFrame:
                       columns=["trial_number", "config", "correct", "error", "median_us", "speedup"])
     df["best_so_far_us"] = df["median_us"].where(df["correct"]).cummin()
     return df
+
+
+def search_split(engine: Engine, gpu: str | None = None) -> pd.DataFrame:
+    """Per finished study (optionally of one normalized GPU name): its best warm start and its best sampler trial
+    (config, median and spread of the search measurements of all its runs; NaN where it has none), `best_from`, the
+    origin of its result (the latest finished run's re-timed winner; db.models.WARM_START, SAMPLER or GRID, None
+    when measured before schema 4), `gain`, the sampler's over the warm starts (best warm start's median / best
+    sampler trial's - 1: above 0 where the sampler found a faster config), and `best_at`, the number of the trial at
+    which the study's best search latency was first reached, of its `trials` timed correctly."""
+    latest = (select(func.max(Run.id).label("id")).where(Run.status == "finished", Run.best_measurement_id.is_not(None))
+              .group_by(Run.study_name).subquery())
+    studies_q = (select(Run.study_name, Gpu.short_name, Kernel.name, Shape.dtype, Shape.dims, Shape.form,
+                        Measurement.origin)
+                 .join(latest, latest.c.id == Run.id).join(Measurement, Measurement.id == Run.best_measurement_id)
+                 .join(Gpu, Gpu.id == Run.gpu_id).join(Kernel, Kernel.id == Run.kernel_id)
+                 .join(Shape, Shape.id == Run.shape_id))
+    if gpu is not None:
+        studies_q = studies_q.where(Gpu.short_name == gpu)
+    search_q = (select(Run.study_name, Measurement.trial_number, Measurement.origin, Measurement.config,
+                       Measurement.median_us, Measurement.spread_us)
+                .join(Run, Run.id == Measurement.run_id)
+                .where(Measurement.phase == "search", Measurement.correct.is_(True),
+                       Run.study_name.in_(select(studies_q.subquery().c.study_name)))
+                .order_by(Run.study_name, Measurement.trial_number))
+    with Session(engine) as s:
+        studies = s.execute(studies_q).all()
+        search = pd.DataFrame([tuple(r) for r in s.execute(search_q).all()],
+                              columns=["study_name", "trial_number", "origin", "config", "median_us", "spread_us"])
+    by_study = dict(tuple(search.groupby("study_name", sort=False)))
+    rows = []
+    for name, gpu_name, kernel, dtype, dims, form, best_from in studies:
+        trials = by_study.get(name, search.iloc[:0])
+        row = dict(study_name=name, gpu=gpu_name, kernel=kernel, dtype=dtype, dims=json.loads(dims), form=form,
+                   trials=len(trials), best_from=best_from,
+                   best_at=trials.loc[trials["median_us"].idxmin(), "trial_number"] if len(trials) else None)
+        for prefix, origin in (("warm", WARM_START), ("sampler", SAMPLER)):
+            mine = trials[trials["origin"] == origin]
+            best = mine.loc[mine["median_us"].idxmin()] if len(mine) else None
+            row.update({f"{prefix}_config": None if best is None else best["config"],
+                        f"{prefix}_us": None if best is None else best["median_us"],
+                        f"{prefix}_spread_us": None if best is None else best["spread_us"]})
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=SPLIT_COLUMNS)
+    floats = ["warm_us", "warm_spread_us", "sampler_us", "sampler_spread_us"]
+    df[floats] = df[floats].astype(float)
+    df["gain"] = df["warm_us"] / df["sampler_us"] - 1
+    df["best_at"] = df["best_at"].astype("Int64")
+    return df.sort_values(["gpu", "kernel", "study_name"], ignore_index=True)
