@@ -230,3 +230,9 @@ def test_bench_baseline_refuses_a_model_named_twice(tmp_path):
     result = run("benchmarks/bench_baseline.py", "--model", "llama-7b", str(ckpt))
     assert result.returncode == 2
     assert "--model: ['llama-7b', 'llama-7b'] name a model twice" in result.stderr
+
+
+def test_tuner_host_reports_the_host_work_of_a_study():
+    r = run("benchmarks/tuner_host.py", "--studies", "1", "--trials", "4", "--patience", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("1 studies, --trials 4 --patience 2: ") and "s of host work a study" in r.stdout
