@@ -8,14 +8,15 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from db.models import SAMPLER, WARM_START, Gpu, Kernel, Measurement, Run, Shape
+from db.models import GRID, SAMPLER, WARM_START, Gpu, Kernel, Measurement, Run, Shape
 
 BEST_COLUMNS = ["gpu", "gpu_id", "gpu_name", "torch", "triton", "kernel", "dtype", "K", "N", "M", "config",
                 "median_us", "spread_us", "baseline_us", "speedup", "tflops", "gbps", "finished_at", "study_name",
                 "form", "dims"]
 GEMM_DIMS = ("K", "N", "M")
 SPLIT_COLUMNS = ["study_name", "gpu", "kernel", "dtype", "dims", "form", "trials", "warm_config", "warm_us",
-                 "warm_spread_us", "sampler_config", "sampler_us", "sampler_spread_us", "best_from", "gain", "best_at"]
+                 "warm_spread_us", "sampler_config", "sampler_us", "sampler_spread_us", "best_from", "gain", "best_at",
+                 "best_step"]
 
 
 def with_gemm_dims(frame: pd.DataFrame) -> pd.DataFrame:
@@ -72,8 +73,9 @@ def search_split(engine: Engine, gpu: str | None = None) -> pd.DataFrame:
     (config, median and spread of the search measurements of all its runs; NaN where it has none), `best_from`, the
     origin of its result (the latest finished run's re-timed winner; db.models.WARM_START, SAMPLER or GRID, None
     when measured before schema 4), `gain`, the sampler's over the warm starts (best warm start's median / best
-    sampler trial's - 1: above 0 where the sampler found a faster config), and `best_at`, the number of the trial at
-    which the study's best search latency was first reached, of its `trials` timed correctly."""
+    sampler trial's - 1: above 0 where the sampler found a faster config), `best_at`, the number of the trial at
+    which the study's best search latency was first reached, and `best_step`, how many of its `trials` (timed, or
+    failed by their config) had been measured by then, that one included."""
     latest = (select(func.max(Run.id).label("id")).where(Run.status == "finished", Run.best_measurement_id.is_not(None))
               .group_by(Run.study_name).subquery())
     studies_q = (select(Run.study_name, Gpu.short_name, Kernel.name, Shape.dtype, Shape.dims, Shape.form,
@@ -84,24 +86,27 @@ def search_split(engine: Engine, gpu: str | None = None) -> pd.DataFrame:
     if gpu is not None:
         studies_q = studies_q.where(Gpu.short_name == gpu)
     search_q = (select(Run.study_name, Measurement.trial_number, Measurement.origin, Measurement.config,
-                       Measurement.median_us, Measurement.spread_us)
+                       Measurement.correct, Measurement.median_us, Measurement.spread_us)
                 .join(Run, Run.id == Measurement.run_id)
-                .where(Measurement.phase == "search", Measurement.correct.is_(True),
-                       Run.study_name.in_(select(studies_q.subquery().c.study_name)))
+                .where(Measurement.phase == "search", Run.study_name.in_(select(studies_q.subquery().c.study_name)))
                 .order_by(Run.study_name, Measurement.trial_number))
     with Session(engine) as s:
         studies = s.execute(studies_q).all()
         search = pd.DataFrame([tuple(r) for r in s.execute(search_q).all()],
-                              columns=["study_name", "trial_number", "origin", "config", "median_us", "spread_us"])
+                              columns=["study_name", "trial_number", "origin", "config", "correct", "median_us",
+                                       "spread_us"])
     by_study = dict(tuple(search.groupby("study_name", sort=False)))
     rows = []
     for name, gpu_name, kernel, dtype, dims, form, best_from in studies:
-        trials = by_study.get(name, search.iloc[:0])
+        trials = by_study.get(name, search.iloc[:0]).reset_index(drop=True)
+        timed = trials[trials["correct"].astype(bool) & trials["median_us"].notna()]
+        first_best = timed["median_us"].idxmin() if len(timed) else None
         row = dict(study_name=name, gpu=gpu_name, kernel=kernel, dtype=dtype, dims=json.loads(dims), form=form,
                    trials=len(trials), best_from=best_from,
-                   best_at=trials.loc[trials["median_us"].idxmin(), "trial_number"] if len(trials) else None)
+                   best_at=None if first_best is None else trials.loc[first_best, "trial_number"],
+                   best_step=None if first_best is None else first_best + 1)
         for prefix, origin in (("warm", WARM_START), ("sampler", SAMPLER)):
-            mine = trials[trials["origin"] == origin]
+            mine = timed[timed["origin"] == origin]
             best = mine.loc[mine["median_us"].idxmin()] if len(mine) else None
             row.update({f"{prefix}_config": None if best is None else best["config"],
                         f"{prefix}_us": None if best is None else best["median_us"],
@@ -111,5 +116,17 @@ def search_split(engine: Engine, gpu: str | None = None) -> pd.DataFrame:
     floats = ["warm_us", "warm_spread_us", "sampler_us", "sampler_spread_us"]
     df[floats] = df[floats].astype(float)
     df["gain"] = df["warm_us"] / df["sampler_us"] - 1
-    df["best_at"] = df["best_at"].astype("Int64")
+    df[["best_at", "best_step"]] = df[["best_at", "best_step"]].astype("Int64")
     return df.sort_values(["gpu", "kernel", "study_name"], ignore_index=True)
+
+
+def split_summary(split: pd.DataFrame) -> str:
+    """search_split's studies in one line: in how many the result was a warm start, the sampler's, a grid point,
+    of unknown origin."""
+    counts = split["best_from"].fillna("unknown").value_counts()
+    parts = [f"the best config was a warm start in {counts.get(WARM_START, 0)} of {len(split)} studies"]
+    for origin, says in ((SAMPLER, "the sampler's own"), (GRID, "a grid point"),
+                         ("unknown", "of unknown origin (measured before schema 4)")):
+        if counts.get(origin, 0):
+            parts.append(f"{says} in {counts[origin]}")
+    return ", ".join(parts)

@@ -7,13 +7,20 @@ import click
 import pandas as pd
 
 from autotune.export import build_table, merge_tables
-from db.queries import best_results
+from db.models import WARM_START
+from db.queries import best_results, search_split, split_summary
 from db.storage import Recorder, StorageError, open_engine, redact, storage_errors
 from kernels.config import Config
 from nvc_cli.options import one_line_error, storage_option
 from search_spaces.plugin import check_table
 from tuning_table import check_gpu_arg, load_table, parse_table, read_table_file, write_table
 from tuning_table.format import KERNELS, LookupTable
+
+
+# What `show` adds to each result: where its config came from, the sampler's gain over the warm starts, and when the
+# study found its best.
+ORIGIN_COLUMNS = ["from", "gain%", "at"]
+_FROM = {WARM_START: "warm"}
 
 
 @click.command("export-table")
@@ -69,12 +76,15 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
             return
         gpu_name = check_gpu_arg(gpu_name) if gpu_name else None
         with storage_errors(storage):
-            best = _of_gpu(best_results(open_engine(storage, create=False)), gpu_name, storage)
+            engine = open_engine(storage, create=False)
+            best = _of_gpu(best_results(engine), gpu_name, storage)
+            split = search_split(engine, gpu_name)
     except (ValueError, StorageError) as e:
         raise one_line_error(e) from None
     if best.empty:
         click.echo("no finished studies yet")
         return
+    best = best.merge(_origin_columns(split), on="study_name", how="left")
     generic = best[~best["kernel"].isin(KERNELS)]
     best = best[best["kernel"].isin(KERNELS)].rename(columns={"form": "epilogue"})
     if not best.empty:
@@ -85,7 +95,18 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
                                  base_us=generic["baseline_us"].round(2), speedup=generic["speedup"].round(3),
                                  gbps=generic["gbps"].round(0))
         click.echo(generic[["gpu", "kernel", "dtype", "dims", "config", "us", "spread", "base_us", "speedup", "gbps",
-                            "form"]].to_string(index=False))
+                            "form", *ORIGIN_COLUMNS]].to_string(index=False))
+    click.echo(f"{split_summary(split)} (from: where the best config came from; gain%: the sampler's best trial "
+               f"against the best warm start; at: how many of the study's trials it took to first reach its best)")
+
+
+
+def _origin_columns(split: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "study_name": split["study_name"],
+        "from": [_FROM.get(o, o) if isinstance(o, str) else "unknown" for o in split["best_from"]],
+        "gain%": [f"{100 * g:+.1f}" if pd.notna(g) else "-" for g in split["gain"]],
+        "at": [f"{a}/{n}" if pd.notna(a) else "-" for a, n in zip(split["best_step"], split["trials"])]})
 
 
 def _show_gemm_results(best: pd.DataFrame) -> None:
@@ -93,7 +114,7 @@ def _show_gemm_results(best: pd.DataFrame) -> None:
                        spread=best["spread_us"].round(2), base_us=best["baseline_us"].round(2),
                        speedup=best["speedup"].round(3), tflops=best["tflops"].round(1), gbps=best["gbps"].round(0))
     cols = ["gpu", "kernel", "dtype", "K", "N", "M", "config", "us", "spread", "base_us", "speedup", "tflops", "gbps",
-            "epilogue"]
+            "epilogue", *ORIGIN_COLUMNS]
     click.echo(best[cols].to_string(index=False))
 
 
@@ -109,8 +130,11 @@ def _of_gpu(best: pd.DataFrame, gpu: str | None, storage: str) -> pd.DataFrame:
 
 
 def _short(c: Config) -> str:
-    return (f"{c.BLOCK_M}x{c.BLOCK_N}x{c.BLOCK_K} w{c.num_warps} s{c.num_stages} g{c.GROUP_M} sk{c.SPLIT_K} "
-            f"ssq{c.SUMSQ_IN_LOOP} tma{c.TMA}")
+    """BLOCK_MxBLOCK_NxBLOCK_K (marked gemv below tl.dot's 16 rows: the GEMV-like tile), warps, stages, GROUP_M,
+    SPLIT_K, SUMSQ_IN_LOOP, TMA, EVICT."""
+    gemv = " gemv" if c.BLOCK_M < 16 else ""
+    return (f"{c.BLOCK_M}x{c.BLOCK_N}x{c.BLOCK_K}{gemv} w{c.num_warps} s{c.num_stages} g{c.GROUP_M} sk{c.SPLIT_K} "
+            f"ssq{c.SUMSQ_IN_LOOP} tma{c.TMA} ev{c.EVICT}")
 
 
 def _short_dict(d: dict) -> str:

@@ -58,6 +58,7 @@ def test_a_schema_3_database_is_migrated_in_place(url, tmp_path):
     split = search_split(engine).iloc[0]
     assert split["best_from"] is None and split["warm_config"] is None and split["sampler_config"] is None
     assert pd.isna(split["gain"]) and split["trials"] == 2 and split["best_at"] == 1
+    assert split["best_step"] == 2
     # A new measurement of the migrated run records its origin.
     Recorder(engine).add_measurement(1, phase="search", trial_number=2, config={"BLOCK_M": 16}, correct=True,
                                      median_us=11.0, origin=WARM_START)

@@ -66,7 +66,9 @@ def test_the_split_names_the_best_of_each_origin_and_where_the_result_came_from(
         assert (tpe[f"{prefix}_config"], tpe[f"{prefix}_us"]) == (best[3], best[4])
         assert tpe[f"{prefix}_spread_us"] > 0
     assert tpe["gain"] == pytest.approx(tpe["warm_us"] / tpe["sampler_us"] - 1)
-    assert tpe["best_at"] == min(search, key=lambda r: (r[4], r[1]))[1] and tpe["trials"] == len(search)
+    first_best = min((r for r in search if r[4] is not None), key=lambda r: (r[4], r[1]))
+    assert tpe["best_at"] == first_best[1] and tpe["trials"] == len(search)
+    assert tpe["best_step"] == 1 + search.index(first_best)
     winner = [r for r in measurements(tuned, TPE) if r[0] == "retime"]
     assert tpe["best_from"] == min(winner, key=lambda r: r[4])[2]
     grid = split.loc[study_name(SPACE.name, "h100", GRID_PROBLEM)]
