@@ -32,7 +32,7 @@ def table(entries: list[dict], gpu: str = RUNNING_GPU, torch_version: str = torc
 
 def entry(K: int, N: int, buckets: dict[int, Config], dtype: str = "float32") -> dict:
     return {"K": K, "N": N, "dtype": dtype, "buckets": [
-        {"M": m, "config": c.to_dict(), "latency_us": 1.0, "spread_us": 0.1, "baseline_us": 1.0, "speedup": 1.0}
+        {"M": m, "config": c.to_dict(), "latency_us": 1.0, "spread_us": 0.01, "baseline_us": 1.5, "speedup": 1.5}
         for m, c in buckets.items()]}
 
 

@@ -96,11 +96,13 @@ _TIMINGS = (("latency_us", False), ("spread_us", True), ("baseline_us", False), 
 @dataclass(frozen=True)
 class Bucket:
     """One tuned M of a (kernel, K, N, dtype): its config in the stacked product's terms, the measured speedup over
-    the baseline (below 1: the baseline won) and the epilogue its result was timed in."""
+    the baseline (below 1: the baseline won), the same with the config's spread counted against it (the speedup of
+    latency + spread: a win no larger than the noise is below 1) and the epilogue its result was timed in."""
     M: int
     config: Config
     speedup: float
     epilogue: Epilogue
+    speedup_beyond_noise: float
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,8 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
                     raise ValueError(f"{source}: {at}.epilogue: {err}") from None
                 need(kernel != "linear" or not epilogue.paired, f"{at}.epilogue",
                      f"the plain linear kernel has no epilogue, got {epilogue.form!r}")
-                buckets.append(Bucket(b["M"], config, float(b["speedup"]), epilogue))
+                beyond_noise = b["speedup"] * b["latency_us"] / (b["latency_us"] + b["spread_us"])
+                buckets.append(Bucket(b["M"], config, float(b["speedup"]), epilogue, float(beyond_noise)))
             buckets.sort(key=lambda bucket: bucket.M)
             repeated = sorted(m for m, n in Counter(b.M for b in buckets).items() if n > 1)
             need(not repeated, f"{where}.buckets", f"bucket M {', '.join(map(str, repeated))} appears twice")

@@ -60,3 +60,18 @@ def test_the_options_are_checked():
     for bad in (dict(untuned_max_m=-1), dict(linear_max_m=True), dict(min_speedup=0), dict(min_speedup=True)):
         with pytest.raises(ValueError, match="FusionOptions."):
             FusionOptions(**bad)
+
+
+def test_a_win_inside_the_tuned_configs_spread_runs_the_separate_path(tmp_path):
+    data = table([entry(64, 256, {1: INTERPRETER_CONFIG, 2: INTERPRETER_CONFIG, 4: INTERPRETER_CONFIG})],
+                 linear=[entry(64, 128, {1: dataclasses.replace(INTERPRETER_CONFIG, SUMSQ_IN_LOOP=0)})])
+    m1, m2, m4 = data["kernels"]["rms_norm_linear"][0]["buckets"]
+    m1.update(latency_us=100.0, spread_us=0.2, baseline_us=101.0, speedup=1.01)  # 1% ahead, 0.2% spread: a win
+    m2.update(latency_us=100.0, spread_us=2.0, baseline_us=101.0, speedup=1.01)  # 1% ahead, 2% spread: noise
+    m4.update(latency_us=100.0, spread_us=0.0, baseline_us=100.0, speedup=1.0)  # an exact tie keeps min_speedup's rule
+    data["kernels"]["linear"][0]["buckets"][0].update(latency_us=30.0, spread_us=0.3, baseline_us=30.03, speedup=1.001)
+    _, t = open_table(write(data, tmp_path / "t.json"), CPU)
+    fused = select_configs(t, "rms_norm_linear", 64, 256, torch.float32, PLAIN, CPU, 4)
+    assert [launch is not None for launch in fused[1:]] == [True, False, True, True]  # M = 3 takes M = 4's bucket
+    assert t.bucket("rms_norm_linear", 64, 256, torch.float32, 2).speedup_beyond_noise == pytest.approx(1.01 / 1.02)
+    assert select_configs(t, "linear", 128, 64, torch.float32, PLAIN, CPU, 1)[1] is None  # mistral's down_proj case
