@@ -54,7 +54,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autotune.device import detect_gpu  # noqa: E402
-from autotune.objective import TOLERANCES, Evaluator  # noqa: E402
+from autotune.objective import TOLERANCES, Evaluator, short_error  # noqa: E402
 from autotune.timer import CudaEventTimer, Workload  # noqa: E402
 from kernels.config import Config, default_config, device_smem_limit  # noqa: E402
 from kernels.gemm import _gemm_kernel  # noqa: E402 - the kernel our configs run, for Triton's own autotuner
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--m", default="1,16,256,4096", help="rows, comma-separated")
     ap.add_argument("--budget-s", type=float, default=15.0,
                     help="tuning seconds a shape for nvc_tune (its --budget is this times the studies) and helion")
-    ap.add_argument("--triton-configs", type=int, default=12, help="configs @triton.autotune chooses among")
+    ap.add_argument("--triton-configs", type=int, default=8, help="configs @triton.autotune chooses among")
     ap.add_argument("--repeats", type=int, default=20, help="timed graph replays per measurement")
     ap.add_argument("--table", default=None, help="the shipped table [default: tables/<gpu>.json]")
     ap.add_argument("--out", default=None, help="output folder [default: $OUT, else benchmarks/bench_results]")
@@ -200,8 +200,10 @@ def max_error(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, 
     return ok, worst
 
 
-def nvc_tune(sites: list[str], ms: list[int], gpu: str, budget_s: float, workdir: Path) -> tuple[Any, float, str]:
-    """A fresh tune of the plain-form buckets through the CLI, as a user runs it: (table, wall s per study, note)."""
+def nvc_tune(sites: list[str], ms: list[int], gpu: str, budget_s: float, workdir: Path
+             ) -> tuple[Any, float | None, str]:
+    """A fresh tune of the plain-form buckets through the CLI, as a user runs it: (table, wall s per study, note);
+    (None, None, why) when the tune or its export failed."""
     shapes = ",".join(f"{SITES[s].N}x{SITES[s].K}" for s in sites)
     studies = len(sites) * len(ms)
     storage = f"sqlite:///{workdir / 'tune.db'}"
@@ -209,11 +211,14 @@ def nvc_tune(sites: list[str], ms: list[int], gpu: str, budget_s: float, workdir
             "--m", ",".join(map(str, ms)), "--storage", storage, "--budget", f"{budget_s * studies:g}"]
     print(" ".join(tune[1:]), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(tune, cwd=ROOT, check=True)
-    wall = time.perf_counter() - t0
     table_path = workdir / "table.json"
-    subprocess.run([sys.executable, "cli.py", "export-table", "--gpu", gpu, "--storage", storage,
-                    "--out", str(table_path)], cwd=ROOT, check=True)
+    export = [sys.executable, "cli.py", "export-table", "--gpu", gpu, "--storage", storage, "--out", str(table_path)]
+    try:
+        subprocess.run(tune, cwd=ROOT, check=True)
+        wall = time.perf_counter() - t0
+        subprocess.run(export, cwd=ROOT, check=True)
+    except subprocess.CalledProcessError as e:  # reported in its rows; the other peers still run
+        return None, None, f"failed: `{' '.join(e.cmd[1:3])}` exited {e.returncode}"
     return load_table(table_path), wall / studies, f"tune of {studies} studies in {wall:.0f} s"
 
 
@@ -232,10 +237,10 @@ def make_peer(name: str, problem: Problem, ev: Evaluator, args, ctx: dict) -> Pe
     M, K, N = problem.M, problem.K, problem.N
     if name in ("table", "nvc_tune"):
         table = ctx.get(name)
-        bucket = table.bucket("rms_norm_linear", K, N, torch.bfloat16, M) if table is not None else None
-        if bucket is None:
-            return f"no {name} bucket for {N}x{K}"
+        bucket = table.bucket("rms_norm_linear", K, N, problem.dtype, M) if table is not None else None
         note = ctx.get("nvc_note", "") if name == "nvc_tune" else ctx["table_path"]
+        if bucket is None:
+            return f"no {name} bucket for {N}x{K} ({note})"
         return Peer(fused(bucket.config), ctx.get("nvc_tune_s") if name == "nvc_tune" else None,
                     f"{args.budget_s:g} s a shape" if name == "nvc_tune" else "shipped",
                     f"{describe(bucket.config)} (bucket M={bucket.M}; {note})")
@@ -255,7 +260,7 @@ def make_peer(name: str, problem: Problem, ev: Evaluator, args, ctx: dict) -> Pe
         torch.cuda.synchronize()
         tune_s = time.perf_counter() - t0
         pick = run.kernel.best_config
-        return Peer(run, tune_s, f"{len(configs)} configs", f"{pick}".replace(",", ""))
+        return Peer(run, tune_s, f"{len(configs)} configs", str(pick))
     if name == "torch_compile":
         torch._dynamo.reset()  # a fresh compile per shape, never a silent fallback after too many recompiles
         compiled = torch.compile(eager, mode="max-autotune-no-cudagraphs", dynamic=False)
@@ -265,8 +270,6 @@ def make_peer(name: str, problem: Problem, ev: Evaluator, args, ctx: dict) -> Pe
         return Peer(compiled, time.perf_counter() - t0, "max-autotune-no-cudagraphs", "eager op, gain folded")
     if name == "helion":
         kernel = ctx["helion"]
-        if kernel is None:
-            return ctx["helion_version"]
         x, w, r = first[:3]
         bound = kernel.bind((x, r, w, EPS))
         t0 = time.perf_counter()
@@ -274,22 +277,28 @@ def make_peer(name: str, problem: Problem, ev: Evaluator, args, ctx: dict) -> Pe
         torch.cuda.synchronize()
         tune_s = time.perf_counter() - t0
         return Peer(lambda inputs: bound(inputs[0], inputs[2], inputs[1], EPS), tune_s,
-                    f"{args.budget_s:g} s, effort full", str(config).replace(",", ";").replace("\n", " "))
+                    f"{args.budget_s:g} s, effort full", " ".join(str(config).split()))
     raise ValueError(f"peer {name!r}")
 
 
 def measure(name: str, site: str, problem: Problem, ev: Evaluator, timer: CudaEventTimer, args, ctx: dict,
             base_us: float) -> dict:
-    row = dict(peer=name, site=site, K=problem.K, N=problem.N, M=problem.M, **ctx["env"])
-    peer = make_peer(name, problem, ev, args, ctx)
-    if isinstance(peer, str):
-        return {**row, "correct": False, "pick": peer}
-    want = (ev.expected, ev.inputs[0][0] + ev.inputs[0][2])
-    correct, error = max_error(peer.run(ev.inputs[0]), want, problem.dtype)
-    row.update(tune_s=peer.tune_s, budget=peer.budget, correct=correct, max_abs_error=error, pick=peer.pick)
-    if correct:  # a wrong peer is reported, never timed
-        t = timer.measure(Workload(problem, None, lambda i: peer.run(ev.inputs[i]), ev.n_buffers), args.repeats)
-        row.update(latency_us=t.median_us, iqr_us=t.spread_us, speedup_vs_baseline=base_us / t.median_us)
+    """The peer's row for this shape; a peer that fails (to tune, compile, run or be timed) is a row with its
+    reason as the pick, and the other peers still run."""
+    row = dict(peer=name, site=site, K=problem.K, N=problem.N, M=problem.M, **ctx["env"], correct=False)
+    try:
+        peer = make_peer(name, problem, ev, args, ctx)
+        if isinstance(peer, str):
+            return {**row, "pick": peer}
+        row.update(tune_s=peer.tune_s, budget=peer.budget, pick=peer.pick)
+        want = (ev.expected, ev.inputs[0][0] + ev.inputs[0][2])
+        correct, error = max_error(peer.run(ev.inputs[0]), want, problem.dtype)
+        row.update(correct=correct, max_abs_error=error)
+        if correct:  # a wrong peer is reported, never timed
+            t = timer.measure(Workload(problem, None, lambda i: peer.run(ev.inputs[i]), ev.n_buffers), args.repeats)
+            row.update(latency_us=t.median_us, iqr_us=t.spread_us, speedup_vs_baseline=base_us / t.median_us)
+    except Exception as e:  # noqa: BLE001 - one peer's failure is a result of this benchmark
+        row.update(correct=False, pick=f"{row.get('pick', '')} failed: {short_error(e)}".strip())
     return row
 
 
@@ -310,6 +319,7 @@ def summary(rows: list[dict]) -> str:
 
 def main() -> None:
     args = parse_args()
+    start = time.perf_counter()
     if not torch.cuda.is_available():
         sys.exit(f"{PROG}: needs a CUDA GPU (none detected); nothing was measured")
     gpu = detect_gpu()
@@ -318,6 +328,7 @@ def main() -> None:
     helion, helion_version = load_helion(args.budget_s) if "helion" in args.peers else (None, "not run")
     if "helion" in args.peers and helion is None:
         print(f"helion: {helion_version}", flush=True)
+        args.peers.remove("helion")
     env = dict(gpu=gpu.name, driver=gpu.driver, torch=gpu.torch, triton=gpu.triton,
                helion=helion_version if helion is not None else "")
     shapes = len(args.sites) * len(args.m)
@@ -325,7 +336,7 @@ def main() -> None:
           f"sites {','.join(args.sites)}; M {','.join(map(str, args.m))}; budgets: nvc_tune --budget "
           f"{args.budget_s * shapes:g} s ({args.budget_s:g} a shape), helion {args.budget_s:g} s a shape, "
           f"triton_autotune {args.triton_configs} configs a shape, torch_compile unbounded", flush=True)
-    ctx: dict = dict(env=env, helion=helion, helion_version=helion_version, table_path=args.table)
+    ctx: dict = dict(env=env, helion=helion, table_path=args.table)
     ctx["table"] = load_table(args.table) if Path(args.table).is_file() else None
     with tempfile.TemporaryDirectory() as workdir:
         if "nvc_tune" in args.peers:  # first, while this process holds no GPU memory
@@ -349,7 +360,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
     path = write_csv(rows, args.out)
     print(summary(rows))
-    print(f"CSV: {path}")
+    print(f"CSV: {path} ({time.perf_counter() - start:.0f} s in all)")
 
 
 if __name__ == "__main__":

@@ -115,3 +115,54 @@ def test_helion_kernel_matches_the_reference_in_the_interpreter():
     assert bench.max_error(kernel(x, r, w, bench.EPS), _reference((x, w, r)), "float32")[0]
     tuned, version = bench.load_helion(15.4)
     assert tuned.settings.autotune_budget_seconds == 15 and tuned.settings.force_autotune and version
+
+
+def test_rows_of_the_peers_that_need_no_tuning_and_of_a_missing_bucket():
+    from autotune.objective import Evaluator
+    from tests.doubles import FakeTimer
+    from tuning_table import load_table
+    problem = Problem(4, 128, 64, "float16")
+    ev = Evaluator(bench.SPACE, problem, torch.device("cpu"), FakeTimer(), 1 << 20)
+    args = bench.parse_args(["--repeats", "3"])
+    env = dict(gpu="g", driver="d", torch="t", triton="tr", helion="")
+    ctx = dict(env=env, table=load_table(bench.ROOT / "tables" / "h200.json"), table_path="tables/h200.json",
+               nvc_tune=None, nvc_note="failed: `cli.py tune` exited 1")
+    rows = {name: bench.measure(name, "qkv", problem, ev, FakeTimer(), args, ctx, 10.0)
+            for name in ("default", "baseline", "eager", "table", "nvc_tune")}
+    for name in ("default", "baseline", "eager"):
+        r = rows[name]
+        assert r["correct"] and r["max_abs_error"] < 1e-2 and r["latency_us"] > 0 and r["iqr_us"] >= 0, r
+        assert r["speedup_vs_baseline"] == pytest.approx(10.0 / r["latency_us"]) and r["gpu"] == "g"
+    assert "BLOCK_M=" in rows["default"]["pick"]
+    assert rows["table"] == {"peer": "table", "site": "qkv", "K": 128, "N": 64, "M": 4, **env, "correct": False,
+                             "pick": "no table bucket for 64x128 (tables/h200.json)"}
+    assert not rows["nvc_tune"]["correct"] and "exited 1" in rows["nvc_tune"]["pick"]
+
+
+def test_a_table_s_bucket_runs_its_config_and_names_it(tmp_path):
+    from autotune.objective import Evaluator
+    from tests.doubles import FakeTimer
+    from tests.tuning_tables import INTERPRETER_CONFIG, entry, table, write
+    from tuning_table import load_table
+    problem = Problem(4, 128, 64, "float16")
+    ev = Evaluator(bench.SPACE, problem, torch.device("cpu"), FakeTimer(), 1 << 20)
+    path = write(table([entry(128, 64, {16: INTERPRETER_CONFIG}, dtype="float16")]), tmp_path / "t.json")
+    ctx = dict(env={}, table=load_table(path), table_path=path)
+    row = bench.measure("table", "qkv", problem, ev, FakeTimer(), bench.parse_args(["--repeats", "3"]), ctx, 10.0)
+    assert row["correct"] and row["budget"] == "shipped" and row["latency_us"] > 0
+    assert row["pick"] == f"{bench.describe(INTERPRETER_CONFIG)} (bucket M=16; {path})"
+
+
+def test_a_peer_that_fails_is_a_row_with_its_reason():
+    from autotune.objective import Evaluator
+    from tests.doubles import FakeTimer
+
+    class Broken:  # a Helion kernel whose autotuner fails
+        def bind(self, args):
+            raise RuntimeError("autotuner crashed\nmore lines")
+
+    problem = Problem(4, 128, 64, "float16")
+    ev = Evaluator(bench.SPACE, problem, torch.device("cpu"), FakeTimer(), 1 << 20)
+    row = bench.measure("helion", "qkv", problem, ev, FakeTimer(), bench.parse_args([]), dict(env={}, helion=Broken()),
+                        10.0)
+    assert not row["correct"] and row["pick"] == "failed: RuntimeError: autotuner crashed" and "latency_us" not in row
