@@ -18,7 +18,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db.models import ExportedTable, Gpu, Kernel, Measurement, Run, Shape
-from db.queries import BEST_COLUMNS, best_results, with_gemm_dims
+from db.queries import BEST_COLUMNS, SPLIT_COLUMNS, best_results, search_split, with_gemm_dims
 from db.storage import StorageError, engine_kwargs, open_engine, redact, resolve_url
 
 RUN_COLUMNS = ["run_id", "study_name", "sampler", "status", "baseline_us", "gpu", "kernel", "dtype", "dims"]
@@ -28,7 +28,7 @@ EXPORT_COLUMNS = ["gpu", "path", "created", "kernel", "dtype", "K", "N", "M", "c
 # A generic kernel's (a plugin's) buckets name their sizes here instead of K, N and M; shown only where there are some.
 EXPORT_DIMS = "dims"
 STUDY_COLUMNS = ["study_name", "gpu", "kernel", "dtype", "K", "N", "M", "sampler", "runs", "status", "trials",
-                 "failed", "best_search_us", "baseline_us", "tuned_us", "speedup"]
+                 "failed", "best_search_us", "baseline_us", "tuned_us", "speedup", "best_from", "sampler_gain_pct"]
 
 
 @dataclass
@@ -39,6 +39,7 @@ class DashboardData:
     search: pd.DataFrame        # every search measurement, with its study_name and sampler
     best: pd.DataFrame          # db.queries.best_results: the re-timed winner of every finished study
     exported: pd.DataFrame      # the buckets of the newest exported lookup table of each GPU
+    split: pd.DataFrame         # db.queries.search_split: per finished study, best warm start against the sampler
 
     @property
     def empty(self) -> bool:
@@ -84,7 +85,8 @@ def load(url: str, gpu: str | None = None) -> DashboardData:
     if engine is None:
         return DashboardData(redact(url), pd.DataFrame(columns=GPU_COLUMNS), pd.DataFrame(columns=STUDY_COLUMNS),
                              pd.DataFrame(columns=[*SEARCH_COLUMNS, "study_name", "sampler"]),
-                             pd.DataFrame(columns=BEST_COLUMNS), pd.DataFrame(columns=EXPORT_COLUMNS))
+                             pd.DataFrame(columns=BEST_COLUMNS), pd.DataFrame(columns=EXPORT_COLUMNS),
+                             pd.DataFrame(columns=SPLIT_COLUMNS))
     try:
         runs_q = (select(Run.id, Run.study_name, Run.sampler, Run.status, Run.baseline_us, Gpu.short_name,
                          Kernel.name, Shape.dtype, Shape.dims)
@@ -102,15 +104,16 @@ def load(url: str, gpu: str | None = None) -> DashboardData:
                 select(Run.id).join(Gpu, Gpu.id == Run.gpu_id).where(Gpu.short_name == gpu)))
         runs = with_gemm_dims(_frame(engine, runs_q, RUN_COLUMNS))  # K, N, M: <NA> for other kernels
         search = _frame(engine, search_q, SEARCH_COLUMNS).merge(runs[["run_id", "study_name", "sampler"]], on="run_id")
-        best = best_results(engine, gpu)
+        best, split = best_results(engine, gpu), search_split(engine, gpu)
         gpus = _frame(engine, gpus_q, GPU_COLUMNS)
         gpus["memory_gib"] = (gpus["memory_gib"] / 2**30).round(1)  # the query reads bytes
-        return DashboardData(redact(url), gpus, _studies(runs, search, best), search, best, _exported(engine, gpu))
+        return DashboardData(redact(url), gpus, _studies(runs, search, best, split), search, best,
+                             _exported(engine, gpu), split)
     finally:
         engine.dispose()
 
 
-def _studies(runs: pd.DataFrame, search: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+def _studies(runs: pd.DataFrame, search: pd.DataFrame, best: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=STUDY_COLUMNS)
     by_study = runs.groupby("study_name", sort=False)
@@ -122,6 +125,8 @@ def _studies(runs: pd.DataFrame, search: pd.DataFrame, best: pd.DataFrame) -> pd
         baseline_us=by_study["baseline_us"].agg("last"))
     studies = studies.join(counts).join(best.set_index("study_name")[["median_us", "speedup"]].rename(
         columns={"median_us": "tuned_us"}))
+    studies = studies.join(split.set_index("study_name")[["best_from", "gain"]].assign(
+        sampler_gain_pct=lambda f: 100 * f["gain"]).drop(columns="gain"))
     studies[["trials", "failed"]] = studies[["trials", "failed"]].fillna(0).astype(int)
     return studies.reset_index()[STUDY_COLUMNS].sort_values(["trials", "study_name"], ascending=[False, True],
                                                              ignore_index=True)
@@ -152,11 +157,15 @@ def _exported_dims(entry: dict, bucket: dict) -> tuple:
 
 
 def short_config(c: dict) -> str:
-    """A GEMM config as BLOCK_MxBLOCK_NxBLOCK_K w.. s..; any other space's as its axis=value pairs."""
+    """A GEMM config as BLOCK_MxBLOCK_NxBLOCK_K (marked gemv below tl.dot's 16 rows: the GEMV-like tile) w.. s.. g..
+    sk.. ssq.. tma.. ev.. (EVICT; a table written before a field existed ran its default, 0); any other space's as
+    its axis=value pairs."""
     if "BLOCK_M" not in c:
         return " ".join(f"{k}={v}" for k, v in c.items())
-    return (f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']} w{c['num_warps']} s{c['num_stages']} g{c['GROUP_M']} "
-            f"sk{c['SPLIT_K']} ssq{c.get('SUMSQ_IN_LOOP', 0)} tma{c.get('TMA', 0)}")
+    gemv = " gemv" if c["BLOCK_M"] < 16 else ""
+    return (f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}{gemv} w{c['num_warps']} s{c['num_stages']} "
+            f"g{c['GROUP_M']} sk{c['SPLIT_K']} ssq{c.get('SUMSQ_IN_LOOP', 0)} tma{c.get('TMA', 0)} "
+            f"ev{c.get('EVICT', 0)}")
 
 
 def shape_label(kernel: str, dtype: str, K: int, N: int) -> str:

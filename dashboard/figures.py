@@ -11,6 +11,11 @@ from plotly.subplots import make_subplots
 # Per-study figures draw at most this many trials; every improvement of the best is always drawn.
 HISTORY_POINTS = 300
 PARCOORDS_LINES = 400
+# The warm-start split draws at most this many studies (an even sample of them ordered by gain, both ends kept).
+SPLIT_BARS = 300
+# How each origin of a study's best (db.models.WARM_START, SAMPLER, GRID; None before schema 4) is named and drawn.
+ORIGIN_STYLE = {"warm_start": ("warm start", "#1f77b4"), "sampler": ("sampler", "#d62728"),
+                "grid": ("grid point", "#2ca02c"), None: ("unknown", "#9aa9bd")}
 
 
 def _thin(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
@@ -43,6 +48,33 @@ def sampler_curves(curves: pd.DataFrame, title: str, steps: str) -> go.Figure:
                                  hovertemplate=f"{steps} %{{x:.0f}}: %{{y:.3f}} (median of %{{customdata}})"))
     fig.update_layout(title=title, xaxis_title=steps, yaxis_title="best so far / best found (1 = found it)",
                       height=380, margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
+def warm_vs_sampler(split: pd.DataFrame) -> go.Figure:
+    """Per study that timed both (db.queries.search_split), the sampler's gain over its best warm start in percent
+    (above 0: the sampler found a faster config), coloured by where the study's re-timed best came from."""
+    both = split[split["gain"].notna()].assign(pct=lambda f: 100 * f["gain"])
+    both = both.sort_values("pct", ascending=False, kind="stable")
+    shown = _thin(both, SPLIT_BARS)
+    fig = go.Figure()
+    for origin, (name, colour) in ORIGIN_STYLE.items():
+        mine = shown[shown["best_from"].isna()] if origin is None else shown[shown["best_from"] == origin]
+        if mine.empty:
+            continue
+        fig.add_trace(go.Bar(
+            x=mine["study_name"], y=mine["pct"], name=f"best: {name}", marker_color=colour,
+            customdata=np.stack([mine["warm_us"], mine["sampler_us"], mine["best_step"].astype(float),
+                                 mine["trials"]], axis=-1),
+            hovertemplate="%{x}<br>sampler %{y:+.2f}%: best warm start %{customdata[0]:.2f} us, best sampler "
+                          "trial %{customdata[1]:.2f} us<br>best reached after %{customdata[2]:.0f} of "
+                          "%{customdata[3]:.0f} trials<extra></extra>"))
+    drawn = f" ({len(shown)} of {len(both)} studies drawn)" if len(shown) < len(both) else ""
+    fig.update_layout(title=f"The sampler's best trial against the best warm start{drawn}",
+                      xaxis=dict(title="study", type="category", categoryorder="array",
+                                 categoryarray=list(shown["study_name"]), showticklabels=len(shown) <= 40),
+                      yaxis_title="gain of the sampler (%; above 0: faster than every warm start)", height=420,
+                      margin=dict(l=10, r=10, t=50, b=40))
     return fig
 
 

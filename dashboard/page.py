@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from dashboard import figures
 from dashboard.bench import BenchData, bench_sampler_curves
 from dashboard.data import DashboardData, sampler_curves, shape_label, study_trials
+from db.queries import split_summary
 
 # Studies drawn in detail (those with the most trials); the table of all studies lists every one.
 DETAILED_STUDIES = 12
@@ -118,6 +119,7 @@ def _across_shapes(page: _Page, data: DashboardData, bench: BenchData) -> None:
                                            "trials"))
     if data.search.empty and bench.curves.empty:
         page.note("No search measurements yet.")
+    _warm_vs_sampler(page, data)
 
     if data.best["gpu"].nunique() > 1:
         page.heading(3, "Across GPUs")
@@ -132,6 +134,19 @@ def _across_shapes(page: _Page, data: DashboardData, bench: BenchData) -> None:
         _failures(page, data)
         page.heading(3, "All studies (most trials first)")
         page.table(data.studies)
+
+
+def _warm_vs_sampler(page: _Page, data: DashboardData) -> None:
+    page.heading(3, "Warm starts vs the sampler: where each study's best came from")
+    if data.split.empty:
+        page.note("No finished study yet.")
+        return
+    page.add(f"<p>{html.escape(split_summary(data.split))}.</p>")
+    if data.split["gain"].notna().any():
+        page.figure(figures.warm_vs_sampler(data.split))
+    else:
+        page.note("No study timed both a warm start and a trial of the sampler's own (the grid has no warm starts; "
+                  "measurements from before schema 4 have no origin).")
 
 
 def _first_line(text: str | None) -> str:

@@ -23,9 +23,10 @@ from tests.doubles import FakeTimer, fake_gpu
 from autotune.timer import Workload
 from autotune.tuner import Tuner, TuneSettings, study_name
 from dashboard.command import dashboard_command
-from dashboard.data import best_so_far, sampler_curves
+from dashboard import figures
+from dashboard.data import best_so_far, sampler_curves, short_config
 from db.models import Measurement
-from db.queries import best_results
+from db.queries import best_results, search_split, split_summary
 from db.storage import Recorder, RunKey, open_engine, optuna_storage
 from search_spaces import Problem, get_space
 from search_spaces.rms_norm_linear import RmsNormLinearSpace
@@ -298,7 +299,7 @@ RENDERED = "return [...document.querySelectorAll('.plotly-graph-div')].filter(d 
 @pytest.mark.browser
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
                     reason="needs Debian's chromium and chromium-driver (CI installs them)")
-@pytest.mark.parametrize("kind", ["empty", "filled", "thousands"])
+@pytest.mark.parametrize("kind", ["empty", "filled", "split", "thousands"])
 def test_page_renders_in_a_headless_browser(kind, request, tmp_path):
     from PIL import Image
     from selenium.webdriver.support.ui import WebDriverWait
@@ -307,7 +308,7 @@ def test_page_renders_in_a_headless_browser(kind, request, tmp_path):
         url = f"sqlite:///{tmp_path / 'empty.db'}"
         open_engine(url).dispose()
     else:
-        url = request.getfixturevalue("filled" if kind == "filled" else "big")
+        url = request.getfixturevalue({"filled": "filled", "split": "split_db"}.get(kind, "big"))
     out = tmp_path / "d.html"
     code, said = dashboard("--storage", url, "--out", str(out))
     assert code == 0, said
@@ -330,3 +331,50 @@ def test_page_renders_in_a_headless_browser(kind, request, tmp_path):
     colours = Image.open(io.BytesIO(png)).convert("RGB").getcolors(maxcolors=1 << 24)
     # Text alone anti-aliases into a few dozen greys; heatmaps and plots bring hundreds of colours.
     assert len(colours) > (20 if kind == "empty" else 200), len(colours)
+
+
+@pytest.fixture(scope="module")
+def split_db(tmp_path_factory) -> str:
+    """A tpe study long enough for the sampler's own trials to follow its warm starts, and a random study (no warm
+    starts)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('split') / 'split.db'}"
+    tuner = Tuner(EIGHT_WARPS_FAIL, optuna_storage(url), Recorder(open_engine(url)), fake_gpu(), DEVICE, FakeTimer(),
+                  CompilePool(0, DEVICE), TuneSettings(trials=30, repeats=3, patience=0))
+    tuner.tune(Problem(1, 64, 96, "float16"))
+    tune(url, fake_gpu(), [Problem(4, 64, 96, "float16")], "random", 4)
+    return url
+
+
+def test_the_split_of_warm_starts_and_the_sampler_is_drawn_and_counted(split_db, tmp_path):
+    url = split_db
+    split = search_split(open_engine(url)).set_index("study_name")
+    tpe = split.loc[study_name("rms_norm_linear", "h100", Problem(1, 64, 96, "float16"))]
+    assert pd.notna(tpe["gain"])
+    out = tmp_path / "d.html"
+    code, said = dashboard("--storage", url, "--out", str(out))
+    assert code == 0, said
+    page = read_page(out)
+    assert f"<p>{split_summary(split.reset_index())}.</p>".replace("'", "&#x27;") in page
+    assert "The sampler's best trial against the best warm start" in page and '"best: ' in page
+    assert page.count(FIGURE_DIV) == 1 + 1 + 1 + 1 + 2 * 2  # heatmap, samplers, split, parcoords, 2 studies
+    # The table of all studies says where each best came from.
+    assert f"<td>{tpe['best_from']}</td>" in page and "<th>sampler_gain_pct</th>" in page
+
+
+def test_the_split_figure_draws_a_bounded_number_of_studies():
+    n = 1000
+    split = pd.DataFrame(dict(study_name=[f"s{i}" for i in range(n)], gain=[(i - 500) / 1e4 for i in range(n)],
+                              best_from=["sampler" if i > 500 else "warm_start" for i in range(n)],
+                              warm_us=10.0, sampler_us=10.0, best_step=pd.array([1] * n, dtype="Int64"), trials=30))
+    fig = figures.warm_vs_sampler(split)
+    drawn = [x for trace in fig.data for x in trace.x]
+    assert len(drawn) == figures.SPLIT_BARS and {"s999", "s0"} <= set(drawn)
+    assert f"({figures.SPLIT_BARS} of {n} studies drawn)" in fig.layout.title.text
+    assert {trace.name for trace in fig.data} == {"best: warm start", "best: sampler"}
+
+
+def test_config_labels_tell_the_eviction_hint_and_gemv_tiles_apart():
+    gemv = dict(BLOCK_M=4, BLOCK_N=16, BLOCK_K=128, num_warps=1, num_stages=6, GROUP_M=8, SPLIT_K=1)
+    assert short_config({**gemv, "EVICT": 1}) == "4x16x128 gemv w1 s6 g8 sk1 ssq0 tma0 ev1"
+    assert short_config(gemv).endswith(" ev0")  # stored before the field existed: its default
+    assert "gemv" not in short_config({**gemv, "BLOCK_M": 16})
