@@ -14,7 +14,8 @@ Format (JSON, format_version 1):
           {"K": 4096, "N": 12288, "dtype": "bfloat16",
            "buckets": [
              {"M": 1, "config": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4,
-                                 "num_stages": 4, "GROUP_M": 1, "SPLIT_K": 4, "SUMSQ_IN_LOOP": 0, "TMA": 0},
+                                 "num_stages": 4, "GROUP_M": 1, "SPLIT_K": 4, "SUMSQ_IN_LOOP": 0, "TMA": 0,
+                                 "EVICT": 0},
               "latency_us": 25.1, "spread_us": 0.2, "baseline_us": 42.7, "speedup": 1.70,
               "epilogue": "rotary=128/32"},
              ...]}]}

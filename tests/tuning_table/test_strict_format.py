@@ -128,12 +128,14 @@ def test_the_shipped_table_and_what_export_writes_parse(tmp_path):
     write_table(read_table_file(SHIPPED), out)
     assert json.loads(out.read_text()) == json.loads(SHIPPED.read_text()) and os.listdir(tmp_path) == ["h200.json"]
     assert load_table(out).entries == load_table(SHIPPED).entries
-    # A measurement stored before the TMA axis existed ran TMA = 0: export names every config field.
-    old = {k: v for k, v in Config(16, 64, 128, 4, 4, 1, 2).to_dict().items() if k != "TMA"}
+    # A measurement stored before the TMA and EVICT axes existed ran TMA = 0 and EVICT = 0: export names every
+    # config field.
+    old = {k: v for k, v in Config(16, 64, 128, 4, 4, 1, 2).to_dict().items() if k not in ("TMA", "EVICT")}
     best = pd.DataFrame([dict(gpu="h100", gpu_id=1, gpu_name="NVIDIA H100", torch="2.11.0", triton="3.6.0",
                               kernel="linear", dtype="bfloat16", K=4096, N=4096, M=1, config=old, median_us=10.0,
                               spread_us=0.1, baseline_us=13.0, speedup=1.3, finished_at=pd.Timestamp("2026-11-01"),
                               form="", study_name="linear|h100|bfloat16|M=1|K=4096|N=4096")])
     table = build_table(best)
-    assert table["kernels"]["linear"][0]["buckets"][0]["config"]["TMA"] == 0
+    written = table["kernels"]["linear"][0]["buckets"][0]["config"]
+    assert (written["TMA"], written["EVICT"]) == (0, 0)
     assert parse_table(table).bucket("linear", 4096, 4096, "bfloat16", 1).config == Config(16, 64, 128, 4, 4, 1, 2)
