@@ -1,11 +1,12 @@
 """Tuning many studies: the loop one worker runs on one GPU, and one worker process per GPU.
 
-The studies are sorted by (dtype, K, N, M) and cut into contiguous slices, one per worker, so each
-study has exactly one writer (what SQLite needs) and consecutive M buckets of a shape mostly stay
-on one worker, where the leaders of one bucket warm-start the next. A worker tunes its slice most valuable first
-(`by_value`), so a run's `--budget` (one wall-clock deadline, the same in every worker's Job) goes where it is
-worth most. What the workers run on (their devices, clock and compile processes) is the Hardware passed in
-(autotune/hardware.py).
+A study is one (kernel, problem): a run may tune several kernels (`nvc tune --shapes llama-7b` tunes every kernel
+the runtime runs for that model). The studies are sorted by kernel and shape, buckets ascending, and cut into
+contiguous slices, one per worker, so each study has exactly one writer (what SQLite needs) and consecutive buckets
+of a shape mostly stay on one worker, where the leaders of one bucket warm-start the next of the same kernel and
+shape. A worker tunes its slice most valuable first (`by_value`), so a run's `--budget` (one wall-clock deadline,
+the same in every worker's Job) goes where it is worth most. What the workers run on (their devices, clock and
+compile processes) is the Hardware passed in (autotune/hardware.py).
 """
 from __future__ import annotations
 
@@ -31,13 +32,16 @@ from search_spaces.base import TunedProblem
 # Batches up to this many rows are decode steps (search_spaces/rms_norm_linear.py prunes its axes at the same M).
 DECODE_MAX_M = 64
 
+# One study: the kernel (its search space's name) and the problem (search_spaces.base.Problem for the GEMM kernels,
+# the space's own otherwise).
+Study = tuple[str, Any]
+
 
 @dataclass(frozen=True)
 class Job:
     """What one worker tunes; picklable, so it can cross into a spawned process."""
     storage_url: str
-    kernel: str
-    problems: tuple[Any, ...]  # search_spaces.base.Problem for the GEMM kernels, a plugin's own otherwise
+    studies: tuple[Study, ...]
     settings: TuneSettings
     hardware: Hardware
     device_index: int = 0
@@ -45,18 +49,24 @@ class Job:
     deadline: float | None = None  # time.time() at which the run's --budget ends
 
 
-def by_value(problems: list[Any], bucket_dims: tuple[str, ...] = ("M",)) -> list[Any]:
-    """The order a budget is spent in. Decode sizes (M <= DECODE_MAX_M) of every shape come before prefill sizes:
-    generation is almost all decode steps, each of them a few microseconds per site that a config can win back,
-    while at prefill sizes the kernel is compute-bound and cuBLAS close to its best. Within each, the shapes with the
-    largest weight first: decode time is reading the weight, so they hold the most microseconds per launch (the
-    problem does not say how often a model launches it). Within a
-    shape M grows, so each bucket is warm-started by the one below. Other spaces' problems (their `bucket_dims`) go
+def by_value(studies: list[Study]) -> list[Study]:
+    """The order a budget is spent in. Decode sizes (M <= DECODE_MAX_M) of every GEMM shape come first: generation
+    is almost all decode steps, each of them a few microseconds per site that a config can win back, while at
+    prefill sizes the kernel is compute-bound and cuBLAS close to its best. Within them, the shapes with the largest
+    weight first, whichever GEMM kernel runs them: decode time is reading the weight, so they hold the most
+    microseconds per launch (the problem does not say how often a model launches it). Then the kernels every decode
+    step runs besides (their space's `decode_step`: attention), then the GEMMs' prefill sizes, then the other
+    kernels. Within a shape M grows, so each bucket is warm-started by the one below; other spaces' problems go
     shape by shape, each shape's buckets ascending (`by_shape`)."""
-    if not all(isinstance(p, Problem) for p in problems):
-        return sorted(problems, key=lambda p: by_shape(p, bucket_dims))
-    return sorted(problems, key=lambda p: (p.M > DECODE_MAX_M, -p.N * p.K * p.elem_bytes, p.dtype, p.K, p.N,
-                                           p.epilogue.form, p.M))
+    def value(study: Study) -> tuple:
+        kernel, p = study
+        if isinstance(p, Problem):
+            return (0 if p.M <= DECODE_MAX_M else 2,
+                    (-p.N * p.K * p.elem_bytes, p.dtype, p.K, p.N, p.epilogue.form, p.M, kernel))
+        space = get_space(kernel)
+        return (1 if space.decode_step else 3, (kernel, by_shape(p, space.bucket_dims)))
+
+    return sorted(studies, key=value)
 
 
 def by_shape(problem: TunedProblem, bucket_dims: tuple[str, ...]) -> tuple:
@@ -67,9 +77,22 @@ def by_shape(problem: TunedProblem, bucket_dims: tuple[str, ...]) -> tuple:
             tuple(dims[d] for d in bucket_dims))
 
 
-def partition(problems: list[Any], workers: int, bucket_dims: tuple[str, ...] = ("M",)) -> list[list[Any]]:
-    gemm = all(isinstance(p, Problem) for p in problems)
-    ordered = sorted(problems, key=lambda p: (p.dtype, p.K, p.N, p.M) if gemm else by_shape(p, bucket_dims))
+def _shape(study: Study) -> tuple:
+    """The (kernel, shape) whose buckets warm-start each other."""
+    kernel, p = study
+    if isinstance(p, Problem):
+        return kernel, p.K, p.N, p.dtype
+    return kernel, *by_shape(p, get_space(kernel).bucket_dims)[:3]
+
+
+def partition(studies: list[Study], workers: int) -> list[list[Study]]:
+    def key(study: Study) -> tuple:
+        kernel, p = study
+        if isinstance(p, Problem):
+            return kernel, (p.dtype, p.K, p.N, p.M)
+        return kernel, by_shape(p, get_space(kernel).bucket_dims)
+
+    ordered = sorted(studies, key=key)
     size, extra = divmod(len(ordered), workers)
     out, start = [], 0
     for w in range(workers):
@@ -80,23 +103,27 @@ def partition(problems: list[Any], workers: int, bucket_dims: tuple[str, ...] = 
 
 
 def run_job(job: Job, progress: Progress | None = None) -> list[StudyOutcome]:
-    """Tune the job's studies in order on one device; the leaders of each study warm-start the next M bucket."""
+    """Tune the job's studies in order on one device; the leaders of each study warm-start the next bucket of its
+    kernel and shape."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = job.hardware.device(job.device_index)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     gpu = job.hardware.detect(job.device_index)
-    space = get_space(job.kernel)
-    tuner_args = (space, tuning_storage(job.storage_url), Recorder(open_engine(job.storage_url)), gpu, device,
-                  job.hardware.timer())
+    storage, recorder, timer = tuning_storage(job.storage_url), Recorder(open_engine(job.storage_url)), \
+        job.hardware.timer()
     outcomes: list[StudyOutcome] = []
-    leaders: dict[tuple, tuple[Any, ...]] = {}  # the last tuned bucket's, per shape
+    leaders: dict[tuple, tuple[Any, ...]] = {}  # the last tuned bucket's, per kernel and shape
     with CompilePool(job.compile_processes, device) as pool:
-        tuner = Tuner(*tuner_args, pool=pool, settings=job.settings, progress=progress)
-        for problem in job.problems:
-            shape = (problem.K, problem.N, problem.dtype) if isinstance(problem, Problem) else \
-                by_shape(problem, space.bucket_dims)[:3]
-            outcome = tuner.tune(problem, list(leaders.get(shape, ())), job.deadline)
+        tuners = {kernel: Tuner(get_space(kernel), storage, recorder, gpu, device, timer, pool=pool,
+                                settings=job.settings, progress=progress)
+                  for kernel in dict.fromkeys(k for k, _ in job.studies)}
+        for i, (kernel, problem) in enumerate(job.studies):
+            shape = _shape((kernel, problem))
+            # The next study's warm starts compile ahead where it is of the same kernel (its tuner's space).
+            after = job.studies[i + 1] if i + 1 < len(job.studies) else None
+            then = after[1] if after is not None and after[0] == kernel else None
+            outcome = tuners[kernel].tune(problem, list(leaders.get(shape, ())), job.deadline, then)
             outcomes.append(outcome)
             leaders[shape] = outcome.leaders
     return outcomes
@@ -109,7 +136,7 @@ class ProgressBar:
         # Each study's share starts at the full budget and shrinks to what it really has left when it starts.
         self.share = job.settings.trials
         self.deadline = job.deadline
-        self.bar = tqdm(total=len(job.problems) * self.share, position=position, desc=f"gpu{job.device_index}",
+        self.bar = tqdm(total=len(job.studies) * self.share, position=position, desc=f"gpu{job.device_index}",
                         unit="trial", dynamic_ncols=True)
         self.best: dict[str, Result] = {}
 
@@ -121,10 +148,10 @@ class ProgressBar:
         best = self.best.get(study)
         if result.correct and (best is None or result.timing.median_us < best.timing.median_us):
             self.best[study] = best = result
-        shape = study.split("|", 3)[-1]
+        kernel, _, _, shape = study.split("|", 3)
         shown = f"{best.timing.median_us:.1f}us {best.speedup:.2f}x" if best and best.speedup else "-"
         left = f", budget {max(0.0, self.deadline - time.time()):.0f}s left" if self.deadline is not None else ""
-        self.bar.set_postfix_str(f"{shape} best {shown}{left}", refresh=False)
+        self.bar.set_postfix_str(f"{kernel} {shape} best {shown}{left}", refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
@@ -173,12 +200,11 @@ def run_workers(jobs: list[Job]) -> None:
         raise RuntimeError(f"tuning worker(s) failed: {', '.join(failed)}")
 
 
-def make_jobs(storage_url: str, kernel: str, problems: list[Any], settings: TuneSettings, workers: int,
-              hardware: Hardware, deadline: float | None = None) -> list[Job]:
+def make_jobs(storage_url: str, studies: list[Study], settings: TuneSettings, workers: int, hardware: Hardware,
+              deadline: float | None = None) -> list[Job]:
     """One job per worker (GPUs 0..workers-1), each with its slice of the studies, most valuable first, and the
     run's `deadline` (time.time(); None: no --budget)."""
     procs = hardware.compile_processes(workers)
-    dims = get_space(kernel).bucket_dims
-    return [Job(storage_url, kernel, tuple(by_value(part, dims)), settings, hardware, device_index=i,
-                compile_processes=procs, deadline=deadline)
-            for i, part in enumerate(partition(problems, workers, dims)) if part]
+    return [Job(storage_url, tuple(by_value(part)), settings, hardware, device_index=i, compile_processes=procs,
+                deadline=deadline)
+            for i, part in enumerate(partition(studies, workers)) if part]

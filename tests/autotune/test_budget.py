@@ -28,21 +28,26 @@ def db(tmp_path):
     return url, open_engine(url)
 
 
+def ordered(problems: list[Problem]) -> list[Problem]:
+    return [p for _, p in by_value([(SPACE.name, p) for p in problems])]
+
+
 def test_decode_sizes_of_every_shape_come_first_and_the_largest_weights_within_them():
     problems = [Problem(m, k, n) for n, k in ((96, 64), (128, 64), (64, 256)) for m in (256, 1, 64, 128)]
-    assert [(p.N * p.K, p.M) for p in by_value(problems)] == [
+    assert [(p.N * p.K, p.M) for p in ordered(problems)] == [
         (16384, 1), (16384, 64), (8192, 1), (8192, 64), (6144, 1), (6144, 64),
         (16384, 128), (16384, 256), (8192, 128), (8192, 256), (6144, 128), (6144, 256)]
     # Wider elements are a larger weight; a paired form of a shape is a study of its own, next to it.
     gated = Problem(1, 64, 96, "float32", epilogue=GATED)
-    assert by_value([Problem(1, 64, 128, "float16"), gated, Problem(1, 64, 96, "float32")]) == [
+    assert ordered([Problem(1, 64, 128, "float16"), gated, Problem(1, 64, 96, "float32")]) == [
         Problem(1, 64, 96, "float32"), gated, Problem(1, 64, 128, "float16")]
 
 
 def test_every_worker_gets_its_slice_most_valuable_first_and_the_same_deadline():
     problems = [Problem(m, 64, n) for n in (96, 128) for m in (128, 1)]
-    jobs = make_jobs("sqlite:///unused.db", SPACE.name, problems, TuneSettings(), 2, FakeHardware(2), deadline=123.0)
-    assert [[(p.N, p.M) for p in job.problems] for job in jobs] == [[(96, 1), (96, 128)], [(128, 1), (128, 128)]]
+    jobs = make_jobs("sqlite:///unused.db", [(SPACE.name, p) for p in problems], TuneSettings(), 2, FakeHardware(2),
+                     deadline=123.0)
+    assert [[(p.N, p.M) for _, p in job.studies] for job in jobs] == [[(96, 1), (96, 128)], [(128, 1), (128, 128)]]
     assert [job.deadline for job in jobs] == [123.0, 123.0]
 
 
@@ -82,7 +87,8 @@ def test_one_deadline_for_all_workers(db, monkeypatch):
     url = db[0]
     problems = [Problem(1, 64, 96, "float16"), Problem(1, 64, 128, "float16"), Problem(128, 64, 96, "float16")]
     started = time.time()
-    jobs = make_jobs(url, SPACE.name, problems, TuneSettings(trials=1000, patience=0), 2, FakeHardware(2), started + 2)
+    jobs = make_jobs(url, [(SPACE.name, p) for p in problems], TuneSettings(trials=1000, patience=0), 2, FakeHardware(2),
+                     started + 2)
     first, second = (run_job(job) for job in jobs)
     assert [o.out_of_budget for o in first] == [False, True] and [o.out_of_budget for o in second] == [True]
     assert time.time() - started < 2 + 5

@@ -21,6 +21,7 @@ from tests.doubles import FakeTimer, fake_gpu
 from autotune.timer import Timing
 from autotune import tuner as tuner_module
 from autotune.objective import Result
+from autotune.enqueue import warm_configs
 from autotune.tuner import Tuner, TuneSettings, study_name
 from db.models import Measurement, Run
 from db.queries import best_results, search_history
@@ -414,12 +415,12 @@ def test_a_new_kernel_plugs_in_its_own_space(db):
 def test_partition_gives_each_study_one_worker_and_keeps_m_buckets_together():
     from autotune.workers import partition
     problems = [Problem(m, 64, n) for n in (96, 128) for m in (32, 1, 4)]
-    parts = partition(problems, 2)
+    parts = [[p for _, p in part] for part in partition([(SPACE.name, p) for p in problems], 2)]
     flat = [p for part in parts for p in part]
     assert len(flat) == len(set(flat)) == len(problems) and set(flat) == set(problems)
     assert [[(p.N, p.M) for p in part] for part in parts] == [[(96, 1), (96, 4), (96, 32)],
                                                                [(128, 1), (128, 4), (128, 32)]]
-    assert [len(part) for part in partition(problems, 4)] == [2, 2, 1, 1]
+    assert [len(part) for part in partition([(SPACE.name, p) for p in problems], 4)] == [2, 2, 1, 1]
 
 
 def test_an_interrupted_grid_resumes_without_losing_points(db):
@@ -480,3 +481,25 @@ def test_only_configs_near_the_best_are_retimed(db):
     with Session(db[1]) as s:
         retime = s.scalars(select(Measurement).where(Measurement.phase == "retime")).all()
     assert [Config.from_dict(m.config) for m in retime] == [outcome.best.config] == [SteepTimer.first]
+
+
+def test_the_next_studys_warm_starts_compile_behind_this_studys_first_trials(db):
+    class RecordingPool(CompilePool):
+        def __init__(self):
+            super().__init__(0, DEVICE)
+            self.submitted = []
+
+        def submit(self, kernel, problem, config):
+            self.submitted.append((problem, config))
+            return super().submit(kernel, problem, config)
+    url, engine = db
+    pool = RecordingPool()
+    tuner = Tuner(SPACE, tuning_storage(url), Recorder(engine), fake_gpu(), DEVICE, FakeTimer(), pool,
+                  TuneSettings(trials=6, patience=0, prefetch=2))
+    then = dataclasses.replace(TINY, M=16)
+    tuner.tune(TINY, then=then)
+    problems = [p for p, _ in pool.submitted]
+    first_then = problems.index(then)
+    assert problems[:first_then] == [TINY] * 2  # after the first asks (prefetch 2), before the rest of the study
+    want = warm_configs(SPACE, then, SPACE.axes(then), SPACE.heuristics(then, DEVICE), device_smem_limit(DEVICE))
+    assert [c for p, c in pool.submitted if p == then] == want and TINY in problems[first_then:]

@@ -134,8 +134,8 @@ def tiny_mistral(tmp_path, heads: int, kv_heads: int) -> tuple:
 def test_tune_a_model_config_runs_its_sites_in_their_forms_and_exports_them(tmp_path):
     # 2 query heads of 64 sharing 1 KV head, so QKV is rotary, gate/up gated.
     config, url = tiny_mistral(tmp_path, heads=2, kv_heads=1)
-    r = nvc("tune", "--gpu", "h100", "--shapes", str(config), "--m", "4", "--trials", "2", "--dtype", "float16",
-            "--storage", url)
+    r = nvc("tune", "--gpu", "h100", "--kernel", "rms_norm_linear", "--shapes", str(config), "--m", "4", "--trials",
+            "2", "--dtype", "float16", "--storage", url)
     assert r.exit_code == 0, r.output
     trials = counted_trials(url)
     assert sorted(trials) == ["rms_norm_linear|h100|float16|M=4|K=128|N=192|gated",
@@ -381,8 +381,8 @@ def test_two_processes_share_one_study_on_postgresql(pg_url):
 def test_tune_tp_tunes_each_ranks_shard(tmp_path):
     # 4 query heads of 32 and 2 KV heads: a rank of 2 holds 2 and 1 (QKV 128 rows), half of gate/up, half the vocab.
     config, url = tiny_mistral(tmp_path, heads=4, kv_heads=2)
-    r = nvc("tune", "--gpu", "h100", "--shapes", str(config), "--m", "4", "--trials", "1", "--dtype", "float16",
-            "--storage", url, "--tp", "2")
+    r = nvc("tune", "--gpu", "h100", "--kernel", "rms_norm_linear", "--shapes", str(config), "--m", "4", "--trials",
+            "1", "--dtype", "float16", "--storage", url, "--tp", "2")
     assert r.exit_code == 0, r.output
     assert sorted(counted_trials(url)) == ["rms_norm_linear|h100|float16|M=4|K=128|N=128|rotary=32/1",
                                            "rms_norm_linear|h100|float16|M=4|K=128|N=40",
