@@ -123,3 +123,17 @@ def test_the_runtime_reads_a_steps_tiles_by_the_bucket_rule():
     for other in (AttentionTiles(t, 4, 2, 16, torch.bfloat16), AttentionTiles(t, 4, 2, 16, torch.float16, 64),
                   AttentionTiles(None, 4, 2, 16, torch.float16)):
         assert other.decode(1, 300) == (DEFAULT_TILE, None) and other.prefill(1, 300) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 on the GPU (the interpreter's bf16 dot is wrong)")
+@pytest.mark.parametrize("space, problem", [
+    (DECODE, DecodeProblem(4, 2048, 32, 8, 128)), (DECODE, DecodeProblem(64, 512, 32, 32, 128, 256)),
+    (PREFILL, PrefillProblem(512, 1024, 32, 8, 128)), (PREFILL, PrefillProblem(4096, 1024, 32, 32, 128)),
+])
+def test_on_the_gpu_the_baseline_is_the_reference_and_candidates_pass(space, problem):
+    device = torch.device("cuda")
+    ev = Evaluator(space, problem, device, FakeTimer(), l2_bytes=1)
+    torch.testing.assert_close(ev.expected.float(), _reference(problem, ev.inputs[0]).float(), atol=3e-2, rtol=3e-2)
+    smem = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    for config in [*space.heuristics(problem, device), *space.feasible(problem, smem)[::97]]:
+        assert ev.check(config) is None, config
