@@ -115,6 +115,7 @@ class SlowTimer(FakeTimer):
 
 @pytest.mark.postgres
 def test_a_live_workers_trials_asked_ahead_are_never_failed(pg):
-    outcome = make_tuner(pg, timer=SlowTimer(pg[0]), trials=8, prefetch=8, retime_top=1, retime_rounds=1).tune(TINY)
+    outcome = make_tuner(pg, timer=SlowTimer(pg[0]), trials=8, patience=0, prefetch=8, retime_top=1,
+                         retime_rounds=1).tune(TINY)
     trials = optuna.load_study(study_name=outcome.study_name, storage=resolve_url(pg[0])).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 8

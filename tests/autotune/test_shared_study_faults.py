@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # A beat a second, stale after 2 s without one: a live worker beats twice within the grace period.
 INTERVAL_S, GRACE_S = 1, 2
 BUDGET = 16
-TUNE = ["tune", "--gpu", "h100", "--shapes", "96x64", "--m", "16", "--dtype", "float16", "--trials", str(BUDGET)]
+TUNE = ["tune", "--gpu", "h100", "--shapes", "96x64", "--m", "16", "--dtype", "float16", "--trials", str(BUDGET),
+        "--patience", "0"]
 
 
 def _worker(url: str, marker: Path, log: Path) -> subprocess.Popen:

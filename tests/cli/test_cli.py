@@ -358,7 +358,7 @@ def test_ctrl_c_keeps_every_finished_trial(tmp_path, compile_processes):
 @pytest.mark.postgres
 def test_two_processes_share_one_study_on_postgresql(pg_url):
     args = ["tune", "--gpu", "h100", "--shapes", "96x64", "--m", "16", "--dtype", "float16", "--trials", "16",
-            "--storage", pg_url]
+            "--patience", "0", "--storage", pg_url]
     # Both start on an empty database: they race on creating the schema, then on the study.
     procs = [fake_cli_process(*args) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]

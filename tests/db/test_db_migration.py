@@ -124,6 +124,16 @@ def nvc_schema(url: str) -> dict:
     return {name: tables[0] for name, tables in dump(url).items() if name.startswith("nvc_")}
 
 
+def advance_sequences(c) -> None:
+    """After rows inserted with explicit ids, move PostgreSQL's id sequences past them (SQLite needs nothing), as a
+    database written by the tuner has them: else the first row the migrated database gets collides with id 1."""
+    if c.dialect.name != "postgresql":
+        return
+    for table in ("nvc_gpus", "nvc_kernels", "nvc_shapes", "nvc_runs", "nvc_measurements", "nvc_exported_tables"):
+        c.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                       f"COALESCE((SELECT max(id) FROM {table}), 0) + 1, false)"))
+
+
 def scalars(engine: Engine, sql: str) -> list:
     with engine.connect() as c:
         return c.execute(text(sql)).scalars().all()

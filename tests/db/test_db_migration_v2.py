@@ -8,7 +8,7 @@ from db.models import SCHEMA_VERSION
 from db.queries import best_results
 from db.storage import Recorder, RunKey, StorageError, open_engine, optuna_storage, resolve_url
 from tests.db.test_db import GPU
-from tests.db.test_db_migration import dump, nvc_schema, scalars
+from tests.db.test_db_migration import advance_sequences, dump, nvc_schema, scalars
 
 SHAPES = [(1, 4096, 12288, "rotary=128/8"), (16, 4096, 12288, ""), (16, 11008, 4096, "")]
 
@@ -38,6 +38,7 @@ def make_v2(url: str) -> None:
                            "created_at) VALUES (:i, :i, 'retime', '{\"BLOCK_M\": 16}', true, 10.0, 4.0, "
                            "'2026-01-01')"), dict(i=i))
             c.execute(text("UPDATE nvc_runs SET best_measurement_id = :i WHERE id = :i"), dict(i=i))
+        advance_sequences(c)
     engine.dispose()
 
 

@@ -9,7 +9,7 @@ from db.models import SCHEMA_VERSION, WARM_START
 from db.queries import search_split
 from db.storage import Recorder, RunKey, StorageError, open_engine, optuna_storage, resolve_url
 from tests.db.test_db import GPU
-from tests.db.test_db_migration import dump, nvc_schema, scalars
+from tests.db.test_db_migration import advance_sequences, dump, nvc_schema, scalars
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -37,6 +37,7 @@ def make_v3(url: str) -> None:
                            "median_us, spread_us, created_at) VALUES (:i, 1, :phase, :trial, '{\"BLOCK_M\": 16}', "
                            "true, :us, 0.1, '2026-01-01')"), dict(i=i, phase=phase, trial=trial, us=us))
         c.execute(text("UPDATE nvc_runs SET best_measurement_id = 3 WHERE id = 1"))
+        advance_sequences(c)
     engine.dispose()
 
 
