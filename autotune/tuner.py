@@ -53,7 +53,8 @@ from kernels.config import Config, device_smem_limit
 from search_spaces.base import Problem, SearchSpace, TunedProblem
 
 
-# A study attribute: its search settled (Settling), so a rerun with the same patience leaves it as it is.
+# A study attribute: the patience its search settled with (Settling); a rerun with no more patience leaves it as it
+# is, one with more (or the exhaustive grid) searches on.
 SETTLED_ATTR = "settled"
 # How often a worker whose study is filled by another worker's running trials looks again.
 OTHERS_POLL_S = 1.0
@@ -176,7 +177,8 @@ class Tuner:
                                        at_most=None if s.sampler == "grid" else s.trials)
         budget = min(s.trials, len(feasible))
         done = sum(map(counts_against_budget, study.get_trials(deepcopy=False)))
-        settled = s.patience > 0 and study.user_attrs.get(SETTLED_ATTR, False)
+        settled_with = study.user_attrs.get(SETTLED_ATTR)
+        settled = s.sampler != "grid" and s.patience > 0 and settled_with is not None and settled_with >= s.patience
         if finished is not None and (done >= budget or settled):
             if self.progress:
                 self.progress.study_started(name, 0)
@@ -206,7 +208,7 @@ class Tuner:
                 warm = [*leaders, *self.space.heuristics(problem, self.device)]
                 enqueue_warm_starts(study, self.space, problem, axes, warm, budget, device_smem_limit(self.device))
             if self._search(study, evaluator, axes, budget, run_id, deadline, then):
-                study.set_user_attr(SETTLED_ATTR, True)
+                study.set_user_attr(SETTLED_ATTR, s.patience)
             ranked = self._retime(study, evaluator, run_id)
         except BaseException as e:
             self.recorder.finish_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
@@ -287,9 +289,13 @@ class Tuner:
         not known before the study runs)."""
         if self.settings.sampler != "tpe":
             return
-        smem = device_smem_limit(self.device)
+        s, smem = self.settings, device_smem_limit(self.device)
+        if self.recorder.finished_best(study_name(self.space.name, self.gpu.short_name, problem)) is not None:
+            return  # tuned in an earlier run: most likely skipped
+        # Only as many as the study will probably time: it settles a few trials after its best.
+        wanted = min(s.prefetch, s.patience) if s.patience else s.prefetch
         for c in warm_configs(self.space, problem, self.space.axes(problem), self.space.heuristics(problem, self.device),
-                              smem):
+                              smem)[:wanted]:
             self.pool.submit(self.space.name, problem, c)
 
     def _ask(self, study: optuna.Study, evaluator: Evaluator, axes: dict[str, list[int]], budget: int,
@@ -383,7 +389,7 @@ class Settling:
         if result.correct and (self.best is None or result.timing.median_us <
                                self.best.timing.median_us - self.best.timing.spread_us):
             self.best, self.since_gain = result, 0
-        else:
+        elif self.best is not None:  # failures before any correct result are no sign of having settled
             self.since_gain += 1
 
     @property
@@ -407,14 +413,16 @@ def _prune(study: optuna.Study, pending: deque, heartbeat: Heartbeat | None, rea
 
 
 def _prune_waiting(study: optuna.Study, reason: str) -> None:
-    """Prune the enqueued warm starts a settled study did not ask, so none waits forever. (Optuna tells only RUNNING
-    trials; its storage lets a waiting one finish directly. A worker popping it at the same moment gets the next.)"""
+    """Prune the enqueued warm starts a settled study did not ask, so none waits forever. Each is claimed first, as
+    Optuna's ask claims one (WAITING -> RUNNING only succeeds for a trial still waiting), then told PRUNED. Not on a
+    shared study: another worker, not settled, may still want its queue (and the trials requeued from dead ones)."""
+    storage = study._storage
+    if is_heartbeat_enabled(storage):
+        return
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if study._storage.set_trial_state_values(t._trial_id, TrialState.PRUNED):
-                study._storage.set_trial_user_attr(t._trial_id, "pruned", reason)
-        except UpdateFinishedTrialError:
-            pass  # another worker took it and has finished it already
+        if storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+            storage.set_trial_user_attr(t._trial_id, "pruned", reason)
+            storage.set_trial_state_values(t._trial_id, TrialState.PRUNED)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: Result | None) -> None:

@@ -162,8 +162,10 @@ class RmsNormLinearSpace(SearchSpace):
         # The other source of the sum of squares and the TMA main loop, for the two most likely tiles.
         others = [dataclasses.replace(c, SUMSQ_IN_LOOP=1 - c.SUMSQ_IN_LOOP) for c in picks[:2]]
         others += [dataclasses.replace(c, SPLIT_K=1, TMA=1 if M <= _DECODE_MAX_M else 2) for c in picks[:2]]
-        others += _gemv_picks(problem) if M <= _GEMV_MAX_M else []
-        return [*([predicted] if predicted is not None else []), default, *picks, *others]
+        # The GEMV-like tiles right after the prediction: a study settles (autotune/tuner.py, --patience) a few trials
+        # after its best, so a region tried last would rarely be tried at all.
+        gemv = _gemv_picks(problem) if M <= _GEMV_MAX_M else []
+        return [*([predicted] if predicted is not None else []), *gemv, default, *picks, *others]
 
     def make_inputs(self, problem: Problem, device: torch.device, copies: int, seed: int = 0) -> list[Any]:
         # Generated where they are used: filling a lm_head weight on the CPU would take longer than tuning it.

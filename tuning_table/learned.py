@@ -63,9 +63,11 @@ class Point:
 
 
 def table_points(table: LookupTable) -> list[Point]:
-    """Every bucket of `table` as a point."""
+    """Every bucket of `table` that won as a point."""
+    # A bucket whose config did not beat the separate path beyond its noise is no example of what to run fused.
     return [Point(table.gpu, kernel, b.M, K, N, b.epilogue.kind, b.config)
-            for (kernel, K, N, _dtype), buckets in table.entries.items() for b in buckets]
+            for (kernel, K, N, _dtype), buckets in table.entries.items() for b in buckets
+            if b.speedup_beyond_noise >= 1.0]
 
 
 class Rule:

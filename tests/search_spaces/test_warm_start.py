@@ -1,4 +1,5 @@
-"""A new study's first warm start is the learned rule's prediction (tuning_table/learned.py), then the heuristics."""
+"""A new study's first warm start is the learned rule's prediction (tuning_table/learned.py), then the heuristics
+(the GEMV-like tiles first at decode sizes)."""
 import torch
 
 from kernels.config import Config, default_config
@@ -11,13 +12,17 @@ CPU = torch.device("cpu")
 LEARNED = Config(16, 32, 256, num_warps=2, num_stages=5, GROUP_M=1, SPLIT_K=1)
 
 
-def test_the_prediction_comes_first_then_the_default(monkeypatch):
+def test_the_prediction_comes_first_then_the_gemv_tiles_then_the_default(monkeypatch):
     rule = Rule([Point("h200", "rms_norm_linear", 1, 4096, 22016, "gated", LEARNED),
                  Point("h200", "linear", 1, 4096, 4096, "plain", Config(16, 64, 128, GROUP_M=1, SPLIT_K=4))])
     monkeypatch.setattr(space_module, "shipped_rule", lambda: rule)
     problem = Problem(2, 4096, 28672, epilogue=GATED)
     fused = get_space("rms_norm_linear").heuristics(problem, CPU)
-    assert fused[0] == LEARNED and fused[1] == default_config(2, 28672, 4096, CPU)
+    # The GEMV-like tiles next at decode sizes: a study settles a few trials after its best, so they come early.
+    gemv = space_module._gemv_picks(problem)
+    assert any(c.BLOCK_M < 16 for c in gemv)
+    assert fused[0] == LEARNED and fused[1:1 + len(gemv)] == gemv
+    assert fused[1 + len(gemv)] == default_config(2, 28672, 4096, CPU)
     # The plain linear asks for its own kernel's points.
     linear = get_space("linear").heuristics(Problem(1, 4096, 5120), CPU)
     assert linear[0] == Config(16, 64, 128, GROUP_M=1, SPLIT_K=4)
