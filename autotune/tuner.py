@@ -249,6 +249,11 @@ class Tuner:
                         then = None
                     if not pending:
                         if asks_left <= 0 or time.monotonic() >= deadline or not _others_hold_budget(study, budget):
+                            trials = study.get_trials(deepcopy=False)
+                            if sum(map(counts_against_budget, trials)) >= budget:
+                                # Met, also by other workers' trials while warm starts were still being enqueued
+                                # (a shared study's second worker asks as soon as it exists): nobody asks the rest.
+                                _prune_waiting(study, "not needed: the study's budget was met")
                             return False
                         # Another worker's trials fill what is left: it tells them, or dies and the heartbeat
                         # requeues them here once their grace period is over. Leaving now would end the study short.
@@ -274,7 +279,9 @@ class Tuner:
                     if self.progress:
                         self.progress.trial_finished(study.study_name, result)
                 _prune(study, pending, heartbeat, "not needed: the study settled before timing it")
-                _prune_waiting(study, "not needed: the study settled before asking it")
+                if not is_heartbeat_enabled(study._storage):
+                    # A shared study keeps its queue: another worker, not settled, may still want it.
+                    _prune_waiting(study, "not needed: the study settled before asking it")
                 return True
         except BaseException:
             # Leave no trial RUNNING forever. A recorded result is told; what was not timed is pruned: it
@@ -413,12 +420,9 @@ def _prune(study: optuna.Study, pending: deque, heartbeat: Heartbeat | None, rea
 
 
 def _prune_waiting(study: optuna.Study, reason: str) -> None:
-    """Prune the enqueued warm starts a settled study did not ask, so none waits forever. Each is claimed first, as
-    Optuna's ask claims one (WAITING -> RUNNING only succeeds for a trial still waiting), then told PRUNED. Not on a
-    shared study: another worker, not settled, may still want its queue (and the trials requeued from dead ones)."""
+    """Prune the enqueued trials nobody will ask, so none waits forever. Each is claimed first, as Optuna's ask claims
+    one (WAITING -> RUNNING only succeeds for a trial still waiting), then told PRUNED."""
     storage = study._storage
-    if is_heartbeat_enabled(storage):
-        return
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         if storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
             storage.set_trial_user_attr(t._trial_id, "pruned", reason)
