@@ -17,9 +17,10 @@ from nvc_cli.options import one_line_error, storage_option
 from autotune.workers import Study
 from search_spaces import Problem, get_space
 from search_spaces.attention import (DEFAULT_BATCH_BUCKETS, DEFAULT_CONTEXT_BUCKETS, DEFAULT_PREFILL_CONTEXT_BUCKETS,
-                                     DEFAULT_TOKEN_BUCKETS, MAX_KV_TOKENS, parse_buckets)
+                                     DEFAULT_TOKEN_BUCKETS, MAX_KV_TOKENS)
 from search_spaces.plugin import checked_problems, is_plugin
-from search_spaces.shapes import PRESETS, SITE_KERNELS, is_gemm_shape, parse_m_buckets, parse_shapes, sites_from_config
+from search_spaces.shapes import (PRESETS, SITE_KERNELS, is_gemm_shape, parse_buckets, parse_m_buckets, parse_shapes,
+                                  sites_from_config)
 from tuning_table import check_gpu_arg
 
 ATTENTION_KERNELS = ("attention_decode", "attention_prefill")

@@ -88,19 +88,6 @@ def attention_shapes(spec: str, tp: int = 1) -> list[AttentionShape]:
     return list(dict.fromkeys(shapes))
 
 
-def parse_buckets(spec: str | None, default: tuple[int, ...], option: str) -> list[int]:
-    """`512,2048` -> [512, 2048]; None -> `default`."""
-    if spec is None:
-        return list(default)
-    try:
-        values = sorted({int(v) for v in spec.split(",") if v.strip()})
-    except ValueError:
-        raise ValueError(f"{option}: {spec!r} is not a comma-separated list of integers (e.g. 512,2048)") from None
-    if not values or values[0] < 1:
-        raise ValueError(f"{option}: {spec!r}; expected positive integers (e.g. 512,2048)")
-    return values
-
-
 def window_form(window: int) -> str:
     """A problem's form: "" for full attention, "window=W" for a sliding window of W keys."""
     return f"window={window}" if window else ""
@@ -125,8 +112,19 @@ def _check(problem: Any) -> None:
         raise ValueError(f"{type(problem).__name__}.dtype={problem.dtype!r}: expected one of {sorted(DTYPES)}")
 
 
+class _AttentionProblem:
+    """What the decode and prefill problems share: their checks and their form (the sliding window)."""
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @property
+    def form(self) -> str:
+        return window_form(self.window)
+
+
 @dataclass(frozen=True)
-class DecodeProblem:
+class DecodeProblem(_AttentionProblem):
     """One new token of each of `batch` sequences over at most `context` cached keys."""
     batch: int
     context: int
@@ -136,17 +134,10 @@ class DecodeProblem:
     window: int = 0
     dtype: str = "bfloat16"
 
-    def __post_init__(self) -> None:
-        _check(self)
-
     @property
     def dims(self) -> dict[str, int]:
         return {"batch": self.batch, "context": self.context, "q_heads": self.q_heads, "kv_heads": self.kv_heads,
                 "head_dim": self.head_dim}
-
-    @property
-    def form(self) -> str:
-        return window_form(self.window)
 
     @property
     def lengths(self) -> list[int]:
@@ -159,7 +150,7 @@ class DecodeProblem:
 
 
 @dataclass(frozen=True)
-class PrefillProblem:
+class PrefillProblem(_AttentionProblem):
     """`tokens` new tokens in sequences of min(tokens, context) new tokens, each sequence `context` keys long."""
     tokens: int
     context: int
@@ -169,17 +160,10 @@ class PrefillProblem:
     window: int = 0
     dtype: str = "bfloat16"
 
-    def __post_init__(self) -> None:
-        _check(self)
-
     @property
     def dims(self) -> dict[str, int]:
         return {"tokens": self.tokens, "context": self.context, "q_heads": self.q_heads, "kv_heads": self.kv_heads,
                 "head_dim": self.head_dim}
-
-    @property
-    def form(self) -> str:
-        return window_form(self.window)
 
     @property
     def q_lens(self) -> list[int]:

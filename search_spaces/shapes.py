@@ -166,14 +166,19 @@ def model_configs(spec: str) -> list[tuple[str, dict]]:
     return configs
 
 
-def parse_m_buckets(spec: str | None, kernel: str = "rms_norm_linear") -> list[int]:
-    """`1,16,256` -> [1, 16, 256]; None -> `kernel`'s default buckets."""
+def parse_buckets(spec: str | None, default: tuple[int, ...], option: str, example: str = "512,2048") -> list[int]:
+    """`512,2048` -> [512, 2048] (sorted, once each); None -> `default`. Errors name `option`."""
     if spec is None:
-        return list(DEFAULT_M_BUCKETS[kernel])
+        return list(default)
     try:
         values = sorted({int(v) for v in spec.split(",") if v.strip()})
     except ValueError:
-        raise ValueError(f"--m: {spec!r} is not a comma-separated list of integers (e.g. 1,16,256)") from None
+        raise ValueError(f"{option}: {spec!r} is not a comma-separated list of integers (e.g. {example})") from None
     if not values or values[0] < 1:
-        raise ValueError(f"--m: {spec!r}; expected positive integers (e.g. 1,16,256)")
+        raise ValueError(f"{option}: {spec!r}; expected positive integers (e.g. {example})")
     return values
+
+
+def parse_m_buckets(spec: str | None, kernel: str = "rms_norm_linear") -> list[int]:
+    """`1,16,256` -> [1, 16, 256]; None -> `kernel`'s default buckets."""
+    return parse_buckets(spec, DEFAULT_M_BUCKETS[kernel], "--m", "1,16,256")
