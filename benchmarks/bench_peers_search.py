@@ -358,6 +358,7 @@ def main() -> None:
                 for name in args.peers:
                     t0 = time.perf_counter()
                     rows.append(measure(name, site, problem, ev, timer, args, ctx, base_us))
+                    write_csv(rows, args.out)  # a run cut short by its time limit keeps what it measured
                     r = rows[-1]
                     print(f"  {site} M={M} {name}: {r.get('latency_us', float('nan')):.1f} us, correct "
                           f"{r['correct']} ({r.get('max_abs_error', float('nan')):.2g}), tune_s "
