@@ -7,8 +7,8 @@ after a warm-up, as benchmarks/bench_baseline.py reports it, with every run's ti
 The variant "compiled" is what a user gets by compiling instead of tuning: the separate RMSNorm + GEMM path with
 the model's forward under torch.compile (default mode), and the decode CUDA graphs captured from the compiled
 forward, as vLLM captures its compiled model. LLM() has no compile option, so `build` makes the engine without
-graphs, compiles the model in place and captures the graphs itself (DecodeGraphs, as the runner does): the prefill
-and every graph then run the compiled forward.
+graphs, compiles the model in place and has the runner capture the graphs (ModelRunner.capture_graphs): the
+prefill and every graph then run the compiled forward.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from nanovllm import LLM, SamplingParams
-from nanovllm.engine.cuda_graph import DecodeGraphs
 
 SEEDS = itertools.count()
 BLOCK_SIZE = 16  # KV-cache tokens per block
@@ -61,9 +60,7 @@ def compile_model(llm: LLM) -> None:
     runner = llm.model_runner
     runner.model.compile()
     if runner.device.type == "cuda":
-        config = runner.config
-        runner.graphs = DecodeGraphs(runner.model, config.max_num_seqs, runner.block_size, runner.max_blocks_per_seq,
-                                     config.hf_config.vocab_size, runner.device)
+        runner.graphs = runner.capture_graphs()
     from torch._dynamo.utils import counters
 
     print(f"torch.compile: {counters['stats']['unique_graphs']} graphs, {sum(counters['graph_break'].values())} "

@@ -5,9 +5,10 @@ A step looks up its row count (decode: the batch; prefill: the new tokens) and i
 sequence as the block table's width holds them (width x block size), by the table's bucket rule: the smallest tuned
 value >= the step's, else the largest, the batch (tokens) first, then the context among those buckets. Every tile
 and split count is correct for any sequence length (each sequence divides its own keys among the splits on the
-device), so the rule only decides speed. A decode CUDA graph is captured with the block table of max_model_len
-(nanovllm/engine/cuda_graph.py): its tile is the one of its batch at max_model_len's context, fixed in the graph
-and valid for every context up to it; eager steps (prefill, decode without graphs) pick theirs step by step.
+device), so the rule only decides speed. A decode CUDA graph fixes the tile of its batch at its block table's
+width, so each graph batch is captured at the widths where a tuned context changes the tile, up to max_model_len's
+(`decode_widths`, nanovllm/engine/cuda_graph.py), and a step runs in the narrowest that holds its longest sequence.
+Eager steps (prefill, decode without graphs) pick theirs step by step.
 """
 from __future__ import annotations
 
@@ -40,6 +41,22 @@ class AttentionTiles:
             self._decode[key] = (DEFAULT_TILE, None) if c is None else \
                 (DecodeTile(c["BLOCK_N"], c["num_warps"], c["num_stages"]), c["num_splits"])
         return self._decode[key]
+
+    def decode_widths(self, batch: int, max_width: int, block_size: int) -> list[int]:
+        """The block-table widths, ascending and ending at `max_width`, at which a decode graph of `batch` rows is
+        captured: the blocks of each tuned context below max_width's (rounded down, so that the width's context looks
+        up that context's tile or a smaller one's), each run of widths with equal tiles kept as its widest; without
+        tuned contexts [max_width]."""
+        contexts = [] if self.table is None else \
+            self.table.tuned_values(DECODE, "context", {"batch": batch, **self.dims}, self.dtype, self.form)
+        candidates = sorted({w for w in (max(1, c // block_size) for c in contexts) if w < max_width}) + [max_width]
+        widths = [candidates[0]]
+        for width in candidates[1:]:
+            if self.decode(batch, width * block_size) == self.decode(batch, widths[-1] * block_size):
+                widths[-1] = width  # the wider graph runs the narrower one's steps with the same tile
+            else:
+                widths.append(width)
+        return widths
 
     def prefill(self, tokens: int, context: int) -> PrefillTile | None:
         """The prefill kernel's tile for a step of `tokens` new tokens (None: the kernel's default)."""

@@ -156,18 +156,38 @@ class LookupTable:
         names = self.bucket_dims.get(kernel)
         if names is None:
             return None
+        buckets = self._narrow(kernel, dims, dtype, form, names)
+        return buckets[0] if buckets else None
+
+    def tuned_values(self, kernel: str, dim: str, dims: dict[str, int], dtype: torch.dtype | str,
+                     form: str = "") -> list[int]:
+        """The tuned values of the bucket dim `dim`, ascending, among the buckets that `lookup` keeps after the
+        bucket dims before `dim` (`dims` holds those and the other dims; it need not hold `dim` or the ones after
+        it); [] when the kernel or its other dims, dtype and form are untuned."""
+        names = self.bucket_dims.get(kernel)
+        if names is None:
+            return []
+        if dim not in names:
+            raise ValueError(f"{kernel} has no bucket dim {dim!r}; its bucket dims are {', '.join(names)}")
+        buckets = self._narrow(kernel, dims, dtype, form, names[:names.index(dim)])
+        return sorted({b.bucket[dim] for b in buckets})
+
+    def _narrow(self, kernel: str, dims: dict[str, int], dtype: torch.dtype | str, form: str,
+                names: tuple[str, ...]) -> list[GenericBucket]:
+        """The buckets of a problem of `dims` that the bucket rule keeps, applied to the bucket dims `names` (the
+        kernel's first ones) in order; [] when untuned."""
         missing = [n for n in names if n not in dims]
         if missing:
             raise ValueError(f"lookup of {kernel}: dims {dims} lack the bucket dim(s) {', '.join(missing)}")
-        fixed = {k: v for k, v in dims.items() if k not in names}
+        fixed = {k: v for k, v in dims.items() if k not in self.bucket_dims[kernel]}
         buckets = self.generic.get((kernel, dims_key(fixed), dtype_name(dtype), form), [])
         for name in names:
             if not buckets:
-                return None
+                return []
             values = sorted({b.bucket[name] for b in buckets})
             chosen = values[min(bisect_left(values, dims[name]), len(values) - 1)]
             buckets = [b for b in buckets if b.bucket[name] == chosen]
-        return buckets[0] if buckets else None
+        return buckets
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:

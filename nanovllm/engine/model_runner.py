@@ -39,7 +39,7 @@ UPLOAD_ALIGNMENT = 16
 class Step(NamedTuple):
     """A forward pass's inputs as host arrays, made once on rank 0 and sent as they are to the other tensor-parallel
     ranks: `kind` "prefill" (ModelRunner._prefill_arrays), "decode" (decode_arrays of an eager step) or "graph" (a
-    CUDA graph's, padded to its batch), of `num_seqs` sequences."""
+    CUDA graph's, padded to its batch and block-table width, which pick the graph), of `num_seqs` sequences."""
     kind: str
     arrays: tuple[np.ndarray, ...]
     num_seqs: int
@@ -122,14 +122,13 @@ class ModelRunner:
             # blocks no sequence holds yet.
             self._warmup(1, min(self.block_size, config.max_model_len))
         if self.device.type == "cuda" and not config.enforce_eager:
-            self.graphs = DecodeGraphs(self.model, config.max_num_seqs, self.block_size, self.max_blocks_per_seq,
-                                       hf_config.vocab_size if self.rank == 0 else None, self.device)
+            self.graphs = self.capture_graphs()
         if isinstance(peers, Workers):
             peers.wait("ready")
 
     def _pick_attention_tiles(self, table) -> None:
         """Each attention layer reads its tiles from the table's entries of its shape (one resolver per shape, so
-        that the layers share what it resolved); a CUDA graph captures the ones of its batch."""
+        that the layers share what it resolved); a CUDA graph captures the ones of its batch and width."""
         tiles = {}
         for layer in self.attention_layers:
             shape = (layer.num_heads, layer.num_kv_heads, layer.head_dim, layer.sliding_window)
@@ -137,6 +136,20 @@ class ModelRunner:
                 tiles[shape] = AttentionTiles(table, *shape[:3], self.dtype, shape[3])
                 logger.info("attention %s: tuned tiles %s", shape, tiles[shape].covered() if table else "none")
             layer.tiles = tiles[shape]
+        self.attention_tiles = list(tiles.values())
+
+    def capture_graphs(self) -> DecodeGraphs:
+        """The decode step's CUDA graphs of the model as it is now (benchmarks/engine_runs.py captures them again
+        after compiling it)."""
+        vocab_size = self.config.hf_config.vocab_size if self.rank == 0 else None
+        return DecodeGraphs(self.model, self.config.max_num_seqs, self.block_size, self._graph_widths, vocab_size,
+                            self.device)
+
+    def _graph_widths(self, batch: int) -> list[int]:
+        """The block-table widths of the decode graphs of `batch` rows: every attention shape's, so that each shape
+        runs a step with the tile it would pick from its own widths."""
+        return sorted(set().union(*(tiles.decode_widths(batch, self.max_blocks_per_seq, self.block_size)
+                                    for tiles in self.attention_tiles)))
 
     def _fuse_norm_linear(self, path, table) -> None:
         """Every fused site and plain linear gets its launches per M from the tuning table (tuning_table's selection

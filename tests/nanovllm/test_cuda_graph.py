@@ -1,15 +1,24 @@
 """A decode step's inputs (one array per dtype, padded on the host for a CUDA graph) and the graphs that read them."""
+from contextlib import contextmanager
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from nanovllm import SamplingParams
-from nanovllm.engine.cuda_graph import decode_arrays, decode_views
+from nanovllm.engine.cuda_graph import DecodeGraphs, decode_arrays, decode_views
+from nanovllm.engine.model_runner import ModelRunner
 from nanovllm.engine.sequence import Sequence
-from nanovllm.utils.context import reset_context
+from nanovllm.utils.context import get_context, reset_context
 from tests.nanovllm.test_engine import prompts
 from tests.nanovllm.test_models_hf import engine as make_engine
 from tests.nanovllm.test_models_hf import make_checkpoint
+from tests.search_spaces.test_attention_space import _entry
+from tests.tuning_tables import table, write
+from tuning_table import parse_table
+from tuning_table.attention import AttentionTiles
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +80,94 @@ def test_every_graph_reads_a_prefix_of_the_shared_buffers(batch):
         assert torch.cat([v.flatten() for v in fields]).tolist() == array.tolist()
 
 
+class FakeGraph:
+    """torch.cuda.CUDAGraph without a GPU: counts its replays."""
+
+    def __init__(self):
+        self.replays = 0
+
+    def pool(self) -> str:
+        return "pool"
+
+    def replay(self) -> None:
+        self.replays += 1
+
+
+class FakeEvent:
+    def record(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+class ShapeRecorder(nn.Module):
+    """A model that records the block table's shape of each forward pass."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size, self.shapes = vocab_size, []
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(get_context().block_tables.shape))
+        return input_ids
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(hidden), self.vocab_size)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch) -> list:
+    """DecodeGraphs on the CPU: graphs that capture nothing, no pinned memory; returns the pools captures were given."""
+    pools = []
+
+    @contextmanager
+    def graph(cuda_graph, pool=None):
+        pools.append(pool)
+        yield
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    return pools
+
+
+def test_a_step_replays_the_graph_of_its_batch_and_narrowest_width(fake_cuda):
+    model = ShapeRecorder(vocab_size=10)
+    widths = {1: [2, 5, 8], 2: [2, 8], 4: [8]}
+    graphs = DecodeGraphs(model, 4, 4, widths.__getitem__, 10, torch.device("cpu"))
+    # Largest first, by batch then width, each a warm-up pass and the captured one; all in the first graph's pool.
+    captured = [(4, 8), (2, 8), (2, 2), (1, 8), (1, 5), (1, 2)]
+    assert model.shapes == [shape for shape in captured for _ in range(2)]
+    assert fake_cuda == [None] + ["pool"] * 5
+    assert [b.numel() for b in graphs.device_buffers] == [3 * 4, 4 * (1 + 8)]
+    # SEQS hold 2, 1 and 3 blocks.
+    for seqs, (batch, width) in [(SEQS[:1], (1, 2)), (SEQS[2:], (1, 5)), (SEQS[:2], (2, 2)), (SEQS[1:], (2, 8)),
+                                 (SEQS, (4, 8))]:
+        arrays = graphs.arrays(seqs)
+        assert [a.tolist() for a in arrays] == [a.tolist() for a in decode_arrays(seqs, batch, 4, width)]
+        before = {key: g.replays for key, g in graphs.graphs.items()}
+        assert graphs.replay(arrays, len(seqs)).shape == (len(seqs), 10)
+        assert [key for key, g in graphs.graphs.items() if g.replays > before[key]] == [(batch, width)]
+        # What the replayed graph reads: its arrays from the start of the shared buffers.
+        assert [b[:a.size].tolist() for b, a in zip(graphs.device_buffers, arrays)] == [a.tolist() for a in arrays]
+
+
+def test_the_runner_captures_the_widths_of_every_attention_shape():
+    tile = [dict(BLOCK_N=n, num_warps=1, num_stages=1, num_splits=1) for n in (16, 32)]
+    data = table([])
+    data["kernels"]["attention_decode"] = [
+        {**_entry("attention_decode", [(dict(batch=1, context=ctx), t) for ctx, t in zip(contexts, tile)]),
+         "form": form} for form, contexts in (("", (64, 256)), ("window=32", (128, 256)))]
+    t = parse_table(data)
+    full, windowed = AttentionTiles(t, 4, 2, 16, torch.float16), AttentionTiles(t, 4, 2, 16, torch.float16, 32)
+    assert (full.decode_widths(1, 16, 16), windowed.decode_widths(1, 16, 16)) == ([4, 16], [8, 16])
+    runner = SimpleNamespace(attention_tiles=[full, windowed], max_blocks_per_seq=16, block_size=16)
+    assert ModelRunner._graph_widths(runner, 1) == [4, 8, 16]
+
+
 def decode_batch(engine, lens):
     """The engine's first decode batch after prefilling prompts of `lens` tokens."""
     for p in prompts(lens):
@@ -93,6 +190,31 @@ def test_graph_logits_match_eager(path, lens):
         eager = runner._run_model(*runner._prepare_decode(seqs))
         reset_context()
     assert graphed.shape == eager.shape == (len(lens), engine.config.hf_config.vocab_size)
+    torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("lens, width", [((21,), 2), ((21, 9, 35), 4), ((70,), 8)])
+def test_graphs_narrower_than_max_model_len_match_eager(path, tmp_path, lens, width):
+    """Contexts 32, 64 and 128 tuned to three tiles: with blocks of 16 up to max_model_len 128, every graph batch is
+    captured at 2, 4 and 8 blocks, and a step of 2, 3 or 5 blocks runs in the narrowest that holds it."""
+    tiles = [dict(BLOCK_N=n, num_warps=w, num_stages=1, num_splits=s) for n, w, s in ((16, 1, 1), (16, 2, 2),
+                                                                                       (32, 4, 2))]
+    data = table([])
+    data["kernels"]["attention_decode"] = [{
+        **_entry("attention_decode", [(dict(batch=1, context=c), t) for c, t in zip((32, 64, 128), tiles)]),
+        "dims": {"q_heads": 4, "kv_heads": 2, "head_dim": 32}, "dtype": "float32"}]  # the qwen3 checkpoint's
+    runner = (engine := make_engine(path, tuning_table=write(data, tmp_path / "attention.json"))).model_runner
+    assert set(runner.graphs.graphs) == {(b, w) for b in (1, 2, 4, 8) for w in (2, 4, 8)}
+    seqs = decode_batch(engine, lens)
+    batch = runner.graphs._batch(len(seqs))
+    assert runner.graphs.arrays(seqs)[1].size == batch * (1 + width)
+    with torch.inference_mode():
+        graphed = runner.graphs.run(seqs).clone()
+        reset_context()
+        eager = runner._run_model(*runner._prepare_decode(seqs))
+        reset_context()
     torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-3)
 
 

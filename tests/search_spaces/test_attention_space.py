@@ -125,6 +125,44 @@ def test_the_runtime_reads_a_steps_tiles_by_the_bucket_rule():
         assert other.decode(1, 300) == (DEFAULT_TILE, None) and other.prefill(1, 300) is None
 
 
+def _decode_tiles() -> AttentionTiles:
+    """batch 1: contexts 256 and 512 share a tile, 1024 and 2048 another, 4096 and 8192 have one each; batch 8:
+    contexts 8, 64, 300 and 2048, each its own tile."""
+    a, b, c, d = (dict(BLOCK_N=n, num_warps=1, num_stages=1, num_splits=1) for n in (16, 32, 64, 128))
+    data = table([])
+    data["kernels"]["attention_decode"] = [_entry("attention_decode", [
+        *[(dict(batch=1, context=ctx), tile) for ctx, tile in ((256, a), (512, a), (1024, b), (2048, b), (4096, c),
+                                                               (8192, d))],
+        *[(dict(batch=8, context=ctx), tile) for ctx, tile in ((8, a), (64, b), (300, c), (2048, d))]])]
+    return AttentionTiles(parse_table(data), 4, 2, 16, torch.float16)
+
+
+@pytest.mark.parametrize("batch, max_width, widths", [
+    # Each run of equal tiles kept as its widest; contexts of max_width's and above (4096 and 8192) leave no width
+    # of their own: the last width is max_width, whose tile is the one of max_width's context.
+    (1, 256, [32, 128, 256]),
+    (1, 300, [32, 128, 256, 300]),
+    # Rounded down: 300 keys are 18 blocks of 16 (19 would look up 2048's tile), 8 keys at least one block.
+    (8, 100, [4, 18, 100]),
+    (2, 100, [4, 18, 100]),  # batch 2 reads batch 8's buckets, as `decode` does
+    (16, 3, [3]),
+])
+def test_decode_graphs_are_captured_where_a_tuned_context_changes_the_tile(batch, max_width, widths):
+    tiles = _decode_tiles()
+    assert tiles.decode_widths(batch, max_width, 16) == widths
+    # A step of n blocks runs in the narrowest graph that holds it, with the tile an eager step of n blocks takes.
+    for n in range(1, max_width + 1):
+        graph_width = next(w for w in widths if w >= n)
+        assert tiles.decode(batch, graph_width * 16) == tiles.decode(batch, n * 16), n
+
+
+def test_untuned_decode_graphs_are_one_per_batch_at_the_full_width():
+    tuned = _decode_tiles().table
+    for tiles in (AttentionTiles(None, 4, 2, 16, torch.float16), AttentionTiles(tuned, 4, 2, 16, torch.bfloat16),
+                  AttentionTiles(tuned, 8, 2, 16, torch.float16), AttentionTiles(tuned, 4, 2, 16, torch.float16, 64)):
+        assert tiles.decode_widths(1, 256, 16) == [256]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 on the GPU (the interpreter's bf16 dot is wrong)")
 @pytest.mark.parametrize("space, problem", [
     (DECODE, DecodeProblem(4, 2048, 32, 8, 128)), (DECODE, DecodeProblem(64, 512, 32, 32, 128, 256)),

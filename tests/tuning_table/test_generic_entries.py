@@ -42,6 +42,25 @@ def test_the_bucket_rule_goes_dim_by_dim(batch, context, block):
         t.lookup(KERNEL, {"batch": 1}, "bfloat16")
 
 
+def test_tuned_values_are_a_dims_values_among_the_buckets_the_dims_before_it_pick():
+    t = parse_table(attention_table())
+    shape = {"heads": 32, "head_dim": 128}
+
+    def values(dim, dims, dtype="bfloat16", form="window=0"):
+        return t.tuned_values(KERNEL, dim, {**dims, **shape}, dtype, form)
+
+    # batch 1 and 16 are tuned: the rule picks 1 for batch 1, 16 for 2 and 64 (the largest), as `lookup` does.
+    assert values("context", {"batch": 1}) == [1024, 8192]
+    assert values("context", {"batch": 2}) == values("context", {"batch": 64, "context": 5}) == [1024]
+    assert values("batch", {}) == [1, 16]  # the first bucket dim: every bucket's
+    assert values("context", {"batch": 1}, dtype="float16") == values("context", {"batch": 1}, form="") == []
+    assert t.tuned_values("other:Space", "context", {"batch": 1}, "bfloat16") == []
+    with pytest.raises(ValueError, match="lack the bucket dim"):
+        values("context", {})
+    with pytest.raises(ValueError, match="no bucket dim 'tokens'"):
+        values("tokens", {"batch": 1})
+
+
 def _broken(change) -> dict:
     data = attention_table()
     change(data["kernels"][KERNEL])
