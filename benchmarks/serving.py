@@ -99,7 +99,8 @@ def decode_latency(path: str, repeats: int, enforce_eager: bool = False, prompt_
             num_steps += 1
         steps.append((time.perf_counter() - start) / num_steps)
     graphs = llm.model_runner.graphs
-    replay = graph_replay_seconds(graphs.graphs[graphs.batch_sizes[0]]) if graphs is not None else None
+    # The last step's graph: batch 1 at the widest block table, as max_model_len is the request's own length.
+    replay = graph_replay_seconds(graphs.graphs[1, graphs.widths[1][-1]]) if graphs is not None else None
     result = DecodeLatency(steps, weight_bytes(llm.model_runner.model), replay)
     llm.exit()
     return result
