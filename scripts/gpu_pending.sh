@@ -10,7 +10,7 @@
 #
 # Parts (seconds on one H200, predicted; docs/PERF_NOTES.md says what each should show):
 #   tune        the whole llama-7b tune from a fresh database (issue 16: <= 180), its table exported fresh and
-#               merged into tables/h200.json, `nvc show`                                          (limit 300)
+#               merged into the GPU's shipped table (tables/<gpu>.json, where one exists), `nvc show`                                          (limit 300)
 #   throughput  bench.py cold, then benchmarks/timeline.py (issue 21)                            (limit 100 + 150)
 #   attention   benchmarks/bench_attention.py with the tune's table (issue 17; after `tune`)      (limit 110)
 #   decode      batch-1 llama-7b decode against the weight-read floor, the graph and decode GPU tests (limit 320)
@@ -44,8 +44,10 @@ for part in "$@"; do
     tune)
       step 300 "$log" bash -c "time python3 cli.py tune --gpu $gpu --shapes llama-7b --storage $db"
       step 30 "$log" python3 cli.py export-table --gpu "$gpu" --storage "$db" --out "$out/fresh_$gpu.json"
-      cp tables/h200.json "$out/merged_$gpu.json"
-      step 30 "$log" python3 cli.py export-table --gpu "$gpu" --storage "$db" --out "$out/merged_$gpu.json" --merge
+      if [ -f "tables/$gpu.json" ]; then  # the shipped table of this GPU, with the fresh buckets merged in
+        cp "tables/$gpu.json" "$out/merged_$gpu.json"
+        step 30 "$log" python3 cli.py export-table --gpu "$gpu" --storage "$db" --out "$out/merged_$gpu.json" --merge
+      fi
       step 30 "$log" python3 cli.py show --storage "$db" ;;
     throughput)
       step 100 "$log" python3 bench.py
