@@ -10,7 +10,7 @@
 #
 # Parts (seconds on one H200, predicted; docs/PERF_NOTES.md says what each should show):
 #   tune        the whole llama-7b tune from a fresh database (issue 16: <= 180), its table exported fresh and
-#               merged into the GPU's shipped table (tables/<gpu>.json, where one exists), `nvc show`                                          (limit 300)
+#               merged into the GPU's shipped table where one exists, `nvc show`                  (limit 300)
 #   throughput  bench.py cold, then benchmarks/timeline.py (issue 21)                            (limit 100 + 150)
 #   attention   benchmarks/bench_attention.py with the tune's table (issue 17; after `tune`)      (limit 110)
 #   decode      batch-1 llama-7b decode against the weight-read floor, the graph and decode GPU tests (limit 320)
