@@ -230,7 +230,7 @@ def test_tpe_study_stores_every_trial_and_retimes_the_top(db):
 
 
 def test_grid_is_exhaustive_and_finds_the_optimum(db):
-    problem = Problem(1, 64, 64, "float16")
+    problem = Problem(1, 32, 32, "float16")
     n_feasible = len(SPACE.feasible(problem, device_smem_limit(DEVICE)))
     outcome = make_tuner(db, sampler="grid", trials=10_000, prefetch=4).tune(problem)
     study = optuna.load_study(study_name=outcome.study_name, storage=db[0])
@@ -424,7 +424,7 @@ def test_partition_gives_each_study_one_worker_and_keeps_m_buckets_together():
 
 
 def test_an_interrupted_grid_resumes_without_losing_points(db):
-    problem = Problem(1, 64, 64, "float16")
+    problem = Problem(1, 32, 32, "float16")
     with pytest.raises(KeyboardInterrupt):
         make_tuner(db, timer=InterruptingTimer(after=6), sampler="grid", trials=10_000, prefetch=4).tune(problem)
     outcome = make_tuner(db, sampler="grid", trials=10_000, prefetch=4).tune(problem)

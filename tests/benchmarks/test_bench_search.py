@@ -14,7 +14,7 @@ from search_spaces import Problem
 def test_grid_then_replayed_samplers_never_beat_the_grid():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args = types.SimpleNamespace(repeats=2, compile_processes=0, seeds=2, budget_frac=0.15)
-    rows, summary = bench_search.search_part(Problem(1, 128, 64, "float16"), fake_gpu(), args, torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+    rows, summary = bench_search.search_part(Problem(1, 32, 32, "float16"), fake_gpu(), args, torch.device("cuda" if torch.cuda.is_available() else "cpu"),
                                              FakeTimer())
     curves = pd.DataFrame(rows)
     assert set(curves["sampler"]) == {"grid", "tpe", "random"}
