@@ -42,6 +42,7 @@ from kernels.attention_prefill import PrefillTile, default_prefill_tile, paged_p
 from kernels.config import DTYPES
 from search_spaces.base import Params, SearchSpace
 from search_spaces.shapes import model_configs
+from tuning_table.format import GENERIC_KERNELS
 
 BLOCK_SIZE = 16
 DEFAULT_BATCH_BUCKETS = (1, 4, 16, 64, 256)
@@ -261,7 +262,7 @@ class _AttentionSpace(SearchSpace):
 
 class AttentionDecodeSpace(_AttentionSpace):
     name = "attention_decode"
-    bucket_dims = ("batch", "context")
+    bucket_dims = GENERIC_KERNELS[name]
     decode_step = True
 
     def problems(self, shapes: str, dtype: str, tp: int = 1, batches: list[int] | None = None,
@@ -327,7 +328,7 @@ class AttentionDecodeSpace(_AttentionSpace):
 
 class AttentionPrefillSpace(_AttentionSpace):
     name = "attention_prefill"
-    bucket_dims = ("tokens", "context")
+    bucket_dims = GENERIC_KERNELS[name]
 
     def problems(self, shapes: str, dtype: str, tp: int = 1, tokens: list[int] | None = None,
                  contexts: list[int] | None = None) -> list[PrefillProblem]:

@@ -43,7 +43,7 @@ buckets over (`bucket_dims`) instead of M:
                         "latency_us": 3.1, "spread_us": 0.1, "baseline_us": 4.0, "speedup": 1.29}, ...]}]
 
 "form" (a variant string, "" for none) is optional. Every entry of such a kernel names the same dims and its
-buckets the same bucket dims, in the same order; an entry is one (dims, dtype, form), a bucket one set of bucket
+buckets the same bucket dims, in the same order (for this project's kernels, GENERIC_KERNELS' order); an entry is one (dims, dtype, form), a bucket one set of bucket
 values. Its configs are objects of integers, checked against the space's axes where the space can be imported
 (search_spaces/plugin.py: check_table), only structurally here, where just the file is read.
 
@@ -82,8 +82,10 @@ from tuning_table.gpus import KNOWN_GPUS
 FORMAT = "nano-vllm-coconut/lookup-table"
 FORMAT_VERSION = 1
 KERNELS = ("rms_norm_linear", "linear")
-# Kernels of this project whose entries take the generic form (module docstring); a plugin's is any `module:Class`.
-GENERIC_KERNELS: tuple[str, ...] = ("attention_decode", "attention_prefill")
+# Kernels of this project whose entries take the generic form (module docstring), with the bucket dims their spaces
+# bucket over, in the bucket rule's order (the runtime looks them up so); a plugin's is any `module:Class`.
+GENERIC_KERNELS: dict[str, tuple[str, ...]] = {"attention_decode": ("batch", "context"),
+                                               "attention_prefill": ("tokens", "context")}
 _GENERIC_ENTRY_FIELDS = ("dims", "dtype", "buckets")
 _GENERIC_BUCKET_FIELDS = ("bucket", "config", "latency_us", "spread_us", "baseline_us", "speedup")
 _TOP_FIELDS = ("format", "format_version", "gpu", "gpu_name", "torch", "triton", "created", "kernels")
@@ -225,7 +227,8 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
     table = LookupTable(data["gpu"], data["gpu_name"], data["torch"], data["triton"], data["created"])
     for kernel, entries in data["kernels"].items():
         need(kernel in KERNELS or is_generic(kernel), f"kernels.{kernel}",
-             f"unknown kernel; expected one of {', '.join(KERNELS + GENERIC_KERNELS)} or a plugin's module:Class")
+             f"unknown kernel; expected one of {', '.join(KERNELS + tuple(GENERIC_KERNELS))} or a plugin's "
+             "module:Class")
         need(isinstance(entries, list), f"kernels.{kernel}", f"expected a list, got {_show(entries)}")
         if is_generic(kernel):
             _parse_generic(table, kernel, entries, need, fields)
@@ -320,6 +323,10 @@ def _parse_generic(table: LookupTable, kernel: str, entries: list, need, fields)
         need(key not in table.generic, where, f"({dims}, {e['dtype']}, form {form!r}) appears twice")
         table.generic[key] = buckets
         table.bucket_dims[kernel] = names[1]
+    expected = GENERIC_KERNELS.get(kernel)
+    need(expected is None or names is None or names[1] == expected, f"kernels.{kernel}",
+         f"bucket dims {', '.join(names[1]) if names else ''}; expected {', '.join(expected or ())}, in this order (the "
+         "bucket rule narrows them one after the other)")
 
 
 def _json_int(v: object) -> bool:

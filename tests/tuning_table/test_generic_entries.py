@@ -94,6 +94,19 @@ def test_a_name_that_is_neither_builtin_nor_a_plugin_is_refused():
         parse_table(data)
 
 
+def test_this_projects_attention_entries_must_bucket_in_the_runtimes_order():
+    data = table([])
+    data["kernels"]["attention_decode"] = copy.deepcopy(attention_table()["kernels"][KERNEL])
+    assert parse_table(data).bucket_dims["attention_decode"] == ("batch", "context")
+    for b in data["kernels"]["attention_decode"][0]["buckets"]:  # the same buckets, context written first
+        b["bucket"] = {"context": b["bucket"]["context"], "batch": b["bucket"]["batch"]}
+    with pytest.raises(ValueError, match="kernels.attention_decode: bucket dims context, batch; expected batch, "
+                                         "context, in this order"):
+        parse_table(data)
+    data["kernels"][KERNEL] = data["kernels"].pop("attention_decode")  # a plugin's order is its space's own
+    assert parse_table(data).bucket_dims[KERNEL] == ("context", "batch")
+
+
 def test_merge_replaces_the_retuned_buckets_and_keeps_the_others(tmp_path):
     old = attention_table()
     new = table([])
