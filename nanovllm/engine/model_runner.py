@@ -147,9 +147,16 @@ class ModelRunner:
 
     def _graph_widths(self, batch: int) -> list[int]:
         """The block-table widths of the decode graphs of `batch` rows: every attention shape's, so that each shape
-        runs a step with the tile it would pick from its own widths."""
-        return sorted(set().union(*(tiles.decode_widths(batch, self.max_blocks_per_seq, self.block_size)
-                                    for tiles in self.attention_tiles)))
+        runs a step with the tile it would pick from its own widths; with several ranks, every rank's. The ranks
+        must capture and replay the same graphs for their collectives to pair up, and ranks on different cards read
+        different tables."""
+        widths = set().union(*(tiles.decode_widths(batch, self.max_blocks_per_seq, self.block_size)
+                               for tiles in self.attention_tiles))
+        if self.world_size > 1:
+            ranks: list[set[int] | None] = [None] * self.world_size
+            dist.all_gather_object(ranks, widths)
+            widths = set().union(*ranks)
+        return sorted(widths)
 
     def _fuse_norm_linear(self, path, table) -> None:
         """Every fused site and plain linear gets its launches per M from the tuning table (tuning_table's selection

@@ -1,10 +1,12 @@
 """A decode step's inputs (one array per dtype, padded on the host for a CUDA graph) and the graphs that read them."""
+import multiprocessing
 from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from nanovllm import SamplingParams
@@ -155,17 +157,52 @@ def test_a_step_replays_the_graph_of_its_batch_and_narrowest_width(fake_cuda):
         assert [b[:a.size].tolist() for b, a in zip(graphs.device_buffers, arrays)] == [a.tolist() for a in arrays]
 
 
-def test_the_runner_captures_the_widths_of_every_attention_shape():
+def decode_tiles(contexts: dict[str, tuple[int, int]]) -> list[AttentionTiles]:
+    """Tiles of two shapes (full attention, a 32-key window), each with BLOCK_N 16 at batch 1 up to its first
+    context and 32 up to its second, by form ("" or "window=32")."""
     tile = [dict(BLOCK_N=n, num_warps=1, num_stages=1, num_splits=1) for n in (16, 32)]
     data = table([])
     data["kernels"]["attention_decode"] = [
-        {**_entry("attention_decode", [(dict(batch=1, context=ctx), t) for ctx, t in zip(contexts, tile)]),
-         "form": form} for form, contexts in (("", (64, 256)), ("window=32", (128, 256)))]
+        {**_entry("attention_decode", [(dict(batch=1, context=ctx), t) for ctx, t in zip(pair, tile)]),
+         "form": form} for form, pair in contexts.items()]
     t = parse_table(data)
-    full, windowed = AttentionTiles(t, 4, 2, 16, torch.float16), AttentionTiles(t, 4, 2, 16, torch.float16, 32)
+    return [AttentionTiles(t, 4, 2, 16, torch.float16), AttentionTiles(t, 4, 2, 16, torch.float16, 32)]
+
+
+def test_the_runner_captures_the_widths_of_every_attention_shape():
+    full, windowed = decode_tiles({"": (64, 256), "window=32": (128, 256)})
     assert (full.decode_widths(1, 16, 16), windowed.decode_widths(1, 16, 16)) == ([4, 16], [8, 16])
-    runner = SimpleNamespace(attention_tiles=[full, windowed], max_blocks_per_seq=16, block_size=16)
+    runner = SimpleNamespace(attention_tiles=[full, windowed], max_blocks_per_seq=16, block_size=16, world_size=1)
     assert ModelRunner._graph_widths(runner, 1) == [4, 8, 16]
+
+
+def rank_widths(rank: int, store: str, contexts: tuple[int, int], out) -> None:
+    """One rank of a gloo group whose table tunes full attention at `contexts` (its card's table)."""
+    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+    try:
+        runner = SimpleNamespace(attention_tiles=decode_tiles({"": contexts})[:1], max_blocks_per_seq=16,
+                                 block_size=16, world_size=2)
+        out.put((rank, ModelRunner._graph_widths(runner, 1)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_reading_different_tables_capture_the_same_widths(tmp_path):
+    """Tensor-parallel ranks on different cards: each rank's tile changes are kept, and every rank captures (and
+    replays) the same graphs, so that their collectives pair up."""
+    spawn = multiprocessing.get_context("spawn")
+    out = spawn.Queue()
+    ranks = [spawn.Process(target=rank_widths, args=(rank, str(tmp_path / "store"), contexts, out))
+             for rank, contexts in enumerate([(64, 256), (128, 256)])]
+    for p in ranks:
+        p.start()
+    try:
+        found = dict(out.get(timeout=120) for _ in ranks)
+    finally:
+        for p in ranks:
+            p.join(30)
+            p.kill()
+    assert found == {0: [4, 8, 16], 1: [4, 8, 16]}
 
 
 def decode_batch(engine, lens):
