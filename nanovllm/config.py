@@ -1,5 +1,6 @@
 """The engine's settings (`LLM(path, **kwargs)`), each checked up front with an error naming it."""
 import json
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -8,7 +9,12 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from nanovllm.models import MODEL_REGISTRY
-from tuning_table import FusionOptions
+from tuning_table import TUNING_TABLE_ENV, FusionOptions, load_table
+
+
+def _is_int(value: object, minimum: int) -> bool:
+    # bool is an int subclass, but max_num_seqs=True is a mistake, not a 1.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
 
 @dataclass
@@ -56,27 +62,34 @@ class Config:
                 f"unsupported architecture {architectures} in {config_file}; supported: {sorted(MODEL_REGISTRY)}"
             )
         self.hf_config = AutoConfig.from_pretrained(self.model)
-        self.device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type not in ("cuda", "cpu"):
-            raise ValueError(f"device must be 'cuda' or 'cpu', got {self.device}")
+        device = self.device
+        try:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except (RuntimeError, TypeError):  # torch's own message lists every device type it knows
+            self.device = None
+        if self.device is None or self.device.type not in ("cuda", "cpu"):
+            raise ValueError(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
         self.dtype = self._resolve_dtype()
         max_positions = self.hf_config.max_position_embeddings
         if self.max_model_len is None:
             self.max_model_len = min(4096, max_positions)
-        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
-            if not getattr(self, name) >= 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "kvcache_block_size"):
+            if not _is_int(getattr(self, name), 1):
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+            setattr(self, name, int(getattr(self, name)))  # numpy's ints pass as ints; the engine wants Python's
+        utilization = self.gpu_memory_utilization
+        if not (isinstance(utilization, numbers.Real) and not isinstance(utilization, bool) and 0 < utilization <= 1):
+            raise ValueError(f"gpu_memory_utilization must be a float in (0, 1], got {utilization!r}")
         size = self.kvcache_block_size
-        if not (size >= 1 and size & (size - 1) == 0):
+        if size & (size - 1):
             raise ValueError(f"kvcache_block_size must be a power of two, got {size}")
-        if self.num_kvcache_blocks is not None and not self.num_kvcache_blocks >= 1:
-            raise ValueError(f"num_kvcache_blocks must be >= 1 or None, got {self.num_kvcache_blocks}")
-        if not isinstance(self.fused_norm_linear, bool):
-            raise ValueError(f"fused_norm_linear must be True or False, got {self.fused_norm_linear!r}")
+        if not (self.num_kvcache_blocks is None or _is_int(self.num_kvcache_blocks, 1)):
+            raise ValueError(f"num_kvcache_blocks must be an int >= 1 or None, got {self.num_kvcache_blocks!r}")
+        for name in ("enforce_eager", "fused_norm_linear"):
+            if not isinstance(getattr(self, name), bool):  # a truthy string such as "no" would turn it on
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         table = self.tuning_table
         if not (table is None or table is False or isinstance(table, (str, os.PathLike))):
             raise ValueError(f"tuning_table must be a path, None (find the GPU's table) or False, got {table!r}")
@@ -84,17 +97,33 @@ class Config:
             raise ValueError(f"fusion must be a tuning_table.FusionOptions, got {self.fusion!r}")
         if table is not None and table is not False and not self.fused_norm_linear:
             raise ValueError("tuning_table is given but fused_norm_linear=False: it only configures the fused kernel")
+        self._check_tuning_table()
         self._check_tensor_parallel()
         if self.max_model_len > max_positions:
             warnings.warn(f"max_model_len={self.max_model_len} is more than the model's max_position_embeddings="
                           f"{max_positions}: using {max_positions}", stacklevel=4)
             self.max_model_len = max_positions
 
+    def _check_tuning_table(self) -> None:
+        """Read a table named by the argument or the environment now, before the weights load and the ranks start, so
+        that a wrong path or a malformed file fails at once, saying where the path came from. The card's shipped table
+        is checked by the tests instead."""
+        if not self.fused_norm_linear or self.tuning_table is False:
+            return
+        source, path = "tuning_table", self.tuning_table
+        if path is None:
+            source, path = f"${TUNING_TABLE_ENV}", os.environ.get(TUNING_TABLE_ENV)
+        if path:
+            try:
+                load_table(path)
+            except ValueError as e:
+                raise ValueError(f"{source}: {e}") from None
+
     def _check_tensor_parallel(self) -> None:
         """The model must split evenly: q heads and the MLP's columns by rank, KV heads too, or, where there are fewer
         of them than ranks, each KV head replicated on the same number of ranks (as vLLM does)."""
         tp = self.tensor_parallel_size
-        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        if not _is_int(tp, 1):
             raise ValueError(f"tensor_parallel_size must be an int >= 1, got {tp!r}")
         hf = self.hf_config
         heads, mlp = hf.num_attention_heads, hf.intermediate_size

@@ -42,7 +42,12 @@ class LLMEngine:
         # Checkpoints without tokenizer files (e.g. a bare save_pretrained) still serve prompts given as token ids.
         self.tokenizer = None
         if any(os.path.isfile(os.path.join(model, f)) for f in TOKENIZER_FILES):
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(model)
+            except (OSError, ValueError) as e:  # a damaged file surfaces as a bare JSON or tokenizers error
+                first_line = str(e).partition("\n")[0]
+                raise ValueError(f"model_path {model!r}: cannot load its tokenizer "
+                                 f"({type(e).__name__}: {first_line})") from None
         self.model_runner = ModelRunner(config)
         config.num_kvcache_blocks = self.model_runner.num_kvcache_blocks
         self.scheduler = Scheduler(config, eos_token_ids(config, self.tokenizer))
@@ -137,9 +142,12 @@ class LLMEngine:
         are left out of text), "length" for max_tokens or max_model_len (warned about, as it cuts a request short).
         If it raises or is interrupted (Ctrl-C), every request is aborted (abort_all): the engine is ready for the
         next call."""
+        if not isinstance(prompts, (str, list, tuple)):
+            raise TypeError(f"prompts must be a list of prompts (strings or lists of token ids), got "
+                            f"{type(prompts).__name__}")
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             raise TypeError("prompts must be a list of prompts (strings or lists of token ids), not a single prompt")
-        if not isinstance(sampling_params, list):
+        if not isinstance(sampling_params, (list, tuple)):
             sampling_params = [sampling_params] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError(f"got {len(sampling_params)} sampling_params for {len(prompts)} prompts")

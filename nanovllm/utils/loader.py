@@ -4,7 +4,7 @@ import json
 import os
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 
@@ -33,7 +33,11 @@ def load_model(model: nn.Module, path: str) -> None:
     loaded = set()
     device = str(next(model.parameters()).device)
     for file in files:
-        with safe_open(file, "pt", device) as f:
+        try:
+            opened = safe_open(file, "pt", device)
+        except (SafetensorError, OSError) as e:  # a damaged or truncated file: its error names no file
+            raise ValueError(f"cannot read the weights file {file}: {e}") from None
+        with opened as f:
             for name in f.keys():
                 if "rotary_emb.inv_freq" in name:
                     continue

@@ -2,6 +2,7 @@
 import dataclasses
 import gc
 import json
+import shutil
 import warnings
 
 import pytest
@@ -203,6 +204,16 @@ def test_bad_model_paths(tmp_path):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("file, error", [("tokenizer.json", "cannot load its tokenizer \\(JSONDecodeError: "),
+                                         ("model.safetensors", "cannot read the weights file .*model.safetensors: ")])
+def test_damaged_checkpoint_files_are_named(path, tmp_path, file, error):
+    damaged = shutil.copytree(path, tmp_path / "damaged")
+    (damaged / file).write_text("{damaged")
+    with pytest.raises(ValueError, match=error) as info:
+        llm(str(damaged))
+    assert "\n" not in str(info.value)
+
+
 def test_max_model_len_beyond_the_model_is_cut_with_a_warning(path):
     with pytest.warns(UserWarning, match="max_model_len=10000000 is more than .*max_position_embeddings=256"):
         assert llm(path, max_model_len=10**7).config.max_model_len == 256
@@ -230,10 +241,13 @@ def test_kv_cache_too_small_for_one_sequence(path):
 
 
 @pytest.mark.parametrize("kwargs", [dict(max_num_seqs=0), dict(gpu_memory_utilization=1.5), dict(dtype="int8"),
-                                    dict(kvcache_block_size=12)])
+                                    dict(kvcache_block_size=12), dict(max_num_seqs=1.5), dict(max_model_len="64"),
+                                    dict(max_model_len=True), dict(num_kvcache_blocks=2.5),
+                                    dict(gpu_memory_utilization="0.5"), dict(enforce_eager="no"), dict(device="tpu")])
 def test_invalid_engine_arguments(path, kwargs):
-    with pytest.raises(ValueError, match=next(iter(kwargs))):
+    with pytest.raises(ValueError, match=f"^{next(iter(kwargs))} .*got {next(iter(kwargs.values()))!r}") as info:
         llm(path, **kwargs)
+    assert "\n" not in str(info.value)
 
 
 def test_rejected_requests_leave_the_engine_serving(path, plain):
@@ -248,6 +262,10 @@ def test_rejected_requests_leave_the_engine_serving(path, plain):
             engine.generate(good[:1] + [bad], GREEDY, use_tqdm=False)
     with pytest.raises(TypeError, match=r"sampling_params for prompts\[2\]"):
         engine.generate(good, [GREEDY, GREEDY, {"temperature": 0}], use_tqdm=False)
+    for bad, error in [(None, "got NoneType"), (iter(good), "got list_iterator"), (torch.tensor(good[:1]), "got Tensor"),
+                       ("text", "not a single prompt"), (good[0], "not a single prompt")]:
+        with pytest.raises(TypeError, match=f"^prompts must be a list of prompts .*{error}"):
+            engine.generate(bad, GREEDY, use_tqdm=False)
     assert engine.is_finished()
     assert [o["token_ids"] for o in engine.generate(good, GREEDY, use_tqdm=False)] == plain
 

@@ -193,13 +193,19 @@ def test_table_from_other_software_is_used_with_a_warning(tmp_path):
         {"M": 1, "config": {"BLOCK_M": 24}, "latency_us": 1, "spread_us": 0, "baseline_us": 1, "speedup": 1}]}])),
      "BLOCK_M"),
 ])
-def test_malformed_table_is_a_clear_error(tmp_path, content, problem):
+def test_malformed_table_is_a_clear_error(checkpoint, tmp_path, monkeypatch, content, problem):
     path = tmp_path / "bad.json"
     path.write_text(content)
     with pytest.raises(ValueError, match=f"lookup table {path}.*{problem}"):
         resolve(str(path))
     with pytest.raises(ValueError, match="cannot read"):
         resolve(str(tmp_path / "missing.json"))
+    # LLM() reads the table before the weights load, and says where its path came from.
+    with pytest.raises(ValueError, match=f"^tuning_table: lookup table {path}.*{problem}"):
+        LLM(checkpoint[0], device=DEVICE, tuning_table=path)
+    monkeypatch.setenv(find.TUNING_TABLE_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match=r"^\$NANOVLLM_TUNING_TABLE: lookup table .*missing.json: cannot read"):
+        LLM(checkpoint[0], device=DEVICE)
 
 
 @pytest.mark.parametrize("kwargs, match", [
