@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     args = parser.parse_args(argv)
 
-    # A bad value is one line naming it, before any checkpoint is built or loaded, not a traceback.
+    # A bad value ends in one usage line, not a traceback; a bad temperature before a checkpoint is built.
     try:
         params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
     except ValueError as e:
