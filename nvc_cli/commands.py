@@ -22,10 +22,33 @@ from nvc_cli.tables import export_table, show
 from nvc_cli.tune import list_shapes, tune
 
 DASHBOARD_EXTRA = "pip install 'nano-vllm-coconut[dashboard]'"
+# Click >= 8.2 shows the help for a bare `nvc` through this usage error; it must keep doing so.
+_SHOWS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(e: click.UsageError) -> click.UsageError:
+    """`e` as one line, `Error: ... (see 'nvc tune --help')`: click prints a usage error after the command's usage
+    and a hint, several lines in all, while every other refusal of the command line is one line."""
+    if e.ctx is None or isinstance(e, _SHOWS_HELP):
+        return e
+    return click.UsageError(f"{e.format_message()} (see '{e.ctx.command_path} --help')")
 
 
 class _Commands(click.Group):
-    """The group, with `dashboard` imported only when it is looked up: the other commands need only [tune]."""
+    """The group, with `dashboard` imported only when it is looked up: the other commands need only [tune]; and
+    with its usage errors and its commands' in one line."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _one_line(e) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), "dashboard"])

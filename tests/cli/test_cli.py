@@ -249,6 +249,11 @@ def _digest(path: Path) -> str:
     (["show", "--table", "{corrupt}"], "not valid JSON"),
     (["show", "--gpu", "h100", "--storage", "sqlite:///{absent}"], "no database file"),
     (["export-table", "--gpu", "l4"], "no finished tuning results"),
+    # click's own refusals too: one line, not its usage, a hint and the error.
+    (["tune", "--gpu", "h100", "--shapes", "96x64", "--trials", "many"],
+     "Invalid value for '--trials': 'many' is not a valid integer. (see 'main tune --help')"),
+    (["tune", "--shapes", "96x64"], "Missing option '--gpu'."),
+    (["shwo"], "No such command 'shwo'."),
 ])
 def test_bad_input_is_one_line_and_loses_nothing(tmp_path, args, message):
     db = tmp_path / "keep.db"
