@@ -44,7 +44,7 @@ from autotune.enqueue import (CONFIG_ATTR, duplicate_of, enqueue_grid, enqueue_w
                               warm_configs)
 from autotune.heartbeat import Heartbeat, fail_stale_trials, failed_by_heartbeat, reclaim_orphans
 from autotune.interrupt import DeferredInterrupt
-from autotune.objective import Evaluator, Result
+from autotune.objective import Evaluator, Result, short_error
 from autotune.samplers import SAMPLERS, make_sampler
 from autotune.timer import Timer, Timing
 from db.models import GRID, SAMPLER, WARM_START
@@ -117,6 +117,7 @@ class StudyOutcome:
     leaders: tuple[Any, ...] = ()  # the re-timed top configs, fastest first: warm starts for the next bucket
     skipped: bool = False      # already finished in an earlier run
     out_of_budget: bool = False  # not started: less than MIN_STUDY_S left of the run's budget
+    error: str | None = None   # where no candidate was correct: the last failed trial's reason
 
 
 def top_configs(study: optuna.Study, k: int, within: float = math.inf,
@@ -194,8 +195,11 @@ class Tuner:
             name, self.space.name, problem.dims, problem.dtype, s.sampler, s.trials,
             timeout_s if timeout_s < math.inf else None, form=problem.form))
         try:
-            evaluator = Evaluator(self.space, problem, self.device, self.timer, self.gpu.l2_bytes)
-            base = evaluator.time_baseline(s.repeats)
+            try:
+                evaluator = Evaluator(self.space, problem, self.device, self.timer, self.gpu.l2_bytes)
+                base = evaluator.time_baseline(s.repeats)
+            except Exception as e:  # noqa: BLE001 - sizes past what torch or the device takes end the run in one line
+                raise RuntimeError(f"{name}: cannot make its inputs or run its baseline ({short_error(e)})") from e
             self.recorder.set_baseline(run_id, base.median_us, base.spread_us)
             # The grid is topped up when no other worker is on it (its leftover queue is kept, not repeated).
             idle = not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -214,8 +218,10 @@ class Tuner:
             self.recorder.finish_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
             raise
         self.recorder.finish_run(run_id, "finished", ranked[0][1] if ranked else None)
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         return StudyOutcome(name, problem, ranked[0][0] if ranked else None, evaluator.baseline.median_us,
-                            tuple(r.config for r, _ in ranked))
+                            tuple(r.config for r, _ in ranked),
+                            error=None if ranked or not failed else failed[-1].user_attrs.get("error"))
 
     def _not_started(self, name: str, problem: Any) -> StudyOutcome:
         if self.progress:

@@ -164,26 +164,36 @@ def _worker_main(job: Job, position: int) -> None:
         outcomes = run_job(job, bar)
     finally:
         bar.close()
+    # Without this line a tune whose every candidate failed (a broken Triton, say) would end as "done".
+    wrong = [o for o in outcomes if o.best is None and not o.out_of_budget]
+    if wrong:
+        tqdm.write(f"gpu{job.device_index}: {len(wrong)} of {len(outcomes)} studies found no correct config, such as "
+                   f"{wrong[0].study_name} ({wrong[0].error or 'no trial finished'})", file=sys.stderr)
     unstarted = [o for o in outcomes if o.out_of_budget]
     if unstarted:
         tqdm.write(f"gpu{job.device_index}: --budget spent: {len(unstarted)} of {len(outcomes)} studies not started; "
                    f"a rerun with more --budget tunes them", file=sys.stderr)
 
 
-def _child_main(job: Job, position: int) -> None:
+def _child_main(job: Job, position: int, errors: multiprocessing.SimpleQueue) -> None:
     try:
         _worker_main(job, position)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as e:  # noqa: BLE001 - the parent's one line names it; a traceback here would interleave
+        lines = str(e).strip().splitlines()
+        errors.put((position, lines[0] if lines else type(e).__name__))
+        raise SystemExit(1) from None
 
 
 def run_workers(jobs: list[Job]) -> None:
-    """One spawned process per job (per GPU); raises RuntimeError naming the workers that failed."""
+    """One spawned process per job (per GPU); raises RuntimeError naming the workers that failed and why."""
     if len(jobs) == 1:
         _worker_main(jobs[0], 0)
         return
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child_main, args=(job, i), name=f"tune-gpu{job.device_index}")
+    errors = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_child_main, args=(job, i, errors), name=f"tune-gpu{job.device_index}")
              for i, job in enumerate(jobs)]
     for p in procs:
         p.start()
@@ -195,7 +205,13 @@ def run_workers(jobs: list[Job]) -> None:
         for p in procs:
             p.join()
         raise
-    failed = [f"{p.name} (exit {p.exitcode})" for p in procs if p.exitcode != 0]
+    why = {}
+    while not errors.empty():
+        position, line = errors.get()
+        why[position] = line
+    for i, p in enumerate(procs):
+        why.setdefault(i, f"killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exit {p.exitcode}")
+    failed = [f"{p.name} ({why[i]})" for i, p in enumerate(procs) if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"tuning worker(s) failed: {', '.join(failed)}")
 

@@ -6,6 +6,7 @@ sharing a study) runs `cli.py` or tests/fake_cli.py in a subprocess."""
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from kernels.config import Config
 from nvc_cli.commands import main
 from tests import tuning_tables
 from tests.conftest import PG_UNREACHABLE
-from tests.doubles import FakeHardware
+from tests.doubles import FakeHardware, FakeTimer
 from tuning_table import load_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -293,6 +294,47 @@ def test_two_workers_on_sqlite_partition_the_studies(tmp_path, capfd):
         runs = s.scalars(select(Run)).all()
     # One writer per study: each study has exactly one run, and every run finished.
     assert sorted(r.study_name for r in runs) == sorted(studies) and {r.status for r in runs} == {"finished"}
+
+
+class _CandidatesFailTimer(FakeTimer):
+    def measure(self, workload, repeats):
+        if workload.config is not None:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().measure(workload, repeats)
+
+
+class _CandidatesFailHardware(FakeHardware):
+    def timer(self) -> FakeTimer:
+        return _CandidatesFailTimer()
+
+
+def test_a_tune_whose_every_candidate_fails_says_so(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    r = CliRunner().invoke(main, ["tune", "--gpu", "h100", "--shapes", "96x64", "--m", "1", "--dtype", "float16",
+                                  "--trials", "2", "--storage", url],
+                           obj=_CandidatesFailHardware())
+    assert r.exit_code == 0, r.output
+    assert ("gpu0: 1 of 1 studies found no correct config, such as rms_norm_linear|h100|float16|M=1|K=64|N=96 "
+            "(RuntimeError: CUDA error: an illegal memory access was encountered)\n") in r.stderr
+    assert nvc("show", "--storage", url).stdout == "no finished studies yet\n"
+
+
+def test_workers_that_fail_say_why_in_the_one_error_line(tmp_path, capfd):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    # Past what torch.randn takes: each worker's one study cannot make its inputs.
+    huge = [str(2**70), str(2**71)]
+    r = nvc("tune", "--gpu", "h100", "--shapes", "96x64", "--m", ",".join(huge), "--dtype", "float16", "--trials", "1",
+            "--workers", "2", "--storage", url, gpus=2)
+    workers_err = capfd.readouterr().err
+    assert r.exit_code != 0 and "Traceback" not in r.stderr + workers_err
+    lines = r.stderr.strip().splitlines()  # what the tune says it runs, then why it stopped
+    why = [re.escape(f"tune-gpu{i} (rms_norm_linear|h100|float16|M={m}|K=64|N=96: cannot make its inputs or run its "
+                     f"baseline (TypeError: ") + r".*?\)\)" for i, m in enumerate(huge)]  # torch's words vary
+    assert len(lines) == 2 and re.fullmatch(r"Error: tuning worker\(s\) failed: " + ", ".join(why), lines[1]), r.stderr
+    # Each run is marked failed, and no trial was started.
+    with Session(create_engine(url)) as s:
+        assert {r.status for r in s.scalars(select(Run))} == {"failed"}
+    assert [len(trials) for trials in counted_trials(url).values()] == [0, 0]
 
 
 def test_a_budget_tunes_the_most_valuable_studies_first_and_a_rerun_tunes_the_rest(tmp_path, monkeypatch):
