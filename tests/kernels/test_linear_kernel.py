@@ -57,7 +57,10 @@ CONFIGS = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [False, True])
 def test_pointer_kernel_and_split_k(config, dtype, bias):
-    for M, K, N in [(1, 1000, 32), (37, 1000, 33)]:
+    # Several row blocks, the last one partial: a GEMV-like tile gets there at fewer rows (the interpreter runs each
+    # row block's program on its own).
+    rows = 13 if config is not None and config.BLOCK_M < 16 else 37
+    for M, K, N in [(1, 1000, 32), (rows, 1000, 33)]:
         check(make(M, K, N, dtype, bias), dtype, config)
 
 
