@@ -48,7 +48,12 @@ def export_table(gpu_name: str | None, out: str | None, merge: bool, storage: st
             # last: whatever fails leaves the file as it was and no row, except a commit failing after the file was
             # replaced, which leaves a valid table that the database does not list (the other order could list a
             # table that was never written).
-            Recorder(engine).add_exported_table(table["gpu"], str(path), table, write=lambda: write_table(table, path))
+            try:
+                Recorder(engine).add_exported_table(table["gpu"], str(path), table,
+                                                    write=lambda: write_table(table, path))
+            except OSError as e:  # its own words name a temporary file the user never asked for
+                raise ValueError(f"--out {path}: cannot write the table ({e.strerror or e}); nothing was written or "
+                                 f"recorded") from None
     except (ValueError, StorageError, OSError) as e:
         raise one_line_error(e) from None
     n = sum(len(e["buckets"]) for entries in table["kernels"].values() for e in entries)
@@ -65,6 +70,8 @@ def show(gpu_name: str | None, table_path: str | None, storage: str) -> None:
     try:
         if table_path:
             table = load_table(table_path)
+            if gpu_name and table.gpu != check_gpu_arg(gpu_name):
+                raise ValueError(f"--gpu {gpu_name}: {table_path} is a table of {table.gpu}")
             click.echo(f"{table_path}: {table.gpu_name} ({table.gpu}), torch {table.torch}, triton {table.triton}, "
                        f"created {table.created}")
             check_table(table, f"lookup table {table_path}")

@@ -248,6 +248,7 @@ def _digest(path: Path) -> str:
     # 5 query heads cannot share 2 KV heads: the rotary QKV site is refused before anything is stored.
     (["tune", "--gpu", "h100", "--shapes", "{bad_heads}", "--m", "1"], "N=1152: expected [q; k; v] heads"),
     (["show", "--table", "{corrupt}"], "not valid JSON"),
+    (["show", "--table", str(ROOT / "tables/h200.json"), "--gpu", "h100"], "--gpu h100: "),
     (["show", "--gpu", "h100", "--storage", "sqlite:///{absent}"], "no database file"),
     (["export-table", "--gpu", "l4"], "no finished tuning results"),
     # click's own refusals too: one line, not its usage, a hint and the error.

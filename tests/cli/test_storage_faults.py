@@ -249,8 +249,20 @@ def test_export_writes_nothing_and_records_nothing_when_its_file_cannot_be_writt
 
     monkeypatch.setattr("nvc_cli.tables.write_table", disk_full)
     r = nvc("export-table", "--out", str(out), "--storage", url)
-    assert one_line(r) == f"Error: [Errno 28] No space left on device: '{out}.tmp'"
+    assert one_line(r) == (f"Error: --out {out}: cannot write the table (No space left on device); nothing was "
+                           f"written or recorded")
     assert digest(out) == before and exported_rows(url) == 1
+
+
+def test_export_into_a_read_only_folder_names_out_and_keeps_its_table(db, tmp_path, read_only):
+    url, out = f"sqlite:///{db}", tmp_path / "tables" / "h100.json"
+    assert nvc("export-table", "--out", str(out), "--storage", url).exit_code == 0
+    before = digest(out)
+    read_only(out.parent)
+    r = nvc("export-table", "--out", str(out), "--storage", url)
+    assert re.fullmatch(rf"Error: --out {re.escape(str(out))}: cannot write the table \((Permission denied|Operation "
+                        r"not permitted)\); nothing was written or recorded", one_line(r))
+    assert digest(out) == before and os.listdir(out.parent) == ["h100.json"] and exported_rows(url) == 1
 
 
 def test_export_to_a_folder_is_refused_up_front(db, tmp_path):
