@@ -10,6 +10,7 @@ from dashboard.data import DashboardData, load
 from dashboard.page import build_page
 from db.storage import DEFAULT_URL, StorageError, check_persistent, optuna_storage, redact, storage_errors
 from tuning_table import check_gpu_arg
+from tuning_table.format import replace_file
 
 
 def _bench_gpu(gpu: str | None, data: DashboardData) -> str | None:
@@ -36,8 +37,15 @@ def dashboard_command(storage: str, gpu_name: str | None, out: str, bench_csvs: 
             bench = read_bench_csvs(list(bench_csvs), _bench_gpu(gpu, data))
             page = build_page(data, bench, None if data.empty else optuna_storage(storage))
         path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page, encoding="utf-8")
+        if path.is_dir():
+            raise ValueError(f"--out {out}: is a folder; expected the path of the HTML file to write")
+        try:
+            replace_file(path, page)
+        except OSError as e:
+            # A folder of the path that is a file fails its mkdir: name it, or "File exists" would puzzle.
+            where = f": {e.filename}" if e.filename and Path(e.filename) != path else ""
+            raise ValueError(f"--out {out}: cannot write the page ({e.strerror or e}{where}); nothing was written") \
+                from None
     except (ValueError, StorageError, OSError) as e:
         raise click.ClickException(str(e).strip().splitlines()[0]) from None
     size = f"{path.stat().st_size / 2**20:.1f} MB"

@@ -176,7 +176,8 @@ def best_so_far(search: pd.DataFrame) -> pd.DataFrame:
     """Search rows in trial order per study, numbered 1.. (`step`), with the running best correct latency."""
     s = search.sort_values(["study_name", "trial_number"], ignore_index=True)
     s["step"] = s.groupby("study_name").cumcount() + 1
-    best = s["median_us"].where(s["correct"].astype(bool)).groupby(s["study_name"]).cummin()
+    # A database whose every trial failed holds no latency: the column is all None, of object dtype.
+    best = s["median_us"].astype(float).where(s["correct"].astype(bool)).groupby(s["study_name"]).cummin()
     # cummin leaves NaN at failed trials; the best so far carries over them.
     s["best_us"] = best.groupby(s["study_name"]).ffill()
     return s

@@ -380,22 +380,27 @@ def load_table(path: str | Path) -> LookupTable:
 
 
 def write_table(table: dict, path: str | Path) -> None:
-    """Check the table parses, then replace `path` atomically: a reader never sees half a file, and any failure
-    leaves the old file as it was and no temporary file behind."""
+    """Check the table parses, then replace `path` atomically (`replace_file`)."""
     path = Path(path)
     parse_table(table, f"table to write to {path}")
     if path.is_dir():
         raise ValueError(f"lookup table {path}: is a directory; expected the path of a .json file")
     text = json.dumps(table, indent=1, allow_nan=False) + "\n"  # fails, if at all, before a file exists
+    replace_file(path, text)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically: a reader never sees half a file, and any failure leaves the old file
+    as it was and no temporary file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name in the same folder: two writers never share a temporary file, and the rename stays atomic.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())  # a full disk can surface only here; the old file must still be whole then
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the table from the other users of a shared folder
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from the other users of a shared folder
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,7 +1,9 @@
 """`cli.py dashboard`: databases filled by the tuning pipeline with FakeTimer (a test double for the
 GPU clock), an empty one, and 3,000 trials written straight through Optuna and our models."""
 import dataclasses
+import errno
 import io
+import os
 import random
 import shutil
 import sqlite3
@@ -208,6 +210,32 @@ def test_missing_or_foreign_database_is_one_clear_error(tmp_path):
     assert code != 0 and "not a valid database URL" in said
 
 
+
+
+def test_a_database_whose_every_trial_failed_gives_a_page(tmp_path):
+    url = f"sqlite:///{tmp_path / 'failed.db'}"
+    tune(url, fake_gpu(), [Problem(1, 64, 80, "float16")], "tpe", 3, NOTHING_RUNS)
+    code, said = dashboard("--storage", url, "--out", str(tmp_path / "d.html"))
+    assert code == 0 and "1 studies, 3 trials" in said, said
+
+
+def test_an_out_that_cannot_be_written_is_one_line_and_leaves_the_old_page(filled, tmp_path, monkeypatch):
+    code, said = dashboard("--storage", filled, "--out", str(tmp_path))
+    assert code != 0 and said.strip() == f"Error: --out {tmp_path}: is a folder; expected the path of the HTML file " \
+                                          "to write"
+    (tmp_path / "file").write_text("")
+    code, said = dashboard("--storage", filled, "--out", str(tmp_path / "file" / "d.html"))
+    assert code != 0 and f"cannot write the page (File exists: {tmp_path / 'file'})" in said
+    old = tmp_path / "d.html"
+    old.write_text("old page")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full_disk)
+    code, said = dashboard("--storage", filled, "--out", str(old))
+    assert code != 0 and said.strip() == f"Error: --out {old}: cannot write the page (No space left on device); " \
+                                          "nothing was written"
+    assert old.read_text() == "old page" and sorted(os.listdir(tmp_path)) == ["d.html", "file"]
 
 
 @pytest.mark.postgres
