@@ -20,7 +20,8 @@ def get_space(name: str) -> SearchSpace:
     if name not in _SPACES and is_plugin(name):
         register(load_space(name))
     if name not in _SPACES:
-        raise ValueError(f"kernel {name!r}: no search space registered; known: {sorted(_SPACES)}")
+        raise ValueError(f"--kernel {name}: no such kernel; expected one of {', '.join(_SPACES)} or a plugin's "
+                         "package.module:SpaceClass")
     return _SPACES[name]
 
 

@@ -212,7 +212,8 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
 
     need(isinstance(data, dict), "", f"expected a JSON object at the top level, got {_show(data)}")
     # A file that is not a table, or of another version, says so before any field is missing.
-    need(data.get("format") == FORMAT, "", f"'format' is {_show(data.get('format'))}, expected {FORMAT!r}")
+    need(data.get("format") == FORMAT, "", f"'format' is {_show(data['format'])}, expected {FORMAT!r}" if "format" in data
+         else f"no 'format' field: not a lookup table (expected 'format': {FORMAT!r})")
     version = data.get("format_version")
     need(_json_int(version) and version == FORMAT_VERSION, "",
          f"format_version {_show(version)}; this code reads version {FORMAT_VERSION}")

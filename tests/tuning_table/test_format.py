@@ -62,7 +62,8 @@ def _broken(edit):
 @pytest.mark.parametrize("table, match", [
     ([], "JSON object"),
     (_broken(lambda t: t.update(format_version=2)), "format_version 2"),
-    (_broken(lambda t: t.update(format="other")), "'format'"),
+    (_broken(lambda t: t.update(format="other")), "'format' is 'other'"),
+    ({}, "no 'format' field: not a lookup table"),
     (_broken(lambda t: t.pop("triton")), "missing field.s. triton"),
     (_broken(lambda t: t["kernels"]["rms_norm_linear"][0].update(dtype="int8")),
      r"kernels.rms_norm_linear\[0\].dtype: expected one of .*, got 'int8'"),
