@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from nanovllm.models import MODEL_REGISTRY
-from tuning_table import TUNING_TABLE_ENV, FusionOptions, load_table
+from tuning_table import FusionOptions, load_named_table
 
 
 def _is_int(value: object, minimum: int) -> bool:
@@ -108,16 +108,8 @@ class Config:
         """Read a table named by the argument or the environment now, before the weights load and the ranks start, so
         that a wrong path or a malformed file fails at once, saying where the path came from. The card's shipped table
         is checked by the tests instead."""
-        if not self.fused_norm_linear or self.tuning_table is False:
-            return
-        source, path = "tuning_table", self.tuning_table
-        if path is None:
-            source, path = f"${TUNING_TABLE_ENV}", os.environ.get(TUNING_TABLE_ENV)
-        if path:
-            try:
-                load_table(path)
-            except ValueError as e:
-                raise ValueError(f"{source}: {e}") from None
+        if self.fused_norm_linear:
+            load_named_table(self.tuning_table)
 
     def _check_tensor_parallel(self) -> None:
         """The model must split evenly: q heads and the MLP's columns by rank, KV heads too, or, where there are fewer

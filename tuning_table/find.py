@@ -28,14 +28,35 @@ def shipped_table(gpu: str) -> Path | None:
     return Path(str(path)) if path.is_file() else None
 
 
+def named_table(tuning_table: str | os.PathLike | bool | None) -> tuple[str, Path] | None:
+    """The table file the user named by discovery's first two rules, with what named it ("tuning_table" or
+    "$NANOVLLM_TUNING_TABLE"), for errors to say; None where none is named."""
+    if tuning_table is False or tuning_table is None and not os.environ.get(TUNING_TABLE_ENV):
+        return None
+    if tuning_table is not None:
+        return "tuning_table", Path(tuning_table)
+    return f"${TUNING_TABLE_ENV}", Path(os.environ[TUNING_TABLE_ENV])
+
+
+def load_named_table(tuning_table: str | os.PathLike | bool | None) -> tuple[Path, LookupTable] | None:
+    """The table the user named, read; its ValueError begins with what named it. None where none is named."""
+    named = named_table(tuning_table)
+    if named is None:
+        return None
+    source, path = named
+    try:
+        return path, load_table(path)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
 def find_table(tuning_table: str | os.PathLike | bool | None, device: torch.device) -> Path | None:
     """The table file to use (module docstring), or None for the learned fallback's configs."""
     if tuning_table is False:
         return None
-    if tuning_table is not None:
-        return Path(tuning_table)
-    if os.environ.get(TUNING_TABLE_ENV):
-        return Path(os.environ[TUNING_TABLE_ENV])
+    named = named_table(tuning_table)
+    if named is not None:
+        return named[1]
     if device.type != "cuda":
         return None
     gpu = gpu_short_name(device)
@@ -52,10 +73,11 @@ def open_table(tuning_table: str | os.PathLike | bool | None,
                device: torch.device) -> tuple[Path | None, LookupTable | None]:
     """(path, table) by the discovery order above, with one warning when the table was tuned on another GPU or
     under other torch/Triton; (None, None) for no table."""
-    path = find_table(tuning_table, device)
+    named = load_named_table(tuning_table)
+    path = named[0] if named else find_table(tuning_table, device)
     if path is None:
         return None, None
-    table = load_table(path)
+    table = named[1] if named else load_table(path)
     running = {"torch": torch.__version__, "triton": triton.__version__}
     if device.type == "cuda":
         running["gpu"] = gpu_short_name(device) or torch.cuda.get_device_name(device)

@@ -43,9 +43,10 @@ buckets over (`bucket_dims`) instead of M:
                         "latency_us": 3.1, "spread_us": 0.1, "baseline_us": 4.0, "speedup": 1.29}, ...]}]
 
 "form" (a variant string, "" for none) is optional. Every entry of such a kernel names the same dims and its
-buckets the same bucket dims, in the same order (for this project's kernels, GENERIC_KERNELS' order); an entry is one (dims, dtype, form), a bucket one set of bucket
-values. Its configs are objects of integers, checked against the space's axes where the space can be imported
-(search_spaces/plugin.py: check_table), only structurally here, where just the file is read.
+buckets the same bucket dims, in the same order (for this project's kernels, GENERIC_KERNELS' order); an entry is
+one (dims, dtype, form), a bucket one set of bucket values. Its configs are objects of integers, checked against
+the space's axes where the space can be imported (search_spaces/plugin.py: check_table), only structurally here,
+where just the file is read.
 
 Bucket rule (LookupTable.bucket): a problem with M rows uses the smallest tuned bucket >= M, else the largest.
 The same rule for other kernels (LookupTable.lookup), one bucket dim after the other in their order: the smallest
@@ -212,8 +213,9 @@ def parse_table(data: object, source: str = "table") -> LookupTable:
 
     need(isinstance(data, dict), "", f"expected a JSON object at the top level, got {_show(data)}")
     # A file that is not a table, or of another version, says so before any field is missing.
-    need(data.get("format") == FORMAT, "", f"'format' is {_show(data['format'])}, expected {FORMAT!r}" if "format" in data
-         else f"no 'format' field: not a lookup table (expected 'format': {FORMAT!r})")
+    need(data.get("format") == FORMAT, "",
+         f"'format' is {_show(data['format'])}, expected {FORMAT!r}" if "format" in data else
+         f"no 'format' field: not a lookup table (expected 'format': {FORMAT!r})")
     version = data.get("format_version")
     need(_json_int(version) and version == FORMAT_VERSION, "",
          f"format_version {_show(version)}; this code reads version {FORMAT_VERSION}")
