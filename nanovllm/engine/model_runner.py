@@ -417,7 +417,9 @@ def run_worker(config: Config, driver: Driver) -> None:
             conn.send(("error", traceback.format_exception_only(e)[-1].strip().splitlines()[0]))
         except OSError:
             pass
-        raise
+        if isinstance(e, ValueError):  # a refusal (a checkpoint that does not fit, a table): rank 0 says it in one line
+            raise SystemExit(1) from None
+        raise  # anything else is a bug: its traceback goes to stderr
 
 
 class PendingTokens:
