@@ -57,6 +57,8 @@ class Config:
         if not isinstance(hf, dict):
             raise ValueError(f"cannot parse {config_file}: not a JSON object")
         architectures = hf.get("architectures") or []
+        if not isinstance(architectures, list):  # a bare string would be searched letter by letter
+            raise ValueError(f"{config_file}: 'architectures' must be a list of class names, got {architectures!r}")
         if not any(a in MODEL_REGISTRY for a in architectures):
             raise ValueError(
                 f"unsupported architecture {architectures} in {config_file}; supported: {sorted(MODEL_REGISTRY)}"

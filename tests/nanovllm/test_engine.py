@@ -198,6 +198,9 @@ def test_bad_model_paths(tmp_path):
     with pytest.raises(ValueError, match="Qwen3ForCausalLM") as info:
         LLM(str(tmp_path), device=DEVICE)
     assert "GPT2LMHeadModel" in str(info.value) and "LlamaForCausalLM" in str(info.value)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": "LlamaForCausalLM", "model_type": "llama"}))
+    with pytest.raises(ValueError, match="'architectures' must be a list of class names, got 'LlamaForCausalLM'"):
+        LLM(str(tmp_path), device=DEVICE)
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],')
     with pytest.raises(ValueError, match="cannot parse .*config.json") as info:
         LLM(str(tmp_path), device=DEVICE)
