@@ -12,13 +12,14 @@
 #   tune        the whole llama-7b tune from a fresh database (issue 16: <= 180), its table exported fresh and
 #               merged into the GPU's shipped table where one exists, `nvc show`                  (limit 300)
 #   throughput  bench.py cold, then benchmarks/timeline.py (issue 21)                            (limit 100 + 150)
+#   order       scripts/exp_decode_order.py: decode batches longest first vs arrival order (issue 21) (limit 150)
 #   attention   benchmarks/bench_attention.py with the tune's table (issue 17; after `tune`)      (limit 110)
 #   decode      batch-1 llama-7b decode against the weight-read floor, the graph and decode GPU tests (limit 320)
 #   peers       benchmarks/bench_peers_search.py (issue 16, item 5)                              (limit 555)
 #   heuristic   benchmarks/bench_heuristic.py, the learned fallback held out (issue 16, item 3)  (limit 200)
 #   gemv        scripts/exp_gemv_tiles.py, the GEMV tiles at decode sizes (issue 16, item 2)     (limit 200)
 set -u
-[ $# -ge 2 ] || { echo "usage: scripts/gpu_pending.sh OUT_DIR PART... (parts: tune throughput attention decode peers heuristic gemv)"; exit 2; }
+[ $# -ge 2 ] || { echo "usage: scripts/gpu_pending.sh OUT_DIR PART... (parts: tune throughput order attention decode peers heuristic gemv)"; exit 2; }
 out=$1; shift
 command -v nvidia-smi >/dev/null || { echo "gpu_pending.sh: needs an NVIDIA GPU (no nvidia-smi)"; exit 1; }
 cd "$(dirname "$0")/.."
@@ -52,6 +53,7 @@ for part in "$@"; do
     throughput)
       step 100 "$log" python3 bench.py
       step 150 "$log" python3 benchmarks/timeline.py --out "$out/timeline" ;;
+    order) step 150 "$log" python3 scripts/exp_decode_order.py --pairs 2 --output "$out/decode_order.csv" ;;
     attention)
       step 110 "$log" python3 benchmarks/bench_attention.py --table "$out/fresh_$gpu.json" \
         --output "$out/bench_attention_$gpu.csv" ;;
@@ -62,7 +64,7 @@ for part in "$@"; do
     peers) step 555 "$log" python3 benchmarks/bench_peers_search.py --out "$out" ;;
     heuristic) step 200 "$log" python3 benchmarks/bench_heuristic.py --table tables/h200.json --out "$out" ;;
     gemv) OUT="$out" step 200 "$log" python3 scripts/exp_gemv_tiles.py ;;
-    *) echo "gpu_pending.sh: unknown part '$part' (expected tune, throughput, attention, decode, peers, heuristic, gemv)"
+    *) echo "gpu_pending.sh: unknown part '$part' (expected tune, throughput, order, attention, decode, peers, heuristic, gemv)"
        exit 2 ;;
   esac
 done
