@@ -33,6 +33,8 @@ def export_table(gpu_name: str | None, out: str | None, merge: bool, storage: st
     """Write the versioned JSON lookup table of one GPU's best configs."""
     try:
         gpu_name = check_gpu_arg(gpu_name) if gpu_name else None
+        if out is not None and not out.strip():  # Path("") is the current folder
+            raise ValueError(f"--out {out!r}: expected the table's file, such as tables/{gpu_name or '<gpu>'}.json")
         if out is not None and Path(out).is_dir():
             raise ValueError(f"--out {out}: is a folder; expected the table's file, such as "
                              f"{Path(out) / (gpu_name or '<gpu>')}.json")

@@ -270,6 +270,8 @@ def test_export_to_a_folder_is_refused_up_front(db, tmp_path):
     folder.mkdir()
     r = nvc("export-table", "--gpu", "h100", "--out", str(folder), "--storage", url)
     assert one_line(r) == f"Error: --out {folder}: is a folder; expected the table's file, such as {folder}/h100.json"
+    r = nvc("export-table", "--gpu", "h100", "--out", "", "--storage", url)
+    assert one_line(r) == "Error: --out '': expected the table's file, such as tables/h100.json"
     assert list(folder.iterdir()) == [] and exported_rows(url) == 0
 
 
