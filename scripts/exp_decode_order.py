@@ -11,8 +11,6 @@ order, and writes a CSV.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
 import sys
 import time
@@ -23,6 +21,7 @@ from transformers import AutoConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import workload  # noqa: E402
+from benchmarks.common import CsvWriter  # noqa: E402
 from nanovllm import LLM, SamplingParams  # noqa: E402
 from nanovllm.engine.scheduler import Scheduler  # noqa: E402
 from nanovllm.utils.random_checkpoint import SHAPES, cached_random_checkpoint  # noqa: E402
@@ -79,6 +78,8 @@ def main() -> None:
     llm = LLM(path, max_model_len=4096)
     llm.generate([[1, 2, 3]], SamplingParams(), use_tqdm=False)
     longest_first = llm.scheduler._schedule_decode
+    # Each run's row is written as it ends: a run cut short by its time limit (gpu_pending.sh) keeps the runs before.
+    writer = CsvWriter(args.output, ["run", "order", "wall_s", "decode_s", "tokens", "tok_per_s"])
     rows = []
     for run, order in enumerate(["longest first (cold)"] + ["arrival", "longest first"] * args.pairs):
         if order == "arrival":
@@ -88,12 +89,8 @@ def main() -> None:
         wall, decode, tokens = timed_run(llm, prompts, params)
         rows.append({"run": run, "order": order, "wall_s": round(wall, 3), "decode_s": round(decode, 3),
                      "tokens": tokens, "tok_per_s": round(tokens / wall, 1)})
+        writer.write(rows[-1])
         print(f"run {run} {order:<22} {wall:6.2f} s wall, {decode:6.2f} s decode, {tokens / wall:8.0f} tok/s")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     for order in ("arrival", "longest first"):
         decode = [r["decode_s"] for r in rows if r["order"] == order]
         print(f"{order}: decode median {statistics.median(decode):.3f} s (range {min(decode):.3f}-{max(decode):.3f})")
