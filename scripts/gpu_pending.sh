@@ -20,10 +20,11 @@
 #   gemv        scripts/exp_gemv_tiles.py, the GEMV tiles at decode sizes (issue 16, item 2)     (limit 200)
 set -u
 [ $# -ge 2 ] || { echo "usage: scripts/gpu_pending.sh OUT_DIR PART... (parts: tune throughput order attention decode peers heuristic gemv)"; exit 2; }
-out=$1; shift
 command -v nvidia-smi >/dev/null || { echo "gpu_pending.sh: needs an NVIDIA GPU (no nvidia-smi)"; exit 1; }
+# Absolute before the cd below, so that a relative OUT_DIR is the caller's folder, not one inside the repository.
+mkdir -p "$1" && out=$(cd "$1" && pwd) || exit 1
+shift
 cd "$(dirname "$0")/.."
-mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
 case "$name" in *H200*) gpu=h200 ;; *H100*) gpu=h100 ;; *A100*) gpu=a100 ;; *) gpu=$(echo "$name" | tr 'A-Z ' 'a-z-') ;; esac
