@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu_pending.sh OUT_DIR PART...
 #
-# The tuner's parts need the [tune] extra (optuna, sqlalchemy, alembic); on a GPU image without them, install their
+# tune, peers (its nvc_tune peer runs the tuner) and decode (tests/conftest.py imports sqlalchemy) need the [tune]
+# extra (optuna, sqlalchemy, alembic); on a GPU image without them, install their
 # wheels first (shared/tools/gpu-wheels.sh downloads a set for Python 3.12) and put them on PYTHONPATH.
 #
 # Parts (seconds on one H200, predicted; docs/PERF_NOTES.md says what each should show):
