@@ -3,7 +3,11 @@
 # them fit one 10-minute command on a lent machine. A part cut at its limit gets Ctrl-C (the tuner then stores what
 # it finished) and the next part still runs; every log and CSV goes to OUT_DIR.
 #
-#   bash scripts/gpu_pending.sh OUT_DIR PART...
+#   [PACK=results.tgz] bash scripts/gpu_pending.sh OUT_DIR PART...
+#
+# PACK: after every step, OUT_DIR is archived into that file (replaced whole): a lent machine hands back at most 8
+# files of $OUT, and a command it cuts at its limit keeps the archive of the steps before. So, on one:
+#   PACK=$OUT/results.tgz bash scripts/gpu_pending.sh /tmp/pending tune throughput attention
 #
 # tune, peers (its nvc_tune peer runs the tuner) and decode (tests/conftest.py imports sqlalchemy) need the [tune]
 # extra (optuna, sqlalchemy, alembic); on a GPU image without them, install their
@@ -19,8 +23,11 @@
 #   peers       benchmarks/bench_peers_search.py (issue 16, item 5)                              (limit 555)
 #   heuristic   benchmarks/bench_heuristic.py, the learned fallback held out (issue 16, item 3)  (limit 200)
 #   gemv        scripts/exp_gemv_tiles.py, the GEMV tiles at decode sizes (issue 16, item 2)     (limit 200)
+#   repro-P     benchmarks/reproduce.py --part P (decode, throughput, grid-llama-7b, ...; issue 20), into
+#               OUT_DIR/reproduce, run RUN (default 1) of the commit COMMIT (a lent machine's copy is no git
+#               checkout); one part a command                                                     (limit 590)
 set -u
-[ $# -ge 2 ] || { echo "usage: scripts/gpu_pending.sh OUT_DIR PART... (parts: tune throughput order attention decode peers heuristic gemv)"; exit 2; }
+[ $# -ge 2 ] || { echo "usage: scripts/gpu_pending.sh OUT_DIR PART... (parts: tune throughput order attention decode peers heuristic gemv repro-P)"; exit 2; }
 command -v nvidia-smi >/dev/null || { echo "gpu_pending.sh: needs an NVIDIA GPU (no nvidia-smi)"; exit 1; }
 # Absolute before the cd below, so that a relative OUT_DIR is the caller's folder, not one inside the repository.
 mkdir -p "$1" && out=$(cd "$1" && pwd) || exit 1
@@ -39,6 +46,9 @@ step() {
   timeout -s INT -k 15 "$limit" "$@" >>"$log" 2>&1
   local rc=$?
   echo "=== [$(( $(date +%s) - start )) s] exit $rc" | tee -a "$log"
+  if [ -n "${PACK:-}" ]; then
+    tar -C "$(dirname "$out")" -czf "$PACK.partial" "$(basename "$out")" && mv "$PACK.partial" "$PACK"
+  fi
 }
 
 for part in "$@"; do
@@ -66,7 +76,9 @@ for part in "$@"; do
     peers) step 555 "$log" python3 benchmarks/bench_peers_search.py --out "$out" ;;
     heuristic) step 200 "$log" python3 benchmarks/bench_heuristic.py --table tables/h200.json --out "$out" ;;
     gemv) OUT="$out" step 200 "$log" python3 scripts/exp_gemv_tiles.py ;;
-    *) echo "gpu_pending.sh: unknown part '$part' (expected tune, throughput, order, attention, decode, peers, heuristic, gemv)"
+    repro-*) step 590 "$log" python3 benchmarks/reproduce.py --part "${part#repro-}" --run "${RUN:-1}" \
+      --out "$out/reproduce" --commit "${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}" ;;
+    *) echo "gpu_pending.sh: unknown part '$part' (expected tune, throughput, order, attention, decode, peers, heuristic, gemv, repro-P)"
        exit 2 ;;
   esac
 done
