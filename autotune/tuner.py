@@ -187,6 +187,14 @@ class Tuner:
             return StudyOutcome(name, problem, best, None, (best.config,), skipped=True)
         if left < MIN_STUDY_S:  # finished before, with fewer trials than asked now
             return self._not_started(name, problem)
+        if finished is None and done >= budget and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            # Every trial failed: a rerun of as many would time the baseline again, search nothing, and store an
+            # empty run. More --trials search on.
+            if self.progress:
+                self.progress.study_started(name, 0)
+            failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            return StudyOutcome(name, problem, None, None, skipped=True,
+                                error=failed[-1].user_attrs.get("error") if failed else None)
         if self.progress:
             self.progress.study_started(name, max(0, budget - done))
 

@@ -61,6 +61,18 @@ class OutOfResourcesSpace(RmsNormLinearSpace):
         return super().launcher(config)
 
 
+class NothingRunsSpace(RmsNormLinearSpace):
+    """Every config fails at launch, as under a broken Triton; the baseline runs."""
+
+    def launcher(self, config):
+        if config is None:
+            return super().launcher(config)
+
+        def fail(inputs):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return fail
+
+
 class CtrlCMidCompileSpace(RmsNormLinearSpace):
     """A terminal's Ctrl-C arrives while this process compiles a candidate itself, and kills the compiler (ptxas)."""
 
@@ -262,6 +274,19 @@ def test_out_of_resources_is_a_failed_trial_and_the_search_goes_on(db):
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert failed and all("out of resource" in t.user_attrs["error"] for t in failed)
     assert outcome.best is not None and outcome.best.config.num_warps != 4
+
+
+def test_a_study_whose_every_trial_failed_is_skipped_by_a_rerun_of_as_many_trials(db):
+    first = make_tuner(db, space=NothingRunsSpace(), trials=3, patience=0).tune(TINY)
+    assert first.best is None and "illegal memory access" in first.error and not first.skipped
+    again = make_tuner(db, space=NothingRunsSpace(), trials=3, patience=0).tune(TINY)
+    assert again.skipped and again.best is None and "illegal memory access" in again.error
+    with Session(db[1]) as s:
+        assert len(s.scalars(select(Run)).all()) == 1  # no second, empty run
+    more = make_tuner(db, space=NothingRunsSpace(), trials=5, patience=0).tune(TINY)
+    assert not more.skipped
+    study = optuna.load_study(study_name=first.study_name, storage=db[0])
+    assert len(study.get_trials(states=(TrialState.FAIL,))) == 5
 
 
 def test_rerun_resumes_the_study_and_a_finished_study_is_skipped(db):
