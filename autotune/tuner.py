@@ -120,6 +120,12 @@ class StudyOutcome:
     error: str | None = None   # where no candidate was correct: the last failed trial's reason
 
 
+def last_error(study: optuna.Study) -> str | None:
+    """The reason of the study's last failed trial that has one (a trial its worker's heartbeat failed has none)."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return next((t.user_attrs["error"] for t in reversed(failed) if "error" in t.user_attrs), None)
+
+
 def top_configs(study: optuna.Study, k: int, within: float = math.inf,
                 to_config: Callable[[dict], Any] = Config.from_dict) -> list[Any]:
     """The `k` fastest distinct configs of the study, those within `within` (a fraction) of the fastest."""
@@ -192,9 +198,7 @@ class Tuner:
             # empty run. More --trials search on.
             if self.progress:
                 self.progress.study_started(name, 0)
-            failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            return StudyOutcome(name, problem, None, None, skipped=True,
-                                error=failed[-1].user_attrs.get("error") if failed else None)
+            return StudyOutcome(name, problem, None, None, skipped=True, error=last_error(study))
         if self.progress:
             self.progress.study_started(name, max(0, budget - done))
 
@@ -226,10 +230,8 @@ class Tuner:
             self.recorder.finish_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
             raise
         self.recorder.finish_run(run_id, "finished", ranked[0][1] if ranked else None)
-        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         return StudyOutcome(name, problem, ranked[0][0] if ranked else None, evaluator.baseline.median_us,
-                            tuple(r.config for r, _ in ranked),
-                            error=None if ranked or not failed else failed[-1].user_attrs.get("error"))
+                            tuple(r.config for r, _ in ranked), error=None if ranked else last_error(study))
 
     def _not_started(self, name: str, problem: Any) -> StudyOutcome:
         if self.progress:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from autotune.compile_pool import CompilePool
 from autotune.hardware import Hardware
 from autotune.heartbeat import tuning_storage
-from autotune.objective import Result
+from autotune.objective import Result, short_error
 from autotune.tuner import Progress, StudyOutcome, Tuner, TuneSettings
 from db.storage import Recorder, open_engine
 from search_spaces import Problem, get_space
@@ -167,8 +167,11 @@ def _worker_main(job: Job, position: int) -> None:
     # Without this line a tune whose every candidate failed (a broken Triton, say) would end as "done".
     wrong = [o for o in outcomes if o.best is None and not o.out_of_budget]
     if wrong:
+        earlier = sum(o.skipped for o in wrong)
         tqdm.write(f"gpu{job.device_index}: {len(wrong)} of {len(outcomes)} studies found no correct config, such as "
-                   f"{wrong[0].study_name} ({wrong[0].error or 'no trial finished'})", file=sys.stderr)
+                   f"{wrong[0].study_name} ({wrong[0].error or 'no trial finished'})" +
+                   (f"; {earlier} of them failed every trial in an earlier run and were not run again (more --trials "
+                    "search on)" if earlier else ""), file=sys.stderr)
     unstarted = [o for o in outcomes if o.out_of_budget]
     if unstarted:
         tqdm.write(f"gpu{job.device_index}: --budget spent: {len(unstarted)} of {len(outcomes)} studies not started; "
@@ -180,10 +183,11 @@ def _child_main(job: Job, position: int, errors: multiprocessing.SimpleQueue) ->
         _worker_main(job, position)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except Exception as e:  # noqa: BLE001 - the parent's one line names it; a traceback here would interleave
-        lines = str(e).strip().splitlines()
-        errors.put((position, lines[0] if lines else type(e).__name__))
-        raise SystemExit(1) from None
+    except Exception as e:  # noqa: BLE001 - the parent's one line names it
+        errors.put((position, short_error(e)))
+        if isinstance(e, (ValueError, RuntimeError)):  # a refusal or a fault the line says all of (StorageError too)
+            raise SystemExit(1) from None
+        raise  # a bug: its traceback goes to stderr as well
 
 
 def run_workers(jobs: list[Job]) -> None:

@@ -42,8 +42,9 @@ def dashboard_command(storage: str, gpu_name: str | None, out: str, bench_csvs: 
         try:
             replace_file(path, page)
         except OSError as e:
-            # A folder of the path that is a file fails its mkdir: name it, or "File exists" would puzzle.
-            where = f": {e.filename}" if e.filename and Path(e.filename) != path else ""
+            # A folder of the path that is a file fails its mkdir: name it, or "File exists" would puzzle (the
+            # temporary file a failed write names is no name of the user's).
+            where = f": {e.filename}" if e.filename and Path(e.filename) in path.parents else ""
             raise ValueError(f"--out {out}: cannot write the page ({e.strerror or e}{where}); nothing was written") \
                 from None
     except (ValueError, StorageError, OSError) as e:

@@ -15,7 +15,7 @@ from db.storage import StorageError, open_engine, optuna_storage, storage_errors
 from kernels.config import DTYPES
 from nvc_cli.options import one_line_error, storage_option
 from autotune.workers import Study
-from search_spaces import Problem, get_space
+from search_spaces import Problem, get_space, registered
 from search_spaces.attention import (DEFAULT_BATCH_BUCKETS, DEFAULT_CONTEXT_BUCKETS, DEFAULT_PREFILL_CONTEXT_BUCKETS,
                                      DEFAULT_TOKEN_BUCKETS, MAX_KV_TOKENS)
 from search_spaces.plugin import checked_problems, is_plugin
@@ -118,8 +118,9 @@ def tune(hardware: Hardware, gpu_name: str, shapes: str, m_spec: str | None, con
                     raise ValueError(f"{name}: only for the project's kernels; a plugin's --shapes names its problems")
             studies = [(kernel, p) for p in checked_problems(space, shapes, dtype)]
         else:
-            if kernel is not None:
-                get_space(kernel)  # an unknown name: one line listing the known ones
+            if kernel is not None and kernel not in registered():
+                raise ValueError(f"--kernel {kernel}: no such kernel; expected one of {', '.join(registered())} or a "
+                                 "plugin's package.module:SpaceClass")
             studies = model_studies(kernel, shapes, dtype, tp, m_spec, context_spec)
         counts = {k: sum(k == s for s, _ in studies) for k in dict.fromkeys(s for s, _ in studies)}
         what = f"{len(studies)} studies " + (f"of {kernel}" if kernel is not None else

@@ -7,7 +7,7 @@
 #
 # PACK: after every step, OUT_DIR is archived into that file (replaced whole): a lent machine hands back at most 8
 # files of $OUT, and a command it cuts at its limit keeps the archive of the steps before. So, on one:
-#   PACK=$OUT/results.tgz bash scripts/gpu_pending.sh /tmp/pending tune throughput attention
+#   PACK=$OUT/results.tgz bash scripts/gpu_pending.sh /tmp/pending tune throughput
 #
 # tune, peers (its nvc_tune peer runs the tuner) and decode (tests/conftest.py imports sqlalchemy) need the [tune]
 # extra (optuna, sqlalchemy, alembic); on a GPU image without them, install their
@@ -24,14 +24,18 @@
 #   heuristic   benchmarks/bench_heuristic.py, the learned fallback held out (issue 16, item 3)  (limit 200)
 #   gemv        scripts/exp_gemv_tiles.py, the GEMV tiles at decode sizes (issue 16, item 2)     (limit 200)
 #   repro-P     benchmarks/reproduce.py --part P (decode, throughput, grid-llama-7b, ...; issue 20), into
-#               OUT_DIR/reproduce, run RUN (default 1) of the commit COMMIT (a lent machine's copy is no git
-#               checkout); one part a command                                                     (limit 590)
+#               OUT_DIR/reproduce, run RUN (default 1); COMMIT names the tree's commit where it is no git
+#               checkout (a lent machine's copy); one part a command                              (limit 570)
 set -u
 [ $# -ge 2 ] || { echo "usage: scripts/gpu_pending.sh OUT_DIR PART... (parts: tune throughput order attention decode peers heuristic gemv repro-P)"; exit 2; }
 command -v nvidia-smi >/dev/null || { echo "gpu_pending.sh: needs an NVIDIA GPU (no nvidia-smi)"; exit 1; }
 # Absolute before the cd below, so that a relative OUT_DIR is the caller's folder, not one inside the repository.
 mkdir -p "$1" && out=$(cd "$1" && pwd) || exit 1
 shift
+if [ -n "${PACK:-}" ]; then  # absolute too, and outside OUT_DIR (else each archive would hold the one before)
+  mkdir -p "$(dirname "$PACK")" && PACK=$(cd "$(dirname "$PACK")" && pwd)/$(basename "$PACK") || exit 1
+  case "$PACK" in "$out"/*) echo "gpu_pending.sh: PACK $PACK: expected a file outside OUT_DIR $out"; exit 2 ;; esac
+fi
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
@@ -76,8 +80,8 @@ for part in "$@"; do
     peers) step 555 "$log" python3 benchmarks/bench_peers_search.py --out "$out" ;;
     heuristic) step 200 "$log" python3 benchmarks/bench_heuristic.py --table tables/h200.json --out "$out" ;;
     gemv) OUT="$out" step 200 "$log" python3 scripts/exp_gemv_tiles.py ;;
-    repro-*) step 590 "$log" python3 benchmarks/reproduce.py --part "${part#repro-}" --run "${RUN:-1}" \
-      --out "$out/reproduce" --commit "${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}" ;;
+    repro-*) step 570 "$log" python3 benchmarks/reproduce.py --part "${part#repro-}" --run "${RUN:-1}" \
+      --out "$out/reproduce" ${COMMIT:+--commit "$COMMIT"} ;;
     *) echo "gpu_pending.sh: unknown part '$part' (expected tune, throughput, order, attention, decode, peers, heuristic, gemv, repro-P)"
        exit 2 ;;
   esac

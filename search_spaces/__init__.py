@@ -20,9 +20,13 @@ def get_space(name: str) -> SearchSpace:
     if name not in _SPACES and is_plugin(name):
         register(load_space(name))
     if name not in _SPACES:
-        raise ValueError(f"--kernel {name}: no such kernel; expected one of {', '.join(_SPACES)} or a plugin's "
-                         "package.module:SpaceClass")
+        raise ValueError(f"kernel {name!r}: no search space registered; known: {', '.join(_SPACES)}")
     return _SPACES[name]
+
+
+def registered() -> list[str]:
+    """The names of this project's kernels (a plugin's `module:Class` registers as it is first asked for)."""
+    return list(_SPACES)
 
 
 register(RmsNormLinearSpace())
@@ -30,4 +34,4 @@ register(LinearSpace())
 register(AttentionDecodeSpace())
 register(AttentionPrefillSpace())
 
-__all__ = ["DTYPES", "Problem", "SearchSpace", "get_space", "register"]
+__all__ = ["DTYPES", "Problem", "SearchSpace", "get_space", "register", "registered"]

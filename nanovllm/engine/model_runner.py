@@ -401,9 +401,11 @@ def run_worker(config: Config, driver: Driver) -> None:
     warnings.simplefilter("ignore")  # rank 0 gives the warnings of the model all ranks build
     Sequence.block_size = config.kvcache_block_size  # as LLMEngine sets it in rank 0's process
     conn = driver.conn
+    started = False
     try:
         runner = ModelRunner(config, driver)
         conn.send(("ready", None))
+        started = True
         while True:
             try:
                 message = conn.recv()
@@ -417,9 +419,9 @@ def run_worker(config: Config, driver: Driver) -> None:
             conn.send(("error", traceback.format_exception_only(e)[-1].strip().splitlines()[0]))
         except OSError:
             pass
-        if isinstance(e, ValueError):  # a refusal (a checkpoint that does not fit, a table): rank 0 says it in one line
-            raise SystemExit(1) from None
-        raise  # anything else is a bug: its traceback goes to stderr
+        if isinstance(e, ValueError) and not started:  # a refusal (a checkpoint that does not fit its shard)
+            raise SystemExit(1) from None  # rank 0's WorkerError says it in one line
+        raise  # a bug: its traceback goes to stderr as well
 
 
 class PendingTokens:

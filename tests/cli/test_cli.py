@@ -314,13 +314,17 @@ class _CandidatesFailHardware(FakeHardware):
 
 def test_a_tune_whose_every_candidate_fails_says_so(tmp_path):
     url = f"sqlite:///{tmp_path / 'f.db'}"
-    r = CliRunner().invoke(main, ["tune", "--gpu", "h100", "--shapes", "96x64", "--m", "1", "--dtype", "float16",
-                                  "--trials", "2", "--storage", url],
-                           obj=_CandidatesFailHardware())
+    args = ["tune", "--gpu", "h100", "--shapes", "96x64", "--m", "1", "--dtype", "float16", "--trials", "2",
+            "--patience", "0", "--storage", url]
+    said = ("gpu0: 1 of 1 studies found no correct config, such as rms_norm_linear|h100|float16|M=1|K=64|N=96 "
+            "(RuntimeError: CUDA error: an illegal memory access was encountered)")
+    r = CliRunner().invoke(main, args, obj=_CandidatesFailHardware())
     assert r.exit_code == 0, r.output
-    assert ("gpu0: 1 of 1 studies found no correct config, such as rms_norm_linear|h100|float16|M=1|K=64|N=96 "
-            "(RuntimeError: CUDA error: an illegal memory access was encountered)\n") in r.stderr
+    assert said + "\n" in r.stderr
     assert nvc("show", "--storage", url).stdout == "no finished studies yet\n"
+    r = CliRunner().invoke(main, args, obj=_CandidatesFailHardware())  # nothing to search again
+    assert r.exit_code == 0 and said + "; 1 of them failed every trial in an earlier run and were not run again " \
+                                       "(more --trials search on)\n" in r.stderr, r.output
 
 
 def test_workers_that_fail_say_why_in_the_one_error_line(tmp_path, capfd):
@@ -332,8 +336,9 @@ def test_workers_that_fail_say_why_in_the_one_error_line(tmp_path, capfd):
     workers_err = capfd.readouterr().err
     assert r.exit_code != 0 and "Traceback" not in r.stderr + workers_err
     lines = r.stderr.strip().splitlines()  # what the tune says it runs, then why it stopped
-    why = [re.escape(f"tune-gpu{i} (rms_norm_linear|h100|float16|M={m}|K=64|N=96: cannot make its inputs or run its "
-                     f"baseline (TypeError: ") + r".*?\)\)" for i, m in enumerate(huge)]  # torch's words vary
+    why = [re.escape(f"tune-gpu{i} (RuntimeError: rms_norm_linear|h100|float16|M={m}|K=64|N=96: cannot make its "
+                     f"inputs or run its baseline (TypeError: ") + r".*?\)\)"  # torch's words vary
+           for i, m in enumerate(huge)]
     assert len(lines) == 2 and re.fullmatch(r"Error: tuning worker\(s\) failed: " + ", ".join(why), lines[1]), r.stderr
     # Each run is marked failed, and no trial was started.
     with Session(create_engine(url)) as s:

@@ -1,5 +1,5 @@
 """`cli.py dashboard`: databases filled by the tuning pipeline with FakeTimer (a test double for the
-GPU clock), an empty one, and 3,000 trials written straight through Optuna and our models."""
+GPU clock), an empty one, and 1,800 trials written straight through Optuna and our models."""
 import dataclasses
 import errno
 import io
@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -228,6 +229,13 @@ def test_an_out_that_cannot_be_written_is_one_line_and_leaves_the_old_page(fille
     assert code != 0 and f"cannot write the page (File exists: {tmp_path / 'file'})" in said
     old = tmp_path / "d.html"
     old.write_text("old page")
+    with monkeypatch.context() as m:  # a read-only folder: the temporary file's name is none of the user's
+        def read_only(dir, prefix, suffix):
+            raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}x1y2{suffix}")
+        m.setattr(tempfile, "mkstemp", read_only)
+        code, said = dashboard("--storage", filled, "--out", str(old))
+    assert code != 0 and said.strip() == f"Error: --out {old}: cannot write the page (Permission denied); nothing " \
+                                          "was written"
 
     def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -207,11 +207,13 @@ def test_bad_model_paths(tmp_path):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("file, error", [("tokenizer.json", "cannot load its tokenizer \\(JSONDecodeError: "),
-                                         ("model.safetensors", "cannot read the weights file .*model.safetensors: ")])
-def test_damaged_checkpoint_files_are_named(path, tmp_path, file, error):
+@pytest.mark.parametrize("file, content, error", [
+    ("tokenizer.json", "{damaged", "cannot load its tokenizer \\(JSONDecodeError: "),
+    ("tokenizer.json", "{}", "cannot load its tokenizer \\("),  # JSON, but no tokenizer's (a KeyError, or another)
+    ("model.safetensors", "{damaged", "cannot read the weights file .*model.safetensors: ")])
+def test_damaged_checkpoint_files_are_named(path, tmp_path, file, content, error):
     damaged = shutil.copytree(path, tmp_path / "damaged")
-    (damaged / file).write_text("{damaged")
+    (damaged / file).write_text(content)
     with pytest.raises(ValueError, match=error) as info:
         llm(str(damaged))
     assert "\n" not in str(info.value)

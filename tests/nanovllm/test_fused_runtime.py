@@ -201,6 +201,9 @@ def test_malformed_table_is_a_clear_error(checkpoint, tmp_path, monkeypatch, con
     with pytest.raises(ValueError, match="cannot read"):
         resolve(str(tmp_path / "missing.json"))
     # LLM() reads the table before the weights load, and says where its path came from.
+    def no_weights(*args):
+        raise AssertionError("the weights loaded before the table was read")
+    monkeypatch.setattr(model_runner, "load_model", no_weights)
     with pytest.raises(ValueError, match=f"^tuning_table: lookup table {path}.*{problem}"):
         LLM(checkpoint[0], device=DEVICE, tuning_table=path)
     monkeypatch.setenv(find.TUNING_TABLE_ENV, str(tmp_path / "missing.json"))
