@@ -89,6 +89,8 @@ class Config:
             raise ValueError(f"kvcache_block_size must be a power of two, got {size}")
         if not (self.num_kvcache_blocks is None or _is_int(self.num_kvcache_blocks, 1)):
             raise ValueError(f"num_kvcache_blocks must be an int >= 1 or None, got {self.num_kvcache_blocks!r}")
+        if self.num_kvcache_blocks is not None:
+            self.num_kvcache_blocks = int(self.num_kvcache_blocks)
         for name in ("enforce_eager", "fused_norm_linear"):
             if not isinstance(getattr(self, name), bool):  # a truthy string such as "no" would turn it on
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -119,6 +121,7 @@ class Config:
         tp = self.tensor_parallel_size
         if not _is_int(tp, 1):
             raise ValueError(f"tensor_parallel_size must be an int >= 1, got {tp!r}")
+        self.tensor_parallel_size = tp = int(tp)
         hf = self.hf_config
         heads, mlp = hf.num_attention_heads, hf.intermediate_size
         kv_heads = hf.num_key_value_heads or heads

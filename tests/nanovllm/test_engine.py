@@ -5,10 +5,12 @@ import json
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 from nanovllm import LLM, SamplingParams
+from nanovllm.config import Config
 from nanovllm.engine.sequence import Sequence
 from tests.nanovllm.test_models_hf import DEVICE, make_checkpoint
 from tests.nanovllm.test_models_hf import engine as make_engine
@@ -253,6 +255,12 @@ def test_invalid_engine_arguments(path, kwargs):
     with pytest.raises(ValueError, match=f"^{next(iter(kwargs))} .*got {next(iter(kwargs.values()))!r}") as info:
         llm(path, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_numpy_sizes_are_taken_as_python_ints(path):
+    config = Config(path, device=DEVICE, max_num_seqs=np.int64(4), num_kvcache_blocks=np.int32(64),
+                    tensor_parallel_size=np.int64(1))
+    assert [type(v) for v in (config.max_num_seqs, config.num_kvcache_blocks, config.tensor_parallel_size)] == [int] * 3
 
 
 def test_rejected_requests_leave_the_engine_serving(path, plain):
