@@ -4,12 +4,13 @@ import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from nanovllm.models import MODEL_REGISTRY
-from tuning_table import FusionOptions, load_named_table
+from tuning_table import FusionOptions, LookupTable, load_named_table
 
 
 def _is_int(value: object, minimum: int) -> bool:
@@ -44,6 +45,8 @@ class Config:
     # cuda:r.
     tensor_parallel_size: int = 1
     hf_config: PretrainedConfig = field(init=False)
+    # The table `tuning_table` or $NANOVLLM_TUNING_TABLE names, read once here (tuning_table.load_named_table).
+    named_table: tuple[Path, LookupTable] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         config_file = os.path.join(str(self.model), "config.json")
@@ -101,19 +104,19 @@ class Config:
             raise ValueError(f"fusion must be a tuning_table.FusionOptions, got {self.fusion!r}")
         if table is not None and table is not False and not self.fused_norm_linear:
             raise ValueError("tuning_table is given but fused_norm_linear=False: it only configures the fused kernel")
-        self._check_tuning_table()
+        self._read_named_table()
         self._check_tensor_parallel()
         if self.max_model_len > max_positions:
             warnings.warn(f"max_model_len={self.max_model_len} is more than the model's max_position_embeddings="
                           f"{max_positions}: using {max_positions}", stacklevel=4)
             self.max_model_len = max_positions
 
-    def _check_tuning_table(self) -> None:
-        """Read a table named by the argument or the environment now, before the weights load and the ranks start, so
-        that a wrong path or a malformed file fails at once, saying where the path came from. The card's shipped table
-        is checked by the tests instead."""
+    def _read_named_table(self) -> None:
+        """Read a table named by the argument or the environment now, once (the runner and the ranks take it from
+        here), before the weights load and the ranks start, so that a wrong path or a malformed file fails at once,
+        saying where the path came from. The card's shipped table is checked by the tests instead."""
         if self.fused_norm_linear:
-            load_named_table(self.tuning_table)
+            self.named_table = load_named_table(self.tuning_table)
 
     def _check_tensor_parallel(self) -> None:
         """The model must split evenly: q heads and the MLP's columns by rank, KV heads too, or, where there are fewer

@@ -69,11 +69,11 @@ def find_table(tuning_table: str | os.PathLike | bool | None, device: torch.devi
     return path
 
 
-def open_table(tuning_table: str | os.PathLike | bool | None,
-               device: torch.device) -> tuple[Path | None, LookupTable | None]:
+def open_table(tuning_table: str | os.PathLike | bool | None, device: torch.device,
+               named: tuple[Path, LookupTable] | None = None) -> tuple[Path | None, LookupTable | None]:
     """(path, table) by the discovery order above, with one warning when the table was tuned on another GPU or
-    under other torch/Triton; (None, None) for no table."""
-    named = load_named_table(tuning_table)
+    under other torch/Triton; (None, None) for no table. `named`: what load_named_table already read."""
+    named = named or load_named_table(tuning_table)
     path = named[0] if named else find_table(tuning_table, device)
     if path is None:
         return None, None

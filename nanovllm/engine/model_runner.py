@@ -98,7 +98,8 @@ class ModelRunner:
         if peers is not None:
             peers.join(self.device)
         # The table configures the tuned kernels; without the fused kernel every kernel runs its defaults.
-        path, table = open_table(config.tuning_table, self.device) if config.fused_norm_linear else (None, None)
+        path, table = open_table(config.tuning_table, self.device, config.named_table) if config.fused_norm_linear \
+            else (None, None)
         if config.fused_norm_linear:
             self._fuse_norm_linear(path, table)
         self.sampler = Sampler()
